@@ -1,0 +1,71 @@
+"""Single-axis tilt geometry (design.md section 2).
+
+A point ``(x, y, z)`` in centred voxel coordinates lands at tilt ``theta`` on detector
+``(u, v) = (x cos(theta) + z sin(theta), y)``: the specimen turns by ``+theta`` about ``+Y``
+and the beam runs along Z. Voxel ``i`` of an axis of length ``n`` sits at ``i + 0.5 - n/2``;
+detector pixels likewise. Everything here is in voxel units and degrees.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = [
+    "centred_coordinates",
+    "project_point",
+    "angular_weights_rad",
+    "missing_wedge_deg",
+]
+
+
+def centred_coordinates(n: int) -> np.ndarray:
+    """Centres of the ``n`` voxels (or pixels) of one axis, in voxel units. [n]"""
+    return np.arange(n, dtype=np.float64) + 0.5 - n / 2.0
+
+
+def project_point(x: np.ndarray | float, y: np.ndarray | float, z: np.ndarray | float,
+                  tilt_deg: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:
+    """Detector position ``(u, v)`` of specimen point ``(x, y, z)`` at the given tilt.
+
+    The reference statement of the convention that every kernel must reproduce.
+    """
+    theta = np.deg2rad(tilt_deg)
+    u = np.asarray(x) * np.cos(theta) + np.asarray(z) * np.sin(theta)
+    return u, np.broadcast_to(np.asarray(y, dtype=np.float64), np.shape(u)).copy()
+
+
+def angular_weights_rad(tilts_deg: np.ndarray) -> np.ndarray:
+    """Angular interval each view stands for, in radians. [n_tilts]
+
+    Half the distance to each neighbour (in sorted order); the end views take their inner
+    half-interval twice. For views evenly spaced over 180 deg this is ``pi / n_tilts``, the
+    weight of the filtered back-projection integral. Duplicated angles share their interval.
+    """
+    tilts = np.asarray(tilts_deg, dtype=np.float64)
+    n = tilts.size
+    if n == 0:
+        raise ValueError("no tilts")
+    if n == 1:
+        return np.array([np.pi])  # one view: nothing to integrate over; unit-free weight
+    order = np.argsort(tilts, kind="stable")
+    sorted_rad = np.deg2rad(tilts[order])
+    gaps = np.diff(sorted_rad)
+    left = np.concatenate([[gaps[0]], gaps])
+    right = np.concatenate([gaps, [gaps[-1]]])
+    if np.isclose(np.ptp(sorted_rad) + np.mean(gaps), np.pi, rtol=1e-3):
+        # A full 180 deg scan wraps around: the ends are neighbours.
+        wrap = np.pi - np.ptp(sorted_rad)
+        left[0] = wrap
+        right[-1] = wrap
+    weights_sorted = 0.5 * (left + right)
+    weights = np.empty(n)
+    weights[order] = weights_sorted
+    # Views at one angle split the interval between them.
+    _, inverse, counts = np.unique(np.round(tilts, 6), return_inverse=True, return_counts=True)
+    return weights / counts[inverse]
+
+
+def missing_wedge_deg(tilts_deg: np.ndarray) -> float:
+    """Angular size of the unmeasured wedge: 180 minus the tilt range, in degrees."""
+    tilts = np.asarray(tilts_deg, dtype=np.float64)
+    return float(max(0.0, 180.0 - np.ptp(tilts)))
