@@ -37,32 +37,26 @@ def project_point(x: np.ndarray | float, y: np.ndarray | float, z: np.ndarray | 
 def angular_weights_rad(tilts_deg: np.ndarray) -> np.ndarray:
     """Angular interval each view stands for, in radians. [n_tilts]
 
-    Half the distance to each neighbour (in sorted order); the end views take their inner
+    Half the distance to each neighbour in sorted order; the end views take their inner
     half-interval twice. For views evenly spaced over 180 deg this is ``pi / n_tilts``, the
-    weight of the filtered back-projection integral. Duplicated angles share their interval.
+    weight of the filtered back-projection integral. Views at one angle share its interval.
     """
-    tilts = np.asarray(tilts_deg, dtype=np.float64)
-    n = tilts.size
-    if n == 0:
+    tilts = np.asarray(tilts_deg, dtype=np.float64).reshape(-1)
+    if tilts.size == 0:
         raise ValueError("no tilts")
-    if n == 1:
-        return np.array([np.pi])  # one view: nothing to integrate over; unit-free weight
-    order = np.argsort(tilts, kind="stable")
-    sorted_rad = np.deg2rad(tilts[order])
-    gaps = np.diff(sorted_rad)
+    unique, inverse, counts = np.unique(np.round(tilts, 6), return_inverse=True,
+                                        return_counts=True)
+    if unique.size == 1:
+        return np.full(tilts.size, np.pi / tilts.size)  # nothing to integrate over
+    rad = np.deg2rad(unique)
+    gaps = np.diff(rad)
     left = np.concatenate([[gaps[0]], gaps])
     right = np.concatenate([gaps, [gaps[-1]]])
-    if np.isclose(np.ptp(sorted_rad) + np.mean(gaps), np.pi, rtol=1e-3):
-        # A full 180 deg scan wraps around: the ends are neighbours.
-        wrap = np.pi - np.ptp(sorted_rad)
-        left[0] = wrap
-        right[-1] = wrap
-    weights_sorted = 0.5 * (left + right)
-    weights = np.empty(n)
-    weights[order] = weights_sorted
-    # Views at one angle split the interval between them.
-    _, inverse, counts = np.unique(np.round(tilts, 6), return_inverse=True, return_counts=True)
-    return weights / counts[inverse]
+    wrap = np.pi - np.ptp(rad)
+    if abs(wrap - np.mean(gaps)) < 0.01 * np.mean(gaps):
+        # An even 180 deg scan wraps around: its ends are neighbours.
+        left[0] = right[-1] = wrap
+    return (0.5 * (left + right))[inverse] / counts[inverse]
 
 
 def missing_wedge_deg(tilts_deg: np.ndarray) -> float:
