@@ -39,8 +39,6 @@ class VoxelProjector:
 
     def __init__(self, tilts_deg: np.ndarray, shape_zyx: tuple[int, int, int],
                  n_u: int | None = None) -> None:
-        from ._ti import ti
-
         self.config = runtime.ensure_initialized()
         self.tilts_deg = _check_tilts(tilts_deg)
         nz, ny, nx = (int(n) for n in shape_zyx)
@@ -49,10 +47,15 @@ class VoxelProjector:
         self.shape_zyx = (nz, ny, nx)
         self.n_u = nx if n_u is None else int(n_u)
         theta = np.deg2rad(self.tilts_deg)
-        self._cos = self._device(np.cos(theta).astype(np.float32))
-        self._sin = self._device(np.sin(theta).astype(np.float32))
-        self._ones = self._device(np.ones(self.tilts_deg.size, np.float32))
-        self._ti = ti
+        cos_t = np.cos(theta).astype(np.float32)
+        sin_t = np.sin(theta).astype(np.float32)
+        # Computed once, in float32, from the same values both kernels see.
+        self._half_width = np.maximum(np.abs(cos_t), np.abs(sin_t))
+        self._cos = self._device(cos_t)
+        self._sin = self._device(sin_t)
+        self._half_width_dev = self._device(self._half_width)
+        self._inv_half_width_dev = self._device(1.0 / self._half_width)
+        self._unit_scale = self.view_scale(None)
 
     @property
     def n_tilts(self) -> int:
@@ -101,12 +104,22 @@ class VoxelProjector:
 
         forward_project_kernel(volume_yzx, views_ytu, self._cos, self._sin)
 
-    def back_internal(self, views_ytu, volume_yzx, view_weights=None) -> None:
-        """volume_yzx = A^T diag(view_weights) views_ytu, both device arrays."""
+    def view_scale(self, view_weights: np.ndarray | None):
+        """Device array of the per-view factors the back-projection kernel takes."""
+        weights = np.ones(self.n_tilts) if view_weights is None else np.asarray(view_weights)
+        return self._device((weights.reshape(self.n_tilts) / self._half_width)
+                            .astype(np.float32))
+
+    def back_internal(self, views_ytu, volume_yzx, view_scale=None) -> None:
+        """volume_yzx = A^T diag(view_weights) views_ytu, both device arrays.
+
+        ``view_scale`` comes from :meth:`view_scale` (default: unit weights).
+        """
         from .kernels.voxel_projector import back_project_kernel
 
-        weights = self._ones if view_weights is None else view_weights
-        back_project_kernel(views_ytu, volume_yzx, self._cos, self._sin, weights)
+        scale = self._unit_scale if view_scale is None else view_scale
+        back_project_kernel(views_ytu, volume_yzx, self._cos, self._sin, self._half_width_dev,
+                            self._inv_half_width_dev, scale)
 
     def forward(self, volume_zyx: np.ndarray) -> np.ndarray:
         """Project a volume. [nz, ny, nx] -> [n_tilts, ny, n_u]"""
@@ -129,12 +142,10 @@ class VoxelProjector:
         if views.shape != expected:
             raise InputError(f"views of shape {views.shape} do not match the projector's "
                              f"{expected} (n_tilts, ny, n_u)")
-        weights = None
-        if view_weights is not None:
-            weights = self._device(np.asarray(view_weights, np.float32).reshape(self.n_tilts))
         sino = self._device(views.transpose(1, 0, 2))
         volume = self.empty_volume()
-        self.back_internal(sino, volume, weights)
+        self.back_internal(sino, volume, None if view_weights is None
+                           else self.view_scale(view_weights))
         return np.ascontiguousarray(self.host(volume).transpose(1, 0, 2))
 
 

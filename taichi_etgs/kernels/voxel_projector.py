@@ -38,6 +38,16 @@ def _major_range(f0, df, n_minor: int, n_major: int):
     return int(lo), int(ti.max(hi, lo))
 
 
+@ti.func
+def _lerp_or_zero(a0, a1, w, below: bool, above: bool):
+    """a0 + w (a1 - a0) with out-of-volume neighbours read as zero (branch-free loads)."""
+    if below:
+        a0 = 0.0
+    if above:
+        a1 = 0.0
+    return a0 + w * (a1 - a0)
+
+
 @ti.kernel
 def forward_project_kernel(volume_yzx: _f32_3d, sinogram_ytu: _f32_3d,
                            cos_t: _f32_1d, sin_t: _f32_1d):
@@ -57,12 +67,12 @@ def forward_project_kernel(volume_yzx: _f32_3d, sinogram_ytu: _f32_3d,
             k_lo, k_hi = _major_range(f0, df, nx, nz)
             for k in range(k_lo, k_hi):
                 f = f0 + k * df
-                i0 = int(ti.floor(f))
-                w = f - i0
-                if i0 >= 0:
-                    acc += (1.0 - w) * volume_yzx[y, k, i0]
-                if i0 + 1 < nx:
-                    acc += w * volume_yzx[y, k, i0 + 1]
+                fl = ti.floor(f)
+                i0 = int(fl)
+                # Clamped indices keep the loads unconditional; the mask zeroes them.
+                acc += _lerp_or_zero(volume_yzx[y, k, ti.max(i0, 0)],
+                                     volume_yzx[y, k, ti.min(i0 + 1, nx - 1)],
+                                     f - fl, i0 < 0, i0 + 1 > nx - 1)
             acc *= ti.abs(inv)
         else:
             inv = 1.0 / s
@@ -71,20 +81,25 @@ def forward_project_kernel(volume_yzx: _f32_3d, sinogram_ytu: _f32_3d,
             i_lo, i_hi = _major_range(f0, df, nz, nx)
             for i in range(i_lo, i_hi):
                 f = f0 + i * df
-                k0 = int(ti.floor(f))
-                w = f - k0
-                if k0 >= 0:
-                    acc += (1.0 - w) * volume_yzx[y, k0, i]
-                if k0 + 1 < nz:
-                    acc += w * volume_yzx[y, k0 + 1, i]
+                fl = ti.floor(f)
+                k0 = int(fl)
+                acc += _lerp_or_zero(volume_yzx[y, ti.max(k0, 0), i],
+                                     volume_yzx[y, ti.min(k0 + 1, nz - 1), i],
+                                     f - fl, k0 < 0, k0 + 1 > nz - 1)
             acc *= ti.abs(inv)
         sinogram_ytu[y, t, j] = acc
 
 
 @ti.kernel
 def back_project_kernel(sinogram_ytu: _f32_3d, volume_yzx: _f32_3d,
-                        cos_t: _f32_1d, sin_t: _f32_1d, view_weight: _f32_1d):
-    """volume = A^T diag(view_weight) sinogram (overwrites the volume)."""
+                        cos_t: _f32_1d, sin_t: _f32_1d, half_width_t: _f32_1d,
+                        inv_half_width_t: _f32_1d, view_scale_t: _f32_1d):
+    """volume = A^T diag(view_weight) sinogram (overwrites the volume).
+
+    Per view: ``half_width = max(|cos|, |sin|)``, its inverse, and
+    ``view_scale = view_weight / half_width``, precomputed so that the inner loop has no
+    division. The footprint half-width is <= 1, so at most two pixels are touched.
+    """
     ny, nz, nx = volume_yzx.shape[0], volume_yzx.shape[1], volume_yzx.shape[2]
     n_tilts, nu = sinogram_ytu.shape[1], sinogram_ytu.shape[2]
     for y, k, i in ti.ndrange(ny, nz, nx):
@@ -92,15 +107,17 @@ def back_project_kernel(sinogram_ytu: _f32_3d, volume_yzx: _f32_3d,
         z = k + 0.5 - nz * 0.5
         acc = 0.0
         for t in range(n_tilts):
-            c = ti.cast(cos_t[t], ti.f32)
-            s = ti.cast(sin_t[t], ti.f32)
-            m = ti.max(ti.abs(c), ti.abs(s))
-            inv_m = 1.0 / m
-            fj = x * c + z * s + nu * 0.5 - 0.5  # continuous pixel index of the voxel centre
-            j_lo = ti.max(int(ti.floor(fj - m)) + 1, 0)
-            j_hi = ti.min(int(ti.ceil(fj + m)) - 1, nu - 1)
-            view_acc = 0.0
-            for j in range(j_lo, j_hi + 1):
-                view_acc += (1.0 - ti.abs(j - fj) * inv_m) * sinogram_ytu[y, t, j]
-            acc += view_acc * inv_m * view_weight[t]
+            m = half_width_t[t]
+            inv_m = inv_half_width_t[t]
+            fj = x * cos_t[t] + z * sin_t[t] + nu * 0.5 - 0.5  # continuous pixel index
+            j0 = int(ti.floor(fj - m)) + 1  # first pixel strictly inside the footprint
+            j1 = j0 + 1
+            w0 = ti.max(0.0, 1.0 - ti.abs(j0 - fj) * inv_m)
+            w1 = ti.max(0.0, 1.0 - ti.abs(j1 - fj) * inv_m)
+            if j0 < 0 or j0 > nu - 1:
+                w0 = 0.0
+            if j1 < 0 or j1 > nu - 1:
+                w1 = 0.0
+            acc += (w0 * sinogram_ytu[y, t, ti.min(ti.max(j0, 0), nu - 1)]
+                    + w1 * sinogram_ytu[y, t, ti.min(ti.max(j1, 0), nu - 1)]) * view_scale_t[t]
         volume_yzx[y, k, i] = acc
