@@ -5,7 +5,12 @@ Heavy modules (Taichi, the kernels) are imported inside commands so that ``--hel
 
 from __future__ import annotations
 
+import functools
+import os
 import sys
+import time
+import warnings
+from pathlib import Path
 
 import click
 
@@ -25,7 +30,251 @@ def cli() -> None:
     """
 
 
+# -- shared options --
+
+
+def _stack_options(func):
+    """Options that say how to read a tilt series (every command that takes a STACK)."""
+    decorators = [
+        click.argument("stack", type=click.Path(dir_okay=False, path_type=Path)),
+        click.option("--angles", "angles", type=click.Path(dir_okay=False, path_type=Path),
+                     help="Tilt angles: .tlt/.rawtlt (one per line, degrees), SerialEM .mdoc "
+                          "or AreTomo .aln. Default: STACK's sibling .tlt/.rawtlt/.mdoc."),
+        click.option("--xf", "xf", type=click.Path(dir_okay=False, path_type=Path),
+                     help="IMOD .xf transforms (one line per raw view) applied on load."),
+        click.option("--aln", "aln", type=click.Path(dir_okay=False, path_type=Path),
+                     help="AreTomo .aln: tilt angles and the sections it kept."),
+        click.option("--apply-aln", is_flag=True,
+                     help="Also apply the .aln's rotation (ROT) and shifts (TX, TY): for a raw, "
+                          "unaligned stack."),
+        click.option("--exclude-views", default=None, metavar="LIST",
+                     help="Views to leave out, 0-based indices into STACK: '0,1,40' or '0-2,40'."),
+        click.option("--binning", type=click.IntRange(min=1), default=1, show_default=True,
+                     help="Average-bin the images by this factor in X and Y on load."),
+        click.option("--contrast", type=click.Choice(["dark", "bright"]), default="dark",
+                     show_default=True,
+                     help="How density looks in the images: dark (raw cryo-EM) or bright."),
+    ]
+    for decorator in reversed(decorators):
+        func = decorator(func)
+    return func
+
+
+def _volume_options(func):
+    decorators = [
+        click.option("-o", "--output", required=True, type=click.Path(dir_okay=False,
+                     path_type=Path), help="Tomogram to write (MRC, Z Y X)."),
+        click.option("--thickness", required=True, type=click.IntRange(min=1),
+                     help="Tomogram thickness NZ in (binned) voxels."),
+        click.option("--width", type=click.IntRange(min=1), default=None,
+                     help="Tomogram width NX in voxels (default: the image width)."),
+        click.option("--output-contrast", type=click.Choice(["input", "bright", "dark"]),
+                     default="input", show_default=True,
+                     help="Polarity of the tomogram: like the input images, or as asked."),
+        click.option("--force", is_flag=True, help="Overwrite the output if it exists."),
+    ]
+    for decorator in reversed(decorators):
+        func = decorator(func)
+    return func
+
+
+def _runtime_options(func):
+    @click.option("--arch", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
+                  show_default=True, help="Compute device: auto picks CUDA when a GPU is usable.")
+    @click.option("--threads", type=click.IntRange(min=1), default=None,
+                  help="CPU threads (default: all cores).")
+    @functools.wraps(func)
+    def wrapper(*args, arch: str, threads: int | None, **kwargs):
+        from . import runtime
+
+        config = runtime.init(arch, threads=threads)
+        click.echo(f"compute: {config.arch}", err=True)
+        return func(*args, **kwargs)
+
+    return wrapper
+
+
+def _echo_warnings(caught: list[warnings.WarningMessage]) -> None:
+    for w in caught:
+        click.echo(f"warning: {w.message}", err=True)
+
+
+def _load(stack: Path, angles, xf, aln, apply_aln, exclude_views, binning):
+    from .io import load_tilt_series
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        series = load_tilt_series(stack, angles, xf_path=xf, aln_path=aln, apply_aln=apply_aln,
+                                  exclude_views=exclude_views, binning=binning)
+    _echo_warnings(caught)
+    return series
+
+
+def _check_output(path: Path, force: bool) -> None:
+    """Refuse before any work is done if the output cannot be written."""
+    if path.exists() and not force:
+        raise InputError("exists; use --force to overwrite", path)
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise InputError(f"folder {folder} does not exist", path)
+    if not os.access(folder, os.W_OK):
+        raise InputError(f"folder {folder} is not writable", path)
+
+
+def _volume_shape(series, thickness: int, width: int | None) -> tuple[int, int, int]:
+    n_tilts, ny, nx = series.data.shape
+    if width is not None and width > nx:
+        raise InputError(f"the stack is {nx} pixels wide (after binning) but --width asks for "
+                         f"{width}; reconstruct at most {nx} wide or bin less", series.source)
+    if thickness > 4 * nx:
+        raise InputError(f"--thickness {thickness} is over 4x the image width {nx}: check the "
+                         "binning (thickness is in binned voxels)")
+    return (thickness, ny, nx if width is None else width)
+
+
+def _write_tomogram(path: Path, volume, series, contrast: str, output_contrast: str,
+                    force: bool, what: str) -> None:
+    from .io import write_volume
+    from .preprocess import to_output_polarity
+
+    pixel = series.pixel_size_A if series.pixel_size_A > 0 else 1.0
+    labels = [f"taichi-etgs {__version__} {what}", " ".join(sys.argv[1:])[:80]]
+    write_volume(path, to_output_polarity(volume, contrast, output_contrast), pixel,
+                 force=force, labels=labels)
+    nz, ny, nx = volume.shape
+    click.echo(f"wrote {path} ({nz} x {ny} x {nx} voxels, Z Y X; {pixel:g} A/voxel)")
+
+
 # -- commands: foundation (wbp, sirt, info, demo) --
+
+
+@cli.command()
+@_stack_options
+@_volume_options
+@click.option("--radial", default="0.35,0.035", show_default=True, metavar="CUTOFF,FALLOFF",
+              help="IMOD radial filter: the ramp is flat to CUTOFF, then falls as a Gaussian "
+                   "of width FALLOFF (both cycles/pixel, Nyquist = 0.5).")
+@click.option("--fake-sirt", "fake_sirt", type=click.IntRange(min=0), default=0,
+              show_default=True,
+              help="Shape the filter like N SIRT iterations (IMOD's FakeSIRTiterations): "
+                   "smoother, higher-contrast tomograms. 0 = plain weighted back-projection.")
+@_runtime_options
+def wbp(stack, angles, xf, aln, apply_aln, exclude_views, binning, contrast, output, thickness,
+        width, output_contrast, force, radial, fake_sirt):
+    """Weighted back-projection of STACK into a tomogram.
+
+    \b
+    Example:
+      taichi-etgs wbp TS_01.ali --angles TS_01.tlt --binning 4 --thickness 300 -o TS_01_wbp.mrc
+    """
+    from .preprocess import density_views
+    from .wbp import weighted_back_projection
+
+    radial_pair = _parse_radial(radial)
+    _check_output(output, force)
+    series = _load(stack, angles, xf, aln, apply_aln, exclude_views, binning)
+    shape = _volume_shape(series, thickness, width)
+    start = time.perf_counter()
+    volume = weighted_back_projection(density_views(series.data, contrast), series.tilts_deg,
+                                      shape[0], radial=radial_pair,
+                                      fake_sirt_iterations=fake_sirt, width=shape[2])
+    click.echo(f"weighted back-projection: {time.perf_counter() - start:.1f} s", err=True)
+    _write_tomogram(output, volume, series, contrast, output_contrast, force, "wbp")
+
+
+def _parse_radial(text: str) -> tuple[float, float]:
+    try:
+        cutoff, falloff = (float(v) for v in text.split(","))
+    except ValueError:
+        raise InputError(f"--radial {text!r}: expected CUTOFF,FALLOFF, e.g. 0.35,0.035") from None
+    return cutoff, falloff
+
+
+@cli.command()
+@_stack_options
+@_volume_options
+@click.option("--iterations", type=click.IntRange(min=1), default=20, show_default=True,
+              help="SIRT iterations: more sharpens detail and noise alike (10-30 is usual).")
+@click.option("--relaxation", type=float, default=1.0, show_default=True,
+              help="Step size lambda, in (0, 2).")
+@click.option("--positivity", is_flag=True,
+              help="Clamp negative density to zero each iteration (only meaningful when the "
+                   "background is zero, e.g. isolated simulated specimens).")
+@_runtime_options
+def sirt(stack, angles, xf, aln, apply_aln, exclude_views, binning, contrast, output, thickness,
+         width, output_contrast, force, iterations, relaxation, positivity):
+    """SIRT reconstruction of STACK (row- and column-normalised, from zero).
+
+    \b
+    Example:
+      taichi-etgs sirt TS_01.ali --angles TS_01.tlt --binning 4 --thickness 300 \\
+          --iterations 20 -o TS_01_sirt.mrc
+    """
+    from tqdm import tqdm
+
+    from . import sirt as sirt_module
+    from .preprocess import density_views
+
+    _check_output(output, force)
+    series = _load(stack, angles, xf, aln, apply_aln, exclude_views, binning)
+    shape = _volume_shape(series, thickness, width)
+    with tqdm(total=iterations, desc="SIRT", unit="it", file=sys.stderr,
+              disable=None) as bar:
+        def progress(iteration: int, residual: float) -> None:
+            bar.set_postfix(residual=f"{residual:.4g}")
+            bar.update(1)
+
+        result = sirt_module.sirt(density_views(series.data, contrast), series.tilts_deg,
+                                  shape[0], iterations=iterations, relaxation=relaxation,
+                                  positivity=positivity, width=shape[2], progress=progress)
+    _write_tomogram(output, result.volume, series, contrast, output_contrast, force,
+                    f"sirt {iterations} it")
+
+
+@cli.command()
+@_stack_options
+def info(stack, angles, xf, aln, apply_aln, exclude_views, binning, contrast):
+    """What a tilt series holds: sizes, pixel size, angles, missing wedge, statistics.
+
+    Checks what a user checks first and warns about what looks wrong (unsorted or
+    duplicated angles, angles that look like radians, uneven steps).
+    """
+    from .io import stack_summary
+
+    series = _load(stack, angles, xf, aln, apply_aln, exclude_views, binning)
+    summary = stack_summary(series)
+    pixel = summary.get("pixel_size_A", 0.0)
+    lines = [
+        ("stack", str(series.source)),
+        ("angles from", series.angles_source or "-"),
+        ("views", f"{summary['n_tilts']} (kept of the raw stack: "
+                  f"{_ranges(series.kept_views)})"),
+        ("image size", f"{summary['nx']} x {summary['ny']} pixels (X x Y)"),
+        ("pixel size", f"{pixel:g} A" if pixel > 0 else "unknown"),
+        ("tilt range", f"{summary['tilt_min_deg']:.2f} to {summary['tilt_max_deg']:.2f} deg, "
+                       f"mean step {summary['mean_step_deg']:.2f} deg"),
+        ("missing wedge", f"{summary['missing_wedge_deg']:.1f} deg"),
+        ("min / max", f"{summary['min']:.4g} / {summary['max']:.4g}"),
+        ("mean / std", f"{summary['mean']:.4g} / {summary['std']:.4g}"),
+    ]
+    width = max(len(k) for k, _ in lines)
+    for key, value in lines:
+        click.echo(f"{key:<{width}}  {value}")
+    for message in summary.get("warnings", []):
+        click.echo(f"warning: {message}")
+
+
+def _ranges(indices) -> str:
+    """0,1,2,5 -> '0-2,5'."""
+    indices = [int(i) for i in indices]
+    parts, start = [], None
+    for k, i in enumerate(indices):
+        if start is None:
+            start = i
+        if k + 1 == len(indices) or indices[k + 1] != i + 1:
+            parts.append(str(start) if start == i else f"{start}-{i}")
+            start = None
+    return ",".join(parts)
 
 # -- commands: simulate, evaluate --
 
@@ -53,6 +302,16 @@ def main(args: list[str] | None = None) -> int:
         return exc.exit_code
     except click.exceptions.Exit as exc:
         return exc.exit_code
+    except MemoryError:
+        click.echo("error: out of memory; reduce the problem (e.g. --binning 2 or a smaller "
+                   "--thickness)", err=True)
+        return 1
+    except Exception as exc:  # noqa: BLE001 - a bug: say so in one line, keep the trace on demand
+        if os.environ.get("TAICHI_ETGS_DEBUG"):
+            raise
+        click.echo(f"error: internal error ({type(exc).__name__}: {exc}); please report it. "
+                   "Set TAICHI_ETGS_DEBUG=1 to see the traceback.", err=True)
+        return 1
     return 0
 
 
