@@ -1,0 +1,351 @@
+"""MRC files: tilt stacks in, tomograms (and stacks) out.
+
+Reading goes through ``mrcfile`` in permissive mode so that a damaged file becomes
+one clear :class:`~taichi_etgs.errors.InputError` instead of a traceback; damage
+that does not prevent reading (an old-style header without the ``MAP`` identifier,
+for example) is reported as a :class:`StackWarning`.
+
+Writing is atomic: a temporary file in the destination folder is written, flushed to
+disk and renamed over the destination, so an interrupted run never leaves a
+half-written MRC behind.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+import warnings
+from collections.abc import Sequence
+from os import PathLike
+from pathlib import Path
+
+import mrcfile
+import numpy as np
+
+from ..errors import InputError
+from ._files import existing_file
+
+__all__ = [
+    "SUPPORTED_MODES",
+    "StackWarning",
+    "read_stack",
+    "read_volume",
+    "write_stack",
+    "write_volume",
+]
+
+#: MRC modes we read: 0 int8 (uint8 for IMOD files that say so), 1 int16, 2 float32,
+#: 6 uint16, 12 float16.
+SUPPORTED_MODES: dict[int, str] = {
+    0: "8-bit integer",
+    1: "16-bit integer",
+    2: "32-bit float",
+    6: "16-bit unsigned integer",
+    12: "16-bit float",
+}
+_MODE_NAMES = {3: "complex 16-bit integer", 4: "complex 32-bit float", 16: "RGB colour",
+               101: "4-bit"}
+
+_HEADER_BYTES = 1024
+# IMOD marks files it wrote with this stamp; bit 0 of the flags that follow says whether
+# mode-0 bytes are signed. Without the bit IMOD's bytes are unsigned (0..255).
+_IMOD_STAMP = 1146047817
+_IMOD_STAMP_OFFSET = 152 - 112  # offsets inside the 84-byte ``extra2`` header field
+_MAX_LABELS = 10
+_LABEL_CHARS = 80
+
+
+class StackWarning(UserWarning):
+    """Something odd about an input image file that does not stop it being read."""
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _imod_unsigned_bytes(header: np.recarray) -> bool:
+    raw = np.asarray(header.extra2).tobytes()
+    ints = np.frombuffer(raw, dtype=header.mode.dtype, count=2, offset=_IMOD_STAMP_OFFSET)
+    return int(ints[0]) == _IMOD_STAMP and not (int(ints[1]) & 1)
+
+
+def _pixel_size_from_header(header: np.recarray) -> float:
+    # mrcfile's voxel_size divides by mx and warns on mx == 0; 0.0 means "unknown" here.
+    mx = int(header.mx)
+    cella_x = float(header.cella.x)
+    if mx <= 0 or not np.isfinite(cella_x) or cella_x <= 0:
+        return 0.0
+    return cella_x / mx
+
+
+def _open_mrc(path: str | PathLike, what: str) -> tuple[Path, np.ndarray, np.recarray]:
+    """Map an MRC file read-only and return ``(path, data, header)``.
+
+    ``data`` keeps mrcfile's shape (2D for a single image, 4D for a volume stack).
+    Raises InputError for anything that prevents reading the data block.
+    """
+    p = existing_file(path)
+    size = p.stat().st_size
+    if size < _HEADER_BYTES:
+        raise InputError(f"is not an MRC file: it has {size} bytes, fewer than the "
+                         f"{_HEADER_BYTES}-byte MRC header ({what} expected)", p)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            mrc = mrcfile.mmap(p, mode="r", permissive=True)
+        except (ValueError, OSError) as exc:
+            raise InputError(f"cannot be read as an MRC file ({exc})", p) from exc
+        try:
+            header = mrc.header
+            data = mrc.data
+        finally:
+            # The memmap stays valid after close: it holds its own mapping of the file.
+            mrc.close()
+    notes = [str(w.message) for w in caught]
+    has_map_id = bytes(header.map) == b"MAP "
+    nx, ny, nz, mode = int(header.nx), int(header.ny), int(header.nz), int(header.mode)
+    header_sane = min(nx, ny, nz) > 0 and max(nx, ny, nz) < 2**20
+    if not has_map_id and (not header_sane or mode not in SUPPORTED_MODES):
+        raise InputError(f"is not an MRC file (no 'MAP ' identifier and an invalid header; "
+                         f"{what} expected)", p)
+    if not header_sane:
+        raise InputError(f"has an invalid MRC header: nx, ny, nz = {nx}, {ny}, {nz}", p)
+    if mode not in SUPPORTED_MODES:
+        name = _MODE_NAMES.get(mode, "unknown")
+        supported = ", ".join(str(m) for m in SUPPORTED_MODES)
+        raise InputError(f"has MRC mode {mode} ({name}), which is not supported; "
+                         f"supported modes are {supported}", p)
+    if data is None:
+        itemsize = mrcfile.utils.dtype_from_mode(mode).itemsize
+        expected = _HEADER_BYTES + int(header.nsymbt) + nx * ny * nz * itemsize
+        raise InputError(f"is truncated: its header describes {nx} x {ny} x {nz} pixels "
+                         f"in mode {mode} ({expected} bytes in all) but the file has only "
+                         f"{size} bytes", p)
+    if not has_map_id:
+        notes.insert(0, "no 'MAP ' identifier (an old-style MRC header?)")
+    for note in dict.fromkeys(notes):
+        if "Map ID string" in note:
+            continue  # already reported in plain words above
+        warnings.warn(f"{p}: {note}; reading it anyway", StackWarning, stacklevel=3)
+    if mode == 0 and _imod_unsigned_bytes(header):
+        data = data.view(np.uint8)
+    return p, data, header
+
+
+def _to_zyx(data: np.ndarray, header: np.recarray, p: Path, what: str) -> np.ndarray:
+    """Reorder the file's (sections, rows, columns) axes to (Z, Y, X)."""
+    axes = (int(header.maps), int(header.mapr), int(header.mapc))
+    if axes in ((3, 2, 1), (0, 0, 0)):
+        return data
+    if sorted(axes) != [1, 2, 3]:
+        raise InputError(f"has an invalid axis order (mapc, mapr, maps = "
+                         f"{axes[2]}, {axes[1]}, {axes[0]})", p)
+    if what == "tilt stack":
+        raise InputError(f"has axis order mapc, mapr, maps = {axes[2]}, {axes[1]}, "
+                         f"{axes[0]}; a tilt stack must be 1, 2, 3 (one image per section)", p)
+    # data axis i holds the file axis numbered axes[i] (1 = X, 2 = Y, 3 = Z)
+    order = [axes.index(3), axes.index(2), axes.index(1)]
+    return data.transpose(order)
+
+
+def _check_3d(data: np.ndarray, p: Path, what: str) -> None:
+    if data.ndim == 2 or (data.ndim == 3 and data.shape[0] == 1):
+        raise InputError(f"is a single image, not a {what}", p)
+    if data.ndim == 4:
+        raise InputError(f"is a volume stack ({data.shape[0]} volumes), not a {what}", p)
+
+
+def read_stack(path: str | PathLike, *, mmap: bool = True) -> tuple[np.ndarray, float]:
+    """Read a tilt stack (``.mrc``, ``.st``, ``.ali``, ... any extension).
+
+    Parameters
+    ----------
+    path
+        The MRC file; one tilt image per section.
+    mmap
+        If True (default) the data are a read-only memory map of the file in its
+        stored dtype, so nothing is loaded until used. If False, they are loaded
+        into memory (still in the stored dtype).
+
+    Returns
+    -------
+    data
+        The images, ``(n_tilts, ny, nx)``, dtype of the file's mode: int8 or uint8
+        (mode 0; uint8 when IMOD's header flag says the bytes are unsigned), int16,
+        float32, uint16 or float16.
+    pixel_size_A
+        Pixel size in Angstrom from the header (``cella.x / mx``), or ``0.0`` when the
+        header does not give one; callers then assume 1.0 and tell the user.
+
+    Raises
+    ------
+    InputError
+        Missing file, not an MRC file, truncated data, unsupported mode, a single
+        image (``nz == 1``), a volume stack, or a non-standard axis order.
+
+    Warns
+    -----
+    StackWarning
+        Header problems that do not prevent reading (for example no ``MAP`` id).
+    """
+    p, data, header = _open_mrc(path, "tilt stack")
+    _check_3d(data, p, "tilt stack")
+    data = _to_zyx(data, header, p, "tilt stack")
+    if not mmap:
+        data = np.array(data)
+    return data, _pixel_size_from_header(header)
+
+
+def read_volume(path: str | PathLike) -> tuple[np.ndarray, float]:
+    """Read a tomogram into memory as float32 ``(nz, ny, nx)``.
+
+    Parameters
+    ----------
+    path
+        The MRC file. Files written with another axis order (``mapc, mapr, maps``
+        other than 1, 2, 3) are transposed to Z, Y, X.
+
+    Returns
+    -------
+    volume_zyx
+        float32, C-contiguous, ``(nz, ny, nx)``.
+    voxel_size_A
+        Voxel size in Angstrom (X axis of the header), or ``0.0`` if unknown.
+
+    Raises
+    ------
+    InputError
+        As :func:`read_stack`, and when the volume holds NaN or Inf values.
+    """
+    p, data, header = _open_mrc(path, "volume")
+    _check_3d(data, p, "volume")
+    data = _to_zyx(data, header, p, "volume")
+    volume = np.empty(data.shape, dtype=np.float32)
+    for k in range(data.shape[0]):
+        volume[k] = data[k]
+        if not np.isfinite(volume[k]).all():
+            raise InputError(f"contains NaN or Inf values (first in section {k})", p)
+    return volume, _pixel_size_from_header(header)
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _clean_label(label: str) -> str:
+    # MRC labels are 80 printable ASCII characters; anything else would make mrcfile raise.
+    text = "".join(c if " " <= c <= "~" else "?" for c in str(label))
+    return text[:_LABEL_CHARS]
+
+
+def _fsync_dir(folder: Path) -> None:
+    # Makes the rename itself durable; not possible on every platform (Windows), so best effort.
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_mrc(path: str | PathLike, array: np.ndarray, spacing_A: float, *, force: bool,
+               labels: Sequence[str], image_stack: bool) -> Path:
+    p = Path(path)
+    array = np.asarray(array)
+    if array.ndim != 3:
+        raise ValueError(f"expected a 3D array (z, y, x), got shape {array.shape}")
+    if not (np.isfinite(spacing_A) and spacing_A > 0):
+        raise ValueError(f"voxel size must be a positive number of Angstrom, got {spacing_A}")
+    if isinstance(labels, str):
+        labels = [labels]
+    folder = p.parent
+    if not folder.is_dir():
+        raise InputError(f"cannot be written: the folder {folder} does not exist", p)
+    if p.is_dir():
+        raise InputError("is a folder; give a file name for the output", p)
+    if p.exists() and not force:
+        raise InputError("exists; use --force to overwrite", p)
+    data = np.ascontiguousarray(array, dtype=np.float32)
+    for k in range(data.shape[0]):
+        if not np.isfinite(data[k]).all():
+            raise InputError(f"not written: the data contain NaN or Inf values "
+                             f"(first in section {k})", p)
+    tmp = folder / f".{p.name}.{uuid.uuid4().hex[:12]}.tmp"
+    try:
+        with mrcfile.new(tmp) as mrc:
+            mrc.set_data(data)
+            if image_stack:
+                mrc.set_image_stack()
+            mrc.voxel_size = float(spacing_A)
+            labels = list(labels)[:_MAX_LABELS]
+            if labels:
+                # Replace mrcfile's "Created by mrcfile.py" label: ten slots are all we have.
+                mrc.header.nlabl = 0
+                mrc.header.label[:] = b""
+            for label in labels:
+                mrc.add_label(_clean_label(label))
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, p)
+    except BaseException:
+        # Including KeyboardInterrupt: never leave a stray temporary file behind.
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(folder)
+    return p
+
+
+def write_volume(path: str | PathLike, volume_zyx: np.ndarray, voxel_size_A: float, *,
+                 force: bool = False, labels: Sequence[str] = ()) -> Path:
+    """Write a float32 MRC volume atomically.
+
+    Parameters
+    ----------
+    path
+        Destination file. Its folder must exist.
+    volume_zyx
+        The volume. [nz, ny, nx]; converted to float32.
+    voxel_size_A
+        Voxel size in Angstrom (> 0), stored for X, Y and Z.
+    force
+        Overwrite an existing file. Without it an existing file is an error.
+    labels
+        Header labels (at most 10 are kept; each is cut to 80 characters, and
+        characters other than printable ASCII become ``?``). Without labels the
+        file keeps mrcfile's "Created by" label.
+
+    Returns
+    -------
+    Path
+        The written file.
+
+    Raises
+    ------
+    InputError
+        The file exists and ``force`` is False, the folder does not exist, or the
+        volume holds NaN/Inf values (nothing is written then).
+    ValueError
+        ``volume_zyx`` is not 3D or ``voxel_size_A`` is not positive (programming errors).
+
+    Notes
+    -----
+    The data go to a temporary file next to ``path`` which is flushed (fsync) and then
+    renamed over ``path`` (``os.replace``); on any exception, KeyboardInterrupt
+    included, the temporary file is removed. Header statistics (min, max, mean, rms)
+    are computed from the data.
+    """
+    return _write_mrc(path, volume_zyx, voxel_size_A, force=force, labels=labels,
+                      image_stack=False)
+
+
+def write_stack(path: str | PathLike, stack: np.ndarray, pixel_size_A: float, *,
+                force: bool = False, labels: Sequence[str] = ()) -> Path:
+    """Write a tilt stack ``(n_tilts, ny, nx)`` as float32 MRC, atomically.
+
+    Same as :func:`write_volume` (one implementation), except that the header marks
+    the file as an image stack (``ispg = 0``, ``mz = 1``), as IMOD does for stacks.
+    """
+    return _write_mrc(path, stack, pixel_size_A, force=force, labels=labels,
+                      image_stack=True)
