@@ -212,7 +212,8 @@ def test_missing_file(tmp_path):
         read_stack(tmp_path / "absent.mrc")
 
 
-@pytest.mark.parametrize("content", [b"hello, this is not an MRC file\n" * 60, b"abc"])
+@pytest.mark.parametrize("content", [b"hello, this is not an MRC file\n" * 60, b"abc"],
+                         ids=["text", "three-bytes"])
 def test_garbage_bytes_are_not_an_mrc(tmp_path, content):
     path = tmp_path / "garbage.mrc"
     path.write_bytes(content)
