@@ -1,0 +1,205 @@
+"""SSIM between rendered and measured views, its gradient, and the L1 row sums of the view loss.
+
+Definitions (Wang et al. 2004, as 3DGS uses them): with ``G`` an 11 x 11 Gaussian window
+(sigma 1.5 px, the 11 taps normalised to sum 1, applied as two separable 1D passes), and
+``x`` the rendered, ``y`` the measured view,
+
+    mu_x = G x,  mu_y = G y,  m_xx = G x^2,  m_yy = G y^2,  m_xy = G (x y)
+    A1 = 2 mu_x mu_y + C1,          A2 = 2 (m_xy - mu_x mu_y) + C2
+    B1 = mu_x^2 + mu_y^2 + C1,      B2 = (m_xx - mu_x^2) + (m_yy - mu_y^2) + C2
+    S  = A1 A2 / (B1 B2)             (per pixel; SSIM of a view = mean of S over its pixels)
+
+Padding: **zero padding** (the blur of a pixel near the border sums only the taps that fall
+inside the image, without renormalising), the same in forward and backward, as the
+``conv2d(padding=5)`` of the 3DGS / pytorch-ssim implementations. Why zeros: ``G`` is then a
+symmetric matrix, so the backward pass is the *same* blur (reflect padding would need its
+transpose, a different folding at the borders); and views are normalised to about zero
+mean before the loss, so padding with zeros is padding with the typical value. Every pixel,
+border included, enters the mean (no "valid" crop), so the border is fitted too.
+
+Gradient of a view's pixel sum ``sum_p S(p)`` with respect to ``x(q)`` (``G`` symmetric):
+
+    d0 = dS/dmu_x = 2 (mu_y (A2 - A1) - mu_x S (B2 - B1)) / (B1 B2)
+    d1 = dS/dm_xx = -S / B2
+    d2 = dS/dm_xy = 2 A1 / (B1 B2)
+    grad(q) = (G d0)(q) + 2 x(q) (G d1)(q) + y(q) (G d2)(q)
+
+Kernels compute in the arrays' float type (float32, or float64 when Taichi runs in f64 for
+gradient checks); scalar arguments take Taichi's default float. Sums over pixels are
+done per image row without atomics, so results are deterministic (bit-for-bit repeatable
+runs need that). Layouts: views ``[n_views, ny, nx]``, channel stacks
+``[n_channels, n_views, ny, nx]``.
+"""
+
+import math
+
+from .._ti import ti
+
+__all__ = [
+    "WINDOW_RADIUS",
+    "WINDOW_SIGMA",
+    "abs_diff_row_sums_kernel",
+    "row_blur_kernel",
+    "row_blur_moments_kernel",
+    "row_sums_kernel",
+    "ssim_grad_kernel",
+    "ssim_map_kernel",
+    "window_taps",
+]
+
+#: Standard deviation of the Gaussian window, pixels.
+WINDOW_SIGMA = 1.5
+#: Half-width of the window: 11 taps.
+WINDOW_RADIUS = 5
+_WINDOW = 2 * WINDOW_RADIUS + 1
+
+
+def window_taps() -> tuple[float, ...]:
+    """The 11 normalised 1D taps ``exp(-k^2 / (2 sigma^2)) / sum``, k = -5..5."""
+    raw = [math.exp(-0.5 * (k / WINDOW_SIGMA) ** 2)
+           for k in range(-WINDOW_RADIUS, WINDOW_RADIUS + 1)]
+    total = math.fsum(raw)
+    return tuple(w / total for w in raw)
+
+
+# Compile-time constants: the static loops below unroll into 11 multiply-adds each.
+_TAPS = window_taps()
+
+_nd1 = ti.types.ndarray(ndim=1)
+_nd2 = ti.types.ndarray(ndim=2)
+_nd3 = ti.types.ndarray(ndim=3)
+_nd4 = ti.types.ndarray(ndim=4)
+
+
+@ti.kernel
+def row_blur_moments_kernel(x: _nd3, y: _nd3, out: _nd4):
+    """out[c] = horizontal blur of (x, y, x^2, y^2, x y)[c]. out: [5, n_views, ny, nx]."""
+    for v, i, j in ti.ndrange(x.shape[0], x.shape[1], x.shape[2]):
+        nx = x.shape[2]
+        s_x = 0.0 * x[v, i, j]  # zero of the arrays' float type
+        s_y = s_x
+        s_xx = s_x
+        s_yy = s_x
+        s_xy = s_x
+        for k in ti.static(range(_WINDOW)):
+            jj = j + k - WINDOW_RADIUS
+            if jj >= 0 and jj < nx:  # zero padding: taps outside the image add nothing
+                a = x[v, i, jj]
+                b = y[v, i, jj]
+                w = ti.static(_TAPS[k])
+                s_x += w * a
+                s_y += w * b
+                s_xx += w * a * a
+                s_yy += w * b * b
+                s_xy += w * a * b
+        out[0, v, i, j] = s_x
+        out[1, v, i, j] = s_y
+        out[2, v, i, j] = s_xx
+        out[3, v, i, j] = s_yy
+        out[4, v, i, j] = s_xy
+
+
+@ti.kernel
+def ssim_map_kernel(row_blurred: _nd4, c1: float, c2: float, ssim_map: _nd3,
+                    dmaps: _nd4, need_grad: ti.i32):
+    """Vertical blur of the five moments, then S per pixel (and its partials when asked).
+
+    row_blurred: output of :func:`row_blur_moments_kernel`. [5, n_views, ny, nx]
+    ssim_map: S per pixel (overwritten). [n_views, ny, nx]
+    dmaps: (d0, d1, d2) per pixel, written only when ``need_grad`` != 0 (any shape
+        otherwise). [3, n_views, ny, nx]
+    """
+    for v, i, j in ti.ndrange(ssim_map.shape[0], ssim_map.shape[1], ssim_map.shape[2]):
+        ny = ssim_map.shape[1]
+        mu_x = 0.0 * row_blurred[0, v, i, j]
+        mu_y = mu_x
+        m_xx = mu_x
+        m_yy = mu_x
+        m_xy = mu_x
+        for k in ti.static(range(_WINDOW)):
+            ii = i + k - WINDOW_RADIUS
+            if ii >= 0 and ii < ny:
+                w = ti.static(_TAPS[k])
+                mu_x += w * row_blurred[0, v, ii, j]
+                mu_y += w * row_blurred[1, v, ii, j]
+                m_xx += w * row_blurred[2, v, ii, j]
+                m_yy += w * row_blurred[3, v, ii, j]
+                m_xy += w * row_blurred[4, v, ii, j]
+        a1 = 2.0 * mu_x * mu_y + c1
+        a2 = 2.0 * (m_xy - mu_x * mu_y) + c2
+        b1 = mu_x * mu_x + mu_y * mu_y + c1
+        b2 = (m_xx - mu_x * mu_x) + (m_yy - mu_y * mu_y) + c2
+        inv_b = 1.0 / (b1 * b2)
+        s = a1 * a2 * inv_b
+        ssim_map[v, i, j] = s
+        if need_grad != 0:
+            dmaps[0, v, i, j] = 2.0 * (mu_y * (a2 - a1) - mu_x * s * (b2 - b1)) * inv_b
+            dmaps[1, v, i, j] = -s / b2
+            dmaps[2, v, i, j] = 2.0 * a1 * inv_b
+
+
+@ti.kernel
+def row_blur_kernel(src: _nd4, dst: _nd4):
+    """dst = horizontal blur of src, channel by channel (zero padding). [c, n_views, ny, nx]"""
+    for c, v, i, j in ti.ndrange(src.shape[0], src.shape[1], src.shape[2], src.shape[3]):
+        nx = src.shape[3]
+        acc = 0.0 * src[c, v, i, j]
+        for k in ti.static(range(_WINDOW)):
+            jj = j + k - WINDOW_RADIUS
+            if jj >= 0 and jj < nx:
+                acc += ti.static(_TAPS[k]) * src[c, v, i, jj]
+        dst[c, v, i, j] = acc
+
+
+@ti.kernel
+def ssim_grad_kernel(row_blurred_d: _nd4, x: _nd3, y: _nd3, coef_ssim: _nd1,
+                     coef_l1: _nd1, grad: _nd3):
+    """grad = coef_ssim[v] (G d0 + 2 x G d1 + y G d2) + coef_l1[v] sign(x - y).
+
+    row_blurred_d: (d0, d1, d2) blurred horizontally (:func:`row_blur_kernel`); the vertical
+        pass happens here. [3, n_views, ny, nx]
+    coef_ssim, coef_l1: per-view factors (e.g. ``-w lambda / (W n_pix)``). [n_views]
+    grad: output, overwritten. [n_views, ny, nx]
+
+    ``sign(0) = 0``: the L1 subgradient chosen where rendered equals measured.
+    """
+    for v, i, j in ti.ndrange(x.shape[0], x.shape[1], x.shape[2]):
+        ny = x.shape[1]
+        g0 = 0.0 * x[v, i, j]
+        g1 = g0
+        g2 = g0
+        for k in ti.static(range(_WINDOW)):
+            ii = i + k - WINDOW_RADIUS
+            if ii >= 0 and ii < ny:
+                w = ti.static(_TAPS[k])
+                g0 += w * row_blurred_d[0, v, ii, j]
+                g1 += w * row_blurred_d[1, v, ii, j]
+                g2 += w * row_blurred_d[2, v, ii, j]
+        a = x[v, i, j]
+        b = y[v, i, j]
+        sgn = 0.0 * a
+        if a > b:
+            sgn = 1.0
+        elif a < b:
+            sgn = -1.0
+        grad[v, i, j] = coef_ssim[v] * (g0 + 2.0 * a * g1 + b * g2) + coef_l1[v] * sgn
+
+
+@ti.kernel
+def row_sums_kernel(a: _nd3, out: _nd2):
+    """out[v, i] = sum_j a[v, i, j], accumulated serially in out's type (float64). [n, ny]"""
+    for v, i in ti.ndrange(a.shape[0], a.shape[1]):
+        acc = ti.cast(0.0, ti.f64)
+        for j in range(a.shape[2]):
+            acc += ti.cast(a[v, i, j], ti.f64)
+        out[v, i] = acc
+
+
+@ti.kernel
+def abs_diff_row_sums_kernel(x: _nd3, y: _nd3, out: _nd2):
+    """out[v, i] = sum_j |x - y|[v, i, j], accumulated in float64. [n, ny]"""
+    for v, i in ti.ndrange(x.shape[0], x.shape[1]):
+        acc = ti.cast(0.0, ti.f64)
+        for j in range(x.shape[2]):
+            acc += ti.cast(ti.abs(x[v, i, j] - y[v, i, j]), ti.f64)
+        out[v, i] = acc

@@ -1,0 +1,343 @@
+"""The image loss of the Gaussian reconstruction: tilt-weighted L1 + D-SSIM (design.md section 3).
+
+For rendered views ``r_t`` and measured views ``m_t`` (``t`` = view, ``P = ny nx`` pixels),
+per-view weights ``w_t`` and ``lambda = lambda_dssim``:
+
+    L = sum_t w_t [ (1 - lambda) mean_p |r_t - m_t| + lambda (1 - SSIM(r_t, m_t)) ] / sum_t w_t
+
+D-SSIM enters once, with weight ``lambda`` (CryoETGS's reference code applied it twice).
+The gradient is exact: ``sign(r - m)`` (0 where equal) for the L1 part, the analytic SSIM
+gradient of :mod:`taichi_etgs.kernels.ssim` for the other.
+
+SSIM uses an 11 x 11 Gaussian window (sigma 1.5 px) with zero padding and averages over
+every pixel (see the kernel module for why). Its constants are ``C1 = (0.01 L)^2`` and
+``C2 = (0.03 L)^2``, where ``L`` (``data_range``) is the dynamic range of the *measured* data.
+Views reach the loss normalised (about zero mean, unit standard deviation over the whole
+stack), so pixel values have no fixed range: by default ``L = max - min`` of the measured
+views passed in. A reconstruction that feeds a few views per step should compute ``L`` once
+on the whole (normalised) stack and pass it every time, so that the constants, and hence the
+loss, do not change from batch to batch. ``L`` depends only on the measured data, so it does
+not enter the gradient.
+
+Gain and offset: see :func:`fit_gain_offset`.
+
+Computations run in Taichi's working precision (float32; float64 when the runtime was
+started with ``precision="f64"``); per-view sums are accumulated in float64.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import runtime
+from .errors import InputError
+
+__all__ = [
+    "DEFAULT_LAMBDA_DSSIM",
+    "TILT_WEIGHT_SCHEMES",
+    "default_data_range",
+    "fit_gain_offset",
+    "ssim_views",
+    "ssim_views_and_grad",
+    "tilt_weights",
+    "view_loss",
+]
+
+#: Weight of the D-SSIM term (CryoETGS and 3DGS use 0.2).
+DEFAULT_LAMBDA_DSSIM = 0.2
+#: Names accepted by :func:`tilt_weights`.
+TILT_WEIGHT_SCHEMES = ("cos", "uniform", "etgs")
+
+# SSIM's stabilising constants as fractions of the data range (Wang et al. 2004).
+_K1 = 0.01
+_K2 = 0.03
+
+
+# ----------------------------------------------------------------------------------------
+# Tilt weights
+# ----------------------------------------------------------------------------------------
+
+def tilt_weights(tilts_deg: np.ndarray, scheme: str = "cos") -> np.ndarray:
+    """Per-view loss weights, normalised to mean 1.
+
+    High tilts see a thicker specimen (path length ``t / cos(theta)``) and so carry more
+    noise and more inelastic scattering; the weights lower their say in the loss.
+
+    Parameters
+    ----------
+    tilts_deg: tilt angles, degrees. [n_views]
+    scheme: ``"cos"``: ``cos(theta)``; ``"uniform"``: all equal; ``"etgs"``:
+        ``clip(1.5 - theta_deg^2 / 3600, 0.5, 1.5)`` (CryoETGS's weighting).
+
+    Returns
+    -------
+    weights: float64, mean 1. [n_views]
+
+    Raises
+    ------
+    InputError: unknown scheme, no tilts, non-finite tilts, or ``"cos"`` with a tilt of
+        90 degrees or more (its weight would not be positive).
+    """
+    tilts = np.asarray(tilts_deg, dtype=np.float64).reshape(-1)
+    if tilts.size == 0:
+        raise InputError("tilt weights need at least one tilt angle")
+    if not np.all(np.isfinite(tilts)):
+        raise InputError("tilt angles must be finite numbers")
+    if scheme == "cos":
+        if np.any(np.abs(tilts) >= 90.0):
+            raise InputError(f"tilt weight scheme 'cos' needs |tilt| < 90 degrees; got "
+                             f"{tilts[np.abs(tilts) >= 90.0][0]:g}")
+        w = np.cos(np.deg2rad(tilts))
+    elif scheme == "uniform":
+        w = np.ones_like(tilts)
+    elif scheme == "etgs":
+        w = np.clip(1.5 - tilts ** 2 / 3600.0, 0.5, 1.5)
+    else:
+        raise InputError(f"unknown tilt weight scheme {scheme!r}; expected one of "
+                         f"{', '.join(TILT_WEIGHT_SCHEMES)}")
+    return w / w.mean()
+
+
+# ----------------------------------------------------------------------------------------
+# SSIM and the view loss
+# ----------------------------------------------------------------------------------------
+
+def _work_dtype() -> type:
+    cfg = runtime.ensure_initialized()
+    return np.float64 if cfg.precision == "f64" else np.float32
+
+
+def _check_views(rendered: np.ndarray, measured: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    r = np.asarray(rendered)
+    m = np.asarray(measured)
+    if r.ndim != 3 or r.shape != m.shape:
+        raise ValueError(f"rendered and measured must be view stacks [n_views, ny, nx] of one "
+                         f"shape; got {r.shape} and {m.shape}")
+    if min(r.shape) < 1:
+        raise ValueError(f"empty view stack: shape {r.shape}")
+    return r, m
+
+
+def default_data_range(measured: np.ndarray) -> float:
+    """``max - min`` of the measured views: the SSIM data range ``L`` used when none is given.
+
+    measured: views. [n_views, ny, nx] (any shape works)
+
+    Raises
+    ------
+    ValueError: the range is zero or not finite (constant or NaN-containing data).
+    """
+    m = np.asarray(measured)
+    value = float(np.max(m)) - float(np.min(m))
+    if not (np.isfinite(value) and value > 0):
+        raise ValueError(f"the measured views have no usable data range ({value}); "
+                         f"they are constant or contain NaN/Inf")
+    return value
+
+
+def _resolve_range(data_range: float | None, measured: np.ndarray) -> float:
+    if data_range is None:
+        return default_data_range(measured)
+    value = float(data_range)
+    if not (np.isfinite(value) and value > 0):
+        raise ValueError(f"data_range must be a positive number, got {data_range}")
+    return value
+
+
+def _check_weights(weights: np.ndarray | None, n: int) -> np.ndarray:
+    if weights is None:
+        return np.ones(n)
+    w = np.asarray(weights, dtype=np.float64).reshape(-1)
+    if w.shape != (n,):
+        raise ValueError(f"weights must have one value per view ({n}), got shape {w.shape}")
+    if not np.all(np.isfinite(w)) or np.any(w < 0) or not w.sum() > 0:
+        raise ValueError("weights must be finite, non-negative and not all zero")
+    return w
+
+
+def _ssim_l1(r: np.ndarray, m: np.ndarray, data_range: float, coef_ssim: np.ndarray | None,
+             coef_l1: np.ndarray | None, want_l1: bool
+             ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """Per-view mean SSIM, per-view mean |r - m| (or None), and the combined gradient.
+
+    The gradient ``coef_ssim[t] * d(sum_p S)/dr + coef_l1[t] * sign(r - m)`` is computed
+    only when ``coef_ssim`` is given (``coef_l1`` may then be None: no L1 term).
+    """
+    from .kernels import ssim as kern
+
+    dtype = _work_dtype()
+    r = np.ascontiguousarray(r, dtype=dtype)
+    m = np.ascontiguousarray(m, dtype=dtype)
+    n, ny, nx = r.shape
+    n_pix = ny * nx
+    need_grad = coef_ssim is not None
+
+    moments = np.empty((5, n, ny, nx), dtype=dtype)
+    kern.row_blur_moments_kernel(r, m, moments)
+    smap = np.empty((n, ny, nx), dtype=dtype)
+    dmaps = np.empty((3, n, ny, nx) if need_grad else (3, 1, 1, 1), dtype=dtype)
+    kern.ssim_map_kernel(moments, (_K1 * data_range) ** 2, (_K2 * data_range) ** 2,
+                         smap, dmaps, int(need_grad))
+    rows = np.empty((n, ny), dtype=np.float64)
+    kern.row_sums_kernel(smap, rows)
+    ssim = rows.sum(axis=1) / n_pix
+    l1 = None
+    if want_l1:
+        kern.abs_diff_row_sums_kernel(r, m, rows)
+        l1 = rows.sum(axis=1) / n_pix
+    grad = None
+    if need_grad:
+        blurred = moments[:3]  # the moments are no longer needed: reuse their memory
+        kern.row_blur_kernel(dmaps, blurred)
+        grad = np.empty_like(r)
+        c_l1 = np.zeros(n) if coef_l1 is None else coef_l1
+        kern.ssim_grad_kernel(blurred, r, m, np.ascontiguousarray(coef_ssim, dtype=dtype),
+                              np.ascontiguousarray(c_l1, dtype=dtype), grad)
+    return ssim, l1, grad
+
+
+def ssim_views(rendered: np.ndarray, measured: np.ndarray,
+               data_range: float | None = None) -> np.ndarray:
+    """Mean SSIM of each rendered view against its measured view.
+
+    Parameters
+    ----------
+    rendered: views. [n_views, ny, nx]
+    measured: views. [n_views, ny, nx]
+    data_range: ``L`` of ``C1 = (0.01 L)^2``, ``C2 = (0.03 L)^2``; None: ``max - min`` of
+        ``measured`` (:func:`default_data_range`).
+
+    Returns
+    -------
+    ssim: float64, 1 for identical views. [n_views]
+    """
+    r, m = _check_views(rendered, measured)
+    ssim, _, _ = _ssim_l1(r, m, _resolve_range(data_range, m), None, None, want_l1=False)
+    return ssim
+
+
+def ssim_views_and_grad(rendered: np.ndarray, measured: np.ndarray,
+                        data_range: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Mean SSIM of each view and its gradient with respect to the rendered views.
+
+    Parameters
+    ----------
+    rendered: views. [n_views, ny, nx]
+    measured: views. [n_views, ny, nx]
+    data_range: as in :func:`ssim_views`.
+
+    Returns
+    -------
+    ssim: float64. [n_views]
+    grad: ``d ssim[t] / d rendered[t]``, working precision. [n_views, ny, nx]
+    """
+    r, m = _check_views(rendered, measured)
+    n_pix = r.shape[1] * r.shape[2]
+    ssim, _, grad = _ssim_l1(r, m, _resolve_range(data_range, m),
+                             np.full(r.shape[0], 1.0 / n_pix), None, want_l1=False)
+    return ssim, grad
+
+
+def view_loss(rendered: np.ndarray, measured: np.ndarray, weights: np.ndarray | None,
+              lambda_dssim: float = DEFAULT_LAMBDA_DSSIM,
+              data_range: float | None = None) -> tuple[float, np.ndarray]:
+    """Tilt-weighted L1 + D-SSIM loss and its exact gradient with respect to the rendering.
+
+    ``L = sum_t w_t [(1 - lambda) mean|r_t - m_t| + lambda (1 - SSIM_t)] / sum_t w_t``.
+
+    Parameters
+    ----------
+    rendered: views rendered from the model. [n_views, ny, nx]
+    measured: measured views, same normalisation (and gain/offset, :func:`fit_gain_offset`)
+        as the rendering is compared in. [n_views, ny, nx]
+    weights: per-view weights (:func:`tilt_weights`), >= 0; None: all equal. [n_views]
+    lambda_dssim: weight of D-SSIM, in [0, 1].
+    data_range: SSIM data range ``L``; None: ``max - min`` of ``measured`` (pass the whole
+        stack's range when ``rendered`` holds only some views).
+
+    Returns
+    -------
+    loss: the scalar loss (float64 accumulation).
+    grad_rendered: ``dL / d rendered``, working precision. [n_views, ny, nx]
+
+    Raises
+    ------
+    ValueError: shapes disagree, weights invalid, lambda outside [0, 1], no data range.
+    """
+    r, m = _check_views(rendered, measured)
+    lam = float(lambda_dssim)
+    if not 0.0 <= lam <= 1.0:
+        raise ValueError(f"lambda_dssim must be in [0, 1], got {lambda_dssim}")
+    n, ny, nx = r.shape
+    w = _check_weights(weights, n)
+    w_norm = w / w.sum()
+    n_pix = ny * nx
+    ssim, l1, grad = _ssim_l1(r, m, _resolve_range(data_range, m),
+                              coef_ssim=-lam * w_norm / n_pix,
+                              coef_l1=(1.0 - lam) * w_norm / n_pix, want_l1=True)
+    loss = float(np.sum(w_norm * ((1.0 - lam) * l1 + lam * (1.0 - ssim))))
+    return loss, grad
+
+
+# ----------------------------------------------------------------------------------------
+# Gain and offset
+# ----------------------------------------------------------------------------------------
+
+def fit_gain_offset(rendered: np.ndarray, measured: np.ndarray, *,
+                    fit_gain: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Per-view least-squares gain and offset with ``measured ~ gain * rendered + offset``.
+
+    Closed form per view: ``gain = cov(r, m) / var(r)``, ``offset = mean(m) - gain mean(r)``
+    (means over the view's pixels, float64). Where ``var(r)`` is zero (or below 1e-12 of
+    ``mean(r^2)``: a flat rendering, e.g. an empty model) the gain is not determined and is
+    set to 1, leaving the offset to match the means. With ``fit_gain=False`` the gain is 1
+    and ``offset = mean(m - r)``.
+
+    How the reconstruction uses it
+    ------------------------------
+    Measured views carry an arbitrary gain (dose, detector) and offset per view, and the
+    ice slab's mean grows as ``1 / cos(theta)``; the model's projections ``r_t`` have
+    neither. The plan:
+
+    1. The measured stack is normalised once as a whole (one mean and one standard
+       deviation, so the relative intensities of the views survive), and ``data_range`` of
+       :func:`view_loss` is taken from it once.
+    2. After initialisation (Gaussians seeded from a classical reconstruction of that same
+       stack), ``(gain_t, offset_t) = fit_gain_offset(render(model), measured)``.
+    3. Each iteration compares ``r'_t = gain_t r_t + offset_t`` with ``m_t``:
+       ``loss, g = view_loss(r', m, w)``, and back-propagates ``gain_t * g_t`` into the
+       projector's backward pass. Gain and offset get no gradient.
+    4. They are refitted with the current rendering every K iterations (with
+       densification): a block-coordinate step, exact for a least-squares loss and close
+       for L1 + D-SSIM. By default only the offset is fitted (``fit_gain=False``: the 1/cos
+       ice term); per-view gains are for data with uneven exposure, and are then divided by
+       their mean over views so that the model's density scale stays the one set at
+       initialisation (a common factor between all gains and all densities is free).
+
+    Parameters
+    ----------
+    rendered: views rendered from the model. [n_views, ny, nx]
+    measured: measured views. [n_views, ny, nx]
+    fit_gain: fit the gain too (else gain = 1).
+
+    Returns
+    -------
+    gain: float64. [n_views]
+    offset: float64. [n_views]
+    """
+    r_all, m_all = _check_views(rendered, measured)
+    n = r_all.shape[0]
+    gain = np.ones(n)
+    offset = np.zeros(n)
+    for t in range(n):  # one view at a time: float64 copies of a view, not of the stack
+        r = np.asarray(r_all[t], dtype=np.float64).reshape(-1)
+        m = np.asarray(m_all[t], dtype=np.float64).reshape(-1)
+        r_mean = r.mean()
+        m_mean = m.mean()
+        if fit_gain:
+            dr = r - r_mean
+            var = np.dot(dr, dr) / r.size
+            if var > 1e-12 * max(np.dot(r, r) / r.size, np.finfo(np.float64).tiny):
+                gain[t] = np.dot(dr, m - m_mean) / r.size / var
+        offset[t] = m_mean - gain[t] * r_mean
+    return gain, offset

@@ -1,0 +1,452 @@
+"""Reconstruction state files (HDF5): save, load, and the input-data checksum.
+
+A state holds what is needed to resume a Gaussian reconstruction bit for bit, or to refine
+a finished model further: the raw parameters, Adam's moments and step count, the
+iteration, the random generator's state, the configuration, the geometry and a checksum of
+the input tilt series (so that a resume on different data can be refused).
+
+File layout (``format = "taichi-etgs-state"``, ``format_version = 1``)::
+
+    /                         attributes: format, format_version, package_version
+                              (of the writer), iteration, input_checksum, n_gaussians
+    /params/means_xyz         [N, 3]  raw parameters (GaussianParams fields), stored in
+    /params/log_scales        [N, 3]  their own dtype (float32 or float64), so they
+    /params/quats_wxyz        [N, 4]  come back bit for bit
+    /params/density_raw       [N]
+    /adam                     attributes: step, beta1, beta2, eps; absent when no
+                              optimiser state was saved (an exported model)
+    /adam/exp_avg/<field>     first moments, shaped like /params
+    /adam/exp_avg_sq/<field>  second moments
+    /adam/lr                  JSON {group: learning rate}
+    /meta/config              JSON of the configuration dict
+    /meta/geometry            JSON of the geometry dict (tilts_deg, shape_zyx,
+                              pixel_size_A, ...)
+    /meta/rng_state           JSON of numpy's ``Generator.bit_generator.state``
+
+JSON texts are scalar UTF-8 string *datasets* rather than attributes: HDF5 limits an
+attribute to 64 KiB, a dataset has no such limit, and ``h5dump`` shows both. Any nested
+dict of str, int (of any size: PCG64's 128-bit state), float (exact: JSON keeps Python's
+shortest round-tripping repr, NaN and Inf included), bool, None, lists, numpy scalars and
+numpy arrays (kept with their dtype and shape) round-trips; tuples come back as lists.
+
+Writes are atomic: a temporary file in the target's folder is written, flushed to disk
+(fsync) and renamed over the target (``os.replace``); on any exception, KeyboardInterrupt
+included, the temporary file is removed, so a run killed mid-write leaves the previous
+state intact and usable. (A hard kill, SIGKILL or power loss, cannot clean up: it may leave
+a hidden ``.<name>.<random>.tmp`` next to the state, harmless and safe to delete.)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import uuid
+from dataclasses import dataclass, field, fields
+from os import PathLike
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import InputError
+from .gaussians import GaussianParams
+from .optim import GROUPS, AdamState
+
+__all__ = [
+    "FORMAT_NAME",
+    "FORMAT_VERSION",
+    "State",
+    "input_checksum",
+    "load_state",
+    "restore_rng",
+    "save_state",
+]
+
+FORMAT_NAME = "taichi-etgs-state"
+FORMAT_VERSION = 1
+
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+# Sections hashed at a time by input_checksum: bounded memory for any memmap.
+_CHECKSUM_BLOCK_BYTES = 16 * 2**20
+
+
+# ----------------------------------------------------------------------------------------
+# Checksum
+# ----------------------------------------------------------------------------------------
+
+def input_checksum(array: np.ndarray) -> str:
+    """A checksum of the input data: ``"sha256:<hex>"`` over its shape and float32 values.
+
+    The hash covers the shape and the bytes of a little-endian float32 C-order copy, taken
+    a block of sections (first axis) at a time, so a memory-mapped stack is streamed from
+    disk without a full copy in memory. The same values give the same checksum whatever
+    the array's dtype (float32, or float64 holding float32 values), byte order or layout.
+
+    array: the input data, e.g. the tilt series. [n_tilts, ny, nx] (any shape)
+    """
+    a = np.asarray(array)
+    h = hashlib.sha256()
+    h.update(f"float32<{tuple(int(s) for s in a.shape)}".encode())
+    if a.ndim == 0:
+        h.update(np.asarray(a, dtype="<f4").tobytes())
+    elif a.size:
+        row_bytes = max(1, int(np.prod(a.shape[1:], dtype=np.int64)) * 4)
+        block = max(1, _CHECKSUM_BLOCK_BYTES // row_bytes)
+        for start in range(0, a.shape[0], block):
+            h.update(np.ascontiguousarray(a[start:start + block], dtype="<f4").tobytes())
+    return "sha256:" + h.hexdigest()
+
+
+# ----------------------------------------------------------------------------------------
+# JSON with numpy values
+# ----------------------------------------------------------------------------------------
+
+_ND_TAG = "__ndarray__"
+
+
+def _to_jsonable(obj: Any) -> Any:
+    if isinstance(obj, np.ndarray):
+        return {_ND_TAG: obj.tolist(), "dtype": obj.dtype.str, "shape": list(obj.shape)}
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, PathLike):
+        return os.fspath(obj)
+    raise TypeError(f"cannot store a value of type {type(obj).__name__} in a state file "
+                    f"(JSON numbers, strings, lists, dicts and numpy arrays only)")
+
+
+def _from_jsonable(obj: dict) -> Any:
+    if _ND_TAG in obj and set(obj) == {_ND_TAG, "dtype", "shape"}:
+        return np.array(obj[_ND_TAG], dtype=np.dtype(obj["dtype"])).reshape(obj["shape"])
+    return obj
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, default=_to_jsonable, allow_nan=True)
+
+
+def _loads(text: str) -> Any:
+    return json.loads(text, object_hook=_from_jsonable)
+
+
+# ----------------------------------------------------------------------------------------
+# The state
+# ----------------------------------------------------------------------------------------
+
+@dataclass
+class State:
+    """A reconstruction state as read by :func:`load_state`.
+
+    params: the model's raw parameters, dtypes as saved.
+    adam: optimiser state, or None when the file holds a model only.
+    iteration: iterations completed.
+    rng_state: ``Generator.bit_generator.state`` at save time (:func:`restore_rng`).
+    config: the configuration dict.
+    geometry: the geometry dict (tilts_deg, shape_zyx, pixel_size_A, ...).
+    input_checksum: :func:`input_checksum` of the input data.
+    format_version: the file's format version.
+    package_version: version of taichi-etgs that wrote it.
+    """
+
+    params: GaussianParams
+    adam: AdamState | None
+    iteration: int
+    rng_state: dict
+    config: dict = field(default_factory=dict)
+    geometry: dict = field(default_factory=dict)
+    input_checksum: str = ""
+    format_version: int = FORMAT_VERSION
+    package_version: str = ""
+
+    def rng(self) -> np.random.Generator:
+        """A generator in the saved state: it continues the saved run's random stream."""
+        return restore_rng(self.rng_state)
+
+
+def restore_rng(rng_state: dict) -> np.random.Generator:
+    """A numpy Generator whose bit generator is set to ``rng_state``.
+
+    rng_state: ``Generator.bit_generator.state`` (names its bit generator, e.g. "PCG64").
+
+    Raises
+    ------
+    InputError: the state names no known numpy bit generator or does not fit it.
+    """
+    name = rng_state.get("bit_generator") if isinstance(rng_state, dict) else None
+    cls = getattr(np.random, str(name), None) if name else None
+    if cls is None or not (isinstance(cls, type)
+                           and issubclass(cls, np.random.BitGenerator)):
+        raise InputError(f"the saved random-generator state names an unknown bit "
+                         f"generator ({name!r})")
+    bit_gen = cls()
+    try:
+        bit_gen.state = rng_state
+    except (TypeError, ValueError, KeyError) as exc:
+        raise InputError(f"the saved random-generator state is invalid ({exc})") from exc
+    return np.random.Generator(bit_gen)
+
+
+# ----------------------------------------------------------------------------------------
+# Writing
+# ----------------------------------------------------------------------------------------
+
+def _fsync_dir(folder: Path) -> None:
+    # Makes the rename itself durable; not possible everywhere (Windows): best effort.
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_params(group: Any, params: GaussianParams) -> None:
+    for f in fields(GaussianParams):
+        group.create_dataset(f.name, data=np.ascontiguousarray(getattr(params, f.name)))
+
+
+def _write_json(group: Any, name: str, obj: Any) -> None:
+    import h5py
+
+    group.create_dataset(name, data=_dumps(obj), dtype=h5py.string_dtype("utf-8"))
+
+
+def save_state(path: str | PathLike, params: GaussianParams, adam_state: AdamState | None,
+               iteration: int, rng_state: dict, config: dict, geometry: dict,
+               input_checksum: str, *, force: bool = True) -> Path:
+    """Write a reconstruction state atomically (see the module docstring for the layout).
+
+    Parameters
+    ----------
+    path: the HDF5 file to write (e.g. ``run.state.h5``).
+    params: the model's raw parameters. [N, ...] per field
+    adam_state: :meth:`Adam.state() <taichi_etgs.optim.Adam.state>`, or None for a model
+        without optimiser state.
+    iteration: iterations completed.
+    rng_state: ``rng.bit_generator.state`` of the run's numpy Generator.
+    config: configuration, any JSON-able nested dict (numpy values allowed).
+    geometry: tilts_deg, volume shape_zyx, pixel_size_A, ... (same rules as ``config``).
+    input_checksum: :func:`input_checksum` of the input tilt series.
+    force: overwrite an existing file (the default: a run replaces its own checkpoint).
+
+    Returns
+    -------
+    The path written.
+
+    Raises
+    ------
+    InputError: the folder does not exist, ``path`` is a folder, or it exists and
+        ``force`` is False.
+    ValueError: moments that do not match the parameters in N.
+    TypeError: a config/geometry value that cannot be stored as JSON.
+    OSError: the disk refused the write (the previous file, if any, is untouched).
+    """
+    import h5py
+
+    from . import __version__
+
+    p = Path(path)
+    folder = p.parent
+    if not folder.is_dir():
+        raise InputError(f"cannot be written: the folder {folder} does not exist", p)
+    if p.is_dir():
+        raise InputError("is a folder; give a file name for the state", p)
+    if p.exists() and not force:
+        raise InputError("exists; use --force to overwrite", p)
+    if adam_state is not None and not (adam_state.exp_avg.n == adam_state.exp_avg_sq.n
+                                       == params.n):
+        raise ValueError(f"Adam moments are for {adam_state.exp_avg.n} Gaussians, the "
+                         f"parameters for {params.n}")
+    # Serialise first: a value that is not JSON-able fails before any file is created.
+    texts = {"config": _dumps(dict(config)), "geometry": _dumps(dict(geometry)),
+             "rng_state": _dumps(dict(rng_state))}
+    lr_text = None if adam_state is None else _dumps(dict(adam_state.lr))
+
+    tmp = folder / f".{p.name}.{uuid.uuid4().hex[:12]}.tmp"
+    try:
+        with h5py.File(tmp, "w") as f:
+            f.attrs["format"] = FORMAT_NAME
+            f.attrs["format_version"] = np.int64(FORMAT_VERSION)
+            f.attrs["package_version"] = __version__
+            f.attrs["iteration"] = np.int64(iteration)
+            f.attrs["input_checksum"] = str(input_checksum)
+            f.attrs["n_gaussians"] = np.int64(params.n)
+            _write_params(f.create_group("params"), params)
+            if adam_state is not None:
+                g = f.create_group("adam")
+                g.attrs["step"] = np.int64(adam_state.step)
+                g.attrs["beta1"] = float(adam_state.beta1)
+                g.attrs["beta2"] = float(adam_state.beta2)
+                g.attrs["eps"] = float(adam_state.eps)
+                _write_params(g.create_group("exp_avg"), adam_state.exp_avg)
+                _write_params(g.create_group("exp_avg_sq"), adam_state.exp_avg_sq)
+                g.create_dataset("lr", data=lr_text, dtype=h5py.string_dtype("utf-8"))
+            meta = f.create_group("meta")
+            for name, text in texts.items():
+                meta.create_dataset(name, data=text, dtype=h5py.string_dtype("utf-8"))
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, p)
+    except BaseException:
+        # KeyboardInterrupt included: never leave a stray temporary file behind.
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(folder)
+    return p
+
+
+# ----------------------------------------------------------------------------------------
+# Reading
+# ----------------------------------------------------------------------------------------
+
+def _sniff_not_hdf5(p: Path) -> str:
+    """Why ``p`` is not HDF5, in words (names MRC files, the usual mistake)."""
+    try:
+        with open(p, "rb") as fh:
+            head = fh.read(1024)
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
+    if len(head) >= 212 and head[208:212] in (b"MAP ", b"MAP\x00"):
+        return "is an MRC file, not a taichi-etgs state (HDF5); give the .h5 state file"
+    if not head:
+        return "is empty, not a taichi-etgs state (HDF5)"
+    return "is not an HDF5 file, so not a taichi-etgs state"
+
+
+def _read_dataset(f: Any, name: str, p: Path) -> np.ndarray:
+    if name not in f:
+        raise InputError(f"is missing dataset '{name}': the state file is incomplete or "
+                         f"damaged", p)
+    obj = f[name]
+    if not hasattr(obj, "shape") or not hasattr(obj, "dtype"):
+        raise InputError(f"has '{name}' as a group, not a dataset: not a valid state", p)
+    return obj[()]
+
+
+def _read_json(f: Any, name: str, p: Path) -> Any:
+    if name not in f:
+        raise InputError(f"is missing dataset '{name}': the state file is incomplete or "
+                         f"damaged", p)
+    try:
+        text = f[name].asstr()[()]
+        return _loads(text)
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise InputError(f"has an unreadable '{name}' (expected JSON text): {exc}", p) from exc
+
+
+def _read_params(f: Any, prefix: str, p: Path) -> GaussianParams:
+    arrays = [_read_dataset(f, f"{prefix}/{name}", p) for name in GROUPS]
+    for name, a in zip(GROUPS, arrays, strict=True):
+        if not np.issubdtype(a.dtype, np.floating):
+            raise InputError(f"has '{prefix}/{name}' of type {a.dtype}, expected floats", p)
+    try:
+        return GaussianParams(*arrays)
+    except ValueError as exc:
+        raise InputError(f"has inconsistent '{prefix}' arrays: {exc}", p) from exc
+
+
+def _attr(attrs: Any, name: str, p: Path, where: str = "/") -> Any:
+    if name not in attrs:
+        raise InputError(f"is missing attribute '{name}' on '{where}': the state file is "
+                         f"incomplete or damaged", p)
+    return attrs[name]
+
+
+def _as_str(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def load_state(path: str | PathLike) -> State:
+    """Read a state written by :func:`save_state`.
+
+    Parameters
+    ----------
+    path: the HDF5 state file.
+
+    Returns
+    -------
+    The :class:`State`; arrays in the dtypes they were saved with.
+
+    Raises
+    ------
+    InputError: the file is missing, a folder, not HDF5 (e.g. an MRC volume), truncated
+        or corrupted, not a taichi-etgs state, written by a newer taichi-etgs (a
+        ``format_version`` above this one's) or of an unknown version, or lacks a
+        dataset or attribute.
+    """
+    import h5py
+
+    p = Path(path)
+    if not p.exists():
+        raise InputError("state file not found", p)
+    if p.is_dir():
+        raise InputError("is a folder, not a state file", p)
+    if not h5py.is_hdf5(p):
+        raise InputError(_sniff_not_hdf5(p), p)
+    try:
+        f = h5py.File(p, "r")
+    except OSError as exc:
+        raise InputError(f"cannot be read: the HDF5 file is truncated or corrupted ({exc})",
+                         p) from exc
+    try:
+        with f:
+            return _read_state(f, p)
+    except InputError:
+        raise
+    except (OSError, KeyError, RuntimeError, ValueError) as exc:
+        # h5py reports damaged object headers and data blocks as these.
+        raise InputError(f"cannot be read: the HDF5 file is truncated or corrupted ({exc})",
+                         p) from exc
+
+
+def _read_state(f: Any, p: Path) -> State:
+    fmt = _as_str(f.attrs.get("format", ""))
+    if fmt != FORMAT_NAME:
+        what = f"format {fmt!r}" if fmt else "no 'format' attribute"
+        raise InputError(f"is an HDF5 file but not a taichi-etgs state ({what}; expected "
+                         f"{FORMAT_NAME!r})", p)
+    version = _attr(f.attrs, "format_version", p)
+    try:
+        version_int = int(version)
+        if version_int != version:
+            raise ValueError
+    except (TypeError, ValueError):
+        raise InputError(f"has an unknown format_version {version!r}", p) from None
+    if version_int > FORMAT_VERSION:
+        raise InputError(f"was written by a newer taichi-etgs (format_version {version_int}, "
+                         f"written by version {_as_str(f.attrs.get('package_version', '?'))}"
+                         f"); this version reads format_version {FORMAT_VERSION}: "
+                         f"upgrade taichi-etgs", p)
+    if version_int < 1:
+        raise InputError(f"has an unknown format_version {version_int}", p)
+
+    params = _read_params(f, "params", p)
+    adam = None
+    if "adam" in f:
+        g = f["adam"]
+        exp_avg = _read_params(f, "adam/exp_avg", p)
+        exp_avg_sq = _read_params(f, "adam/exp_avg_sq", p)
+        if not exp_avg.n == exp_avg_sq.n == params.n:
+            raise InputError(f"has Adam moments for {exp_avg.n} Gaussians but parameters "
+                             f"for {params.n}", p)
+        adam = AdamState(step=int(_attr(g.attrs, "step", p, "/adam")), exp_avg=exp_avg,
+                         exp_avg_sq=exp_avg_sq, lr=_read_json(f, "adam/lr", p),
+                         beta1=float(_attr(g.attrs, "beta1", p, "/adam")),
+                         beta2=float(_attr(g.attrs, "beta2", p, "/adam")),
+                         eps=float(_attr(g.attrs, "eps", p, "/adam")))
+    rng_state = _read_json(f, "meta/rng_state", p)
+    config = _read_json(f, "meta/config", p)
+    geometry = _read_json(f, "meta/geometry", p)
+    for name, value in (("rng_state", rng_state), ("config", config), ("geometry", geometry)):
+        if not isinstance(value, dict):
+            raise InputError(f"has 'meta/{name}' that is not a JSON object", p)
+    return State(params=params, adam=adam, iteration=int(_attr(f.attrs, "iteration", p)),
+                 rng_state=rng_state, config=config, geometry=geometry,
+                 input_checksum=_as_str(_attr(f.attrs, "input_checksum", p)),
+                 format_version=version_int,
+                 package_version=_as_str(f.attrs.get("package_version", "")))
