@@ -132,12 +132,16 @@ def _volume_shape(series, thickness: int, width: int | None) -> tuple[int, int, 
     return (thickness, ny, nx if width is None else width)
 
 
-def _write_tomogram(path: Path, volume, series, contrast: str, output_contrast: str,
+def _pixel_size(series) -> float:
+    """The stack's pixel size in A; 1.0 when the files give none (info warns about it)."""
+    return series.pixel_size_A if series.pixel_size_A > 0 else 1.0
+
+
+def _write_tomogram(path: Path, volume, pixel: float, contrast: str, output_contrast: str,
                     force: bool, what: str) -> None:
     from .io import write_volume
     from .preprocess import to_output_polarity
 
-    pixel = series.pixel_size_A if series.pixel_size_A > 0 else 1.0
     labels = [f"taichi-etgs {__version__} {what}", " ".join(sys.argv[1:])[:80]]
     write_volume(path, to_output_polarity(volume, contrast, output_contrast), pixel,
                  force=force, labels=labels)
@@ -179,7 +183,7 @@ def wbp(stack, angles, xf, aln, apply_aln, exclude_views, binning, contrast, out
                                       shape[0], radial=radial_pair,
                                       fake_sirt_iterations=fake_sirt, width=shape[2])
     click.echo(f"weighted back-projection: {time.perf_counter() - start:.1f} s", err=True)
-    _write_tomogram(output, volume, series, contrast, output_contrast, force, "wbp")
+    _write_tomogram(output, volume, _pixel_size(series), contrast, output_contrast, force, "wbp")
 
 
 def _parse_radial(text: str) -> tuple[float, float]:
@@ -227,7 +231,7 @@ def sirt(stack, angles, xf, aln, apply_aln, exclude_views, binning, contrast, ou
         result = sirt_module.sirt(density_views(series.data, contrast), series.tilts_deg,
                                   shape[0], iterations=iterations, relaxation=relaxation,
                                   positivity=positivity, width=shape[2], progress=progress)
-    _write_tomogram(output, result.volume, series, contrast, output_contrast, force,
+    _write_tomogram(output, result.volume, _pixel_size(series), contrast, output_contrast, force,
                     f"sirt {iterations} it")
 
 
@@ -264,6 +268,41 @@ def info(stack, angles, xf, aln, apply_aln, exclude_views, binning, contrast):
         click.echo(f"warning: {message}")
 
 
+@cli.command()
+@click.option("-o", "--output-dir", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("taichi-etgs-demo"), show_default=True,
+              help="Folder for the simulated tilt series, ground truth and tomograms.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the simulation.")
+@click.option("--force", is_flag=True, help="Overwrite the files of an earlier demo.")
+@_runtime_options
+def demo(output_dir, seed, force):
+    """Run the whole job on a built-in example (no input files needed).
+
+    Simulates a small specimen (vesicles, filaments, particles in ice; 41 tilts, -60..60
+    deg, noisy), reconstructs it with WBP and SIRT, writes the tomograms and prints how
+    each compares with the ground truth.
+    """
+    from .demo import run_demo
+
+    result = run_demo(output_dir, force=force, seed=seed, report=click.echo)
+    click.echo("")
+    click.echo(_metrics_table(result.metrics, result.seconds))
+    click.echo(f"\nfiles in {output_dir}/: " + ", ".join(sorted(p.name for p in
+                                                             result.files.values())))
+
+
+def _metrics_table(metrics: dict[str, dict], seconds: dict[str, float]) -> str:
+    """Methods as rows, the headline metrics as columns (fixed-width text)."""
+    header = (f"{'method':<8} {'time (s)':>8} {'PSNR':>7} {'SSIM':>6} {'corr':>6} "
+              f"{'FSC 0.5 (A)':>11} {'wedge FSC':>9}")
+    rows = [header, "-" * len(header)]
+    for name, m in metrics.items():
+        rows.append(f"{name:<8} {seconds.get(name, float('nan')):>8.1f} {m['psnr']:>7.2f} "
+                    f"{m['ssim']:>6.3f} {m['correlation']:>6.3f} "
+                    f"{m['fsc05_resolution_A']:>11.1f} {m['wedge_fsc']:>9.3f}")
+    return "\n".join(rows)
+
+
 def _ranges(indices) -> str:
     """0,1,2,5 -> '0-2,5'."""
     indices = [int(i) for i in indices]
@@ -279,6 +318,149 @@ def _ranges(indices) -> str:
 # -- commands: simulate, evaluate --
 
 # -- commands: gaussian engine --
+
+
+@cli.command()
+@_stack_options
+@_volume_options
+@click.option("--iterations", type=click.IntRange(min=1), default=None,
+              help="Optimisation steps [default: 600; with --resume: the saved run's].")
+@click.option("--max-gaussians", type=click.IntRange(min=1), default=60_000, show_default=True,
+              help="Upper bound on the model's size (memory and time grow with it).")
+@click.option("--views-per-step", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Tilt views rendered and compared per step.")
+@click.option("--init", "init", default="sirt", show_default=True, metavar="sirt|wbp|FILE",
+              help="What seeds the model: a SIRT or WBP reconstruction of the same data, a "
+                   "tomogram (.mrc, same size and polarity as the output), or a state file "
+                   "(.h5) to refine with new settings or data.")
+@click.option("--tilt-weight", type=click.Choice(["cos", "uniform", "etgs"]), default="cos",
+              show_default=True,
+              help="Per-view weight of the loss: high tilts are thicker and noisier.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seeds initialisation, view order and densification.")
+@click.option("--state", "state_path", type=click.Path(dir_okay=False, path_type=Path),
+              default=None,
+              help="HDF5 state file, saved every --save-every steps, at the end and on Ctrl-C "
+                   "[default: OUTPUT with .state.h5].")
+@click.option("--save-every", type=click.IntRange(min=0), default=100, show_default=True,
+              help="Save the state every N steps (0: only at the end).")
+@click.option("--resume", "resume_path", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, help="Continue an interrupted run from its state file.")
+@click.option("--voxel-size", type=float, default=None,
+              help="Voxel size of the written tomogram in A [default: the stack's pixel size].")
+@_runtime_options
+def reconstruct(stack, angles, xf, aln, apply_aln, exclude_views, binning, contrast, output,
+                thickness, width, output_contrast, force, iterations, max_gaussians,
+                views_per_step, init, tilt_weight, seed, state_path, save_every, resume_path,
+                voxel_size):
+    """Reconstruct STACK as adaptive 3D Gaussians (the CryoETGS method).
+
+    The model is seeded from a classical reconstruction, then fitted to the views through a
+    differentiable projector (tilt-weighted L1 + D-SSIM), growing where the fit needs it.
+    The tomogram is the model voxelised at the stack's pixel size (or --voxel-size).
+
+    \b
+    Example:
+      taichi-etgs reconstruct TS_01.ali --angles TS_01.tlt --binning 4 --thickness 300 \\
+          -o TS_01_gs.mrc
+    """
+    from .preprocess import density_views
+    from .reconstruct import GaussianReconstruction, ReconstructConfig
+    from .state import input_checksum, load_state
+
+    _check_output(output, force)
+    state_path = state_path or output.with_name(output.name.removesuffix(".mrc") + ".state.h5")
+    series = _load(stack, angles, xf, aln, apply_aln, exclude_views, binning)
+    shape = _volume_shape(series, thickness, width)
+    checksum = input_checksum(series.data)
+    views = density_views(series.data, contrast)
+
+    if resume_path is not None:
+        state = load_state(resume_path)
+        _check_state_matches(state, checksum, shape, resume_path, force)
+        saved = {k: v for k, v in state.config.items() if not k.startswith("_")}
+        config = ReconstructConfig(**saved)
+        if iterations is not None:
+            config.iterations = iterations
+        run = GaussianReconstruction(views, series.tilts_deg, shape[0], config, width=shape[2],
+                                     params=state.params)
+        run.restore(state)
+        click.echo(f"resuming {resume_path} at iteration {run.iteration}", err=True)
+    else:
+        config = ReconstructConfig(iterations=iterations or 600, max_gaussians=max_gaussians,
+                                   views_per_step=views_per_step, tilt_weight=tilt_weight,
+                                   seed=seed, init=init if init in ("sirt", "wbp") else "sirt")
+        initial_volume, params = None, None
+        if init not in ("sirt", "wbp"):
+            init_path = Path(init)
+            if init_path.suffix.lower() in (".h5", ".hdf5"):
+                state = load_state(init_path)
+                _check_state_matches(state, checksum, shape, init_path, force=True)
+                params = state.params
+            else:
+                from .io import read_volume
+                from .preprocess import to_output_polarity
+
+                volume, _ = read_volume(init_path)
+                # The tomogram is in the input's polarity (what this tool writes by default).
+                initial_volume = to_output_polarity(volume, contrast, "input")
+        click.echo(f"seeding the model ({config.init if initial_volume is None and params is None else init})",
+                   err=True)
+        run = GaussianReconstruction(views, series.tilts_deg, shape[0], config, width=shape[2],
+                                     initial_volume=initial_volume, params=params)
+        click.echo(f"{run.params.n} Gaussians to start with", err=True)
+
+    def save(r: GaussianReconstruction) -> None:
+        r.save_state(state_path, checksum, {"pixel_size_A": series.pixel_size_A,
+                                            "source": str(series.source)})
+
+    _run_with_progress(run, save, save_every, state_path)
+    pixel = _pixel_size(series)
+    out_shape, factor = shape, 1.0
+    if voxel_size is not None:
+        if voxel_size <= 0:
+            raise InputError(f"--voxel-size must be positive, got {voxel_size}")
+        factor = voxel_size / pixel
+        out_shape = tuple(max(1, round(n / factor)) for n in shape)
+    volume = run.tomogram(voxel_size=factor, shape_zyx=out_shape)
+    _write_tomogram(output, volume, pixel * factor, contrast, output_contrast, force,
+                    f"gaussians {run.params.n}")
+
+
+def _check_state_matches(state, checksum: str, shape, path: Path, force: bool) -> None:
+    geometry_shape = tuple(state.geometry.get("shape_zyx", ()))
+    if state.input_checksum != checksum and not force:
+        raise InputError("was made from other data (input checksum differs); use --force to "
+                         "use it anyway", path)
+    if geometry_shape and geometry_shape != tuple(shape) and not force:
+        raise InputError(f"was made for a {'x'.join(map(str, geometry_shape))} (z, y, x) "
+                         f"tomogram, not {'x'.join(map(str, shape))}; use --force to use it "
+                         "anyway", path)
+
+
+def _run_with_progress(run, save, save_every: int, state_path: Path) -> None:
+    """Iterate with a progress bar; save the state periodically, at the end and on Ctrl-C."""
+    from tqdm import tqdm
+
+    start_iteration = run.iteration
+    with tqdm(total=run.config.iterations, initial=start_iteration, desc="Gaussians",
+              unit="it", file=sys.stderr, disable=None, dynamic_ncols=True) as bar:
+        def progress(info) -> None:
+            bar.set_postfix(loss=f"{info.loss:.4f}", n=info.n_gaussians, refresh=False)
+            bar.update(info.iteration - bar.n)
+            if info.message:
+                bar.write(info.message, file=sys.stderr)
+
+        try:
+            run.run(progress=progress, checkpoint=save, save_every=save_every)
+        except KeyboardInterrupt:
+            bar.close()
+            save(run)
+            click.echo(f"interrupted at iteration {run.iteration}; state saved to "
+                       f"{state_path}; continue with --resume {state_path}", err=True)
+            raise
+    save(run)
+    click.echo(f"state saved to {state_path}", err=True)
 
 
 def main(args: list[str] | None = None) -> int:

@@ -334,6 +334,23 @@ class GaussianReconstruction:
                 "view_scale": self.scale, "n_views": int(self.measured.shape[0]),
                 "detector_yx": list(self.measured.shape[1:])}
 
+    def save_state(self, path, input_checksum: str, extra_geometry: dict | None = None) -> None:
+        """Write everything a bit-for-bit resume needs (:func:`taichi_etgs.state.save_state`).
+
+        Besides parameters, optimiser and RNG, the run-time quantities that are not settings
+        (densification statistics, the pruning level) go into the config under ``_`` keys.
+        """
+        from .state import save_state
+
+        config = self.config.to_dict()
+        config.update(_min_density=self.min_density, _losses=np.asarray(self.losses),
+                      _densify_grad_norm_sum=self.stats.grad_norm_sum,
+                      _densify_view_count=self.stats.view_count)
+        geometry = self.geometry()
+        geometry.update(extra_geometry or {})
+        save_state(path, self.params, self.adam.state(), self.iteration,
+                   self.rng.bit_generator.state, config, geometry, input_checksum)
+
     def restore(self, state) -> None:
         """Continue from a saved state (:func:`taichi_etgs.state.load_state`)."""
         from .densify import DensifyStats
@@ -345,7 +362,12 @@ class GaussianReconstruction:
         self.iteration = int(state.iteration)
         self.rng = state.rng()
         self.stats = DensifyStats(self.params.n)
-        self.min_density = float(state.config.get("_min_density", self.min_density))
+        config = state.config
+        if "_densify_grad_norm_sum" in config:
+            self.stats.grad_norm_sum[:] = config["_densify_grad_norm_sum"]
+            self.stats.view_count[:] = config["_densify_view_count"]
+        self.min_density = float(config.get("_min_density", self.min_density))
+        self.losses = [float(v) for v in config.get("_losses", [])]
         self._take_snapshot()
 
 

@@ -1,0 +1,169 @@
+"""The Gaussian reconstruction: it fits, resumes, rolls back, and the CLI saves on Ctrl-C."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from taichi_etgs.cli import main
+from taichi_etgs.errors import InputError
+from taichi_etgs.io import write_stack
+from taichi_etgs.projector import forward_project
+from taichi_etgs.reconstruct import GaussianReconstruction, ReconstructConfig
+from taichi_etgs.state import input_checksum, load_state
+
+TILTS = np.arange(-60.0, 61.0, 10.0)
+SHAPE = (12, 10, 24)
+
+
+def _blobs(seed: int = 3) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    z, y, x = np.meshgrid(*(np.arange(n) + 0.5 - n / 2 for n in SHAPE), indexing="ij")
+    volume = np.zeros(SHAPE)
+    for _ in range(5):
+        c = rng.uniform([-3, -3, -8], [3, 3, 8])
+        volume += np.exp(-((z - c[0]) ** 2 + (y - c[1]) ** 2 + (x - c[2]) ** 2) / (2 * 1.5**2))
+    return volume.astype(np.float32)
+
+
+@pytest.fixture
+def problem(taichi_cpu):
+    volume = _blobs()
+    noise = np.random.default_rng(0).normal(0, 0.3, (TILTS.size, *SHAPE[1:]))
+    views = forward_project(volume, TILTS) + noise.astype(np.float32)
+    return volume, views
+
+
+CONFIG = ReconstructConfig(iterations=20, views_per_step=4, max_gaussians=600,
+                           densify_every=5, densify_from=5, densify_until=0.8, init="wbp")
+
+
+def test_fit_lowers_the_loss_and_tracks_the_volume(problem):
+    volume, views = problem
+    run = GaussianReconstruction(views, TILTS, SHAPE[0], dataclasses.replace(CONFIG,
+                                                                             iterations=60))
+    run.run()
+    assert len(run.losses) == 60
+    # Noisy 4-view batches: compare the means of the first and last ten steps.
+    assert np.mean(run.losses[-10:]) < 0.9 * np.mean(run.losses[:10])
+    assert run.params.n <= CONFIG.max_gaussians
+    tomogram = run.tomogram()
+    assert tomogram.shape == SHAPE
+    assert np.corrcoef(tomogram.ravel(), volume.ravel())[0, 1] > 0.6
+
+
+def test_resume_continues_like_an_uninterrupted_run(problem, tmp_path):
+    _, views = problem
+    whole = GaussianReconstruction(views, TILTS, SHAPE[0], CONFIG)
+    whole.run()
+
+    first = GaussianReconstruction(views, TILTS, SHAPE[0], CONFIG)
+    while first.iteration < 12:  # mid-way between densifications: statistics must travel
+        first.step()
+    path = tmp_path / "state.h5"
+    first.save_state(path, input_checksum(views))
+    state = load_state(path)
+    second = GaussianReconstruction(views, TILTS, SHAPE[0], CONFIG, params=state.params)
+    second.restore(state)
+    second.run()
+
+    assert second.params.n == whole.params.n
+    assert second.losses == pytest.approx(whole.losses, rel=1e-4)
+    # The projector's scatter uses atomic float adds, whose order varies between threads:
+    # results agree to float32 rounding, except where Adam normalises a near-zero gradient
+    # (a rounding-level gradient still moves a parameter by up to one step, lr ~ 0.01);
+    # 1e-3 absolute covers that and would still catch a resume that lost any state.
+    for field in dataclasses.fields(whole.params):
+        np.testing.assert_allclose(getattr(second.params, field.name),
+                                   getattr(whole.params, field.name), rtol=1e-3, atol=1e-3)
+
+
+def test_non_finite_loss_rolls_back_with_a_lower_learning_rate(problem, monkeypatch):
+    _, views = problem
+    run = GaussianReconstruction(views, TILTS, SHAPE[0], CONFIG)
+    for _ in range(5):
+        run.step()
+    good = run.params.copy()
+    original = run.loss_and_grad
+    calls = {"n": 0}
+
+    def poisoned(selected, params=None):
+        calls["n"] += 1
+        loss, back = original(selected, params)
+        return (float("nan") if calls["n"] == 2 else loss), back
+
+    monkeypatch.setattr(run, "loss_and_grad", poisoned)
+    run.step()
+    info = run.step()
+    assert "rolled back to iteration 5" in info.message
+    assert run.iteration == 5
+    assert run.config.lr_scale == 0.5
+    np.testing.assert_array_equal(run.params.means_xyz, good.means_xyz)
+    run.run()
+    assert run.iteration == CONFIG.iterations and np.isfinite(run.losses).all()
+
+
+def test_bad_configuration_is_refused():
+    with pytest.raises(InputError, match="init"):
+        ReconstructConfig(init="magic")
+    with pytest.raises(InputError, match="iterations"):
+        ReconstructConfig(iterations=0)
+
+
+@pytest.fixture
+def stack_file(tmp_path, taichi_cpu):
+    views = 20.0 - forward_project(_blobs(), TILTS)
+    path = tmp_path / "ts.mrc"
+    write_stack(path, views, 12.0)
+    np.savetxt(tmp_path / "ts.tlt", TILTS)
+    return path
+
+
+def _cli(args, capsys):
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_cli_ctrl_c_saves_the_state_and_resume_finishes(stack_file, tmp_path, capsys,
+                                                       monkeypatch):
+    out = tmp_path / "tomo.mrc"
+    common = [stack_file, "--thickness", SHAPE[0], "-o", out, "--max-gaussians", 400,
+              "--views-per-step", 4, "--init", "wbp", "--arch", "cpu"]
+    real_step = GaussianReconstruction.step
+
+    def interrupted(self):
+        if self.iteration == 7:
+            raise KeyboardInterrupt
+        return real_step(self)
+
+    monkeypatch.setattr(GaussianReconstruction, "step", interrupted)
+    code, _, err = _cli(["reconstruct", *common, "--iterations", 15], capsys)
+    assert code == 130
+    state_path = tmp_path / "tomo.state.h5"
+    assert "--resume" in err and str(state_path) in err
+    assert load_state(state_path).iteration == 7
+    assert not out.exists()  # nothing half-done under the final name
+
+    monkeypatch.setattr(GaussianReconstruction, "step", real_step)
+    code, _, err = _cli(["reconstruct", *common, "--resume", state_path], capsys)
+    assert code == 0, err
+    assert "resuming" in err and out.exists()
+    assert load_state(state_path).iteration == 15
+
+
+def test_cli_refuses_a_state_from_other_data(stack_file, tmp_path, capsys):
+    out = tmp_path / "a.mrc"
+    code, _, err = _cli(["reconstruct", stack_file, "--thickness", SHAPE[0], "-o", out,
+                         "--iterations", 2, "--max-gaussians", 200, "--init", "wbp",
+                         "--arch", "cpu"], capsys)
+    assert code == 0, err
+    other = tmp_path / "other.mrc"
+    write_stack(other, 20.0 - forward_project(_blobs(seed=9), TILTS), 12.0)
+    np.savetxt(tmp_path / "other.tlt", TILTS)
+    code, _, err = _cli(["reconstruct", other, "--thickness", SHAPE[0], "-o", tmp_path / "b.mrc",
+                         "--resume", tmp_path / "a.state.h5", "--arch", "cpu"], capsys)
+    assert code == 2
+    assert "other data" in err and "--force" in err
