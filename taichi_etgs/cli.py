@@ -427,6 +427,110 @@ def reconstruct(stack, angles, xf, aln, apply_aln, exclude_views, binning, contr
                     f"gaussians {run.params.n}")
 
 
+def _state_geometry(state, path: Path) -> tuple[tuple[int, int, int], float]:
+    """Tomogram shape (z, y, x) and pixel size (A) a state was made for."""
+    shape = tuple(int(n) for n in state.geometry.get("shape_zyx", ()))
+    if len(shape) != 3:
+        raise InputError("holds no tomogram geometry (shape_zyx)", path)
+    pixel = float(state.geometry.get("pixel_size_A", 0.0)) or 1.0
+    return shape, pixel
+
+
+@cli.command()
+@click.argument("state_path", metavar="STATE", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--angles", required=True, metavar="F|LIST",
+              help="Tilt angles to synthesise: an angles file (.tlt/.rawtlt/.mdoc/.aln) or a "
+                   "range START:STOP:STEP in degrees (STOP included), e.g. -90:90:1.")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Stack of synthetic views to write (MRC).")
+@click.option("--size", default=None, metavar="W,H",
+              help="Detector width and height in pixels [default: the tomogram's X and Y].")
+@click.option("--contrast", type=click.Choice(["dark", "bright"]), default="dark",
+              show_default=True, help="Polarity of the views: dark, like raw cryo-EM images.")
+@click.option("--force", is_flag=True, help="Overwrite the output if it exists.")
+@_runtime_options
+def project(state_path, angles, output, size, contrast, force):
+    """Synthesise projections of a fitted model at any tilts, measured or not."""
+    from .io import read_tilt_angles, write_stack
+    from .kernels.gaussian_projector import project_gaussians
+    from .state import load_state
+
+    _check_output(output, force)
+    state = load_state(state_path)
+    shape, pixel = _state_geometry(state, state_path)
+    tilts = _parse_angles(angles, read_tilt_angles)
+    width, height = shape[2], shape[1]
+    if size:
+        try:
+            width, height = (int(v) for v in size.split(","))
+        except ValueError:
+            raise InputError(f"--size {size!r}: expected W,H in pixels, e.g. 512,512") from None
+        if width < 1 or height < 1:
+            raise InputError(f"--size {size!r}: sizes must be positive")
+    start = time.perf_counter()
+    views = project_gaussians(state.params, tilts, height, width)
+    seconds = time.perf_counter() - start
+    views *= float(state.geometry.get("view_scale", 1.0))
+    if contrast == "dark":
+        views = -views
+    write_stack(output, views.astype("float32"), pixel, force=force,
+                labels=[f"taichi-etgs {__version__} project", " ".join(sys.argv[1:])[:80]])
+    click.echo(f"wrote {output} ({len(tilts)} views of {width} x {height}; "
+               f"{len(tilts) / max(seconds, 1e-9):.0f} views/s for {state.params.n} Gaussians)")
+
+
+def _parse_angles(text: str, read_file):
+    import numpy as np
+
+    if Path(text).exists() or ":" not in text:
+        return read_file(text)
+    try:
+        start, stop, step = (float(v) for v in text.split(":"))
+    except ValueError:
+        raise InputError(f"--angles {text!r}: expected a file or START:STOP:STEP") from None
+    if step <= 0 or stop < start:
+        raise InputError(f"--angles {text!r}: STEP must be positive and STOP >= START")
+    return np.arange(start, stop + step / 2, step)
+
+
+@cli.command()
+@click.argument("state_path", metavar="STATE", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Volume to write (MRC, Z Y X).")
+@click.option("--voxel-size", type=float, default=None,
+              help="Voxel size in A [default: the reconstruction's].")
+@click.option("--shape", default=None, metavar="NZ,NY,NX",
+              help="Grid size [default: the tomogram's extent at that voxel size].")
+@click.option("--output-contrast", type=click.Choice(["bright", "dark"]), default="bright",
+              show_default=True, help="Polarity of the volume.")
+@click.option("--force", is_flag=True, help="Overwrite the output if it exists.")
+@_runtime_options
+def voxelize(state_path, output, voxel_size, shape, output_contrast, force):
+    """Write a fitted model as a volume on any grid (finer, coarser, cropped)."""
+    from .kernels.voxelizer import voxelize_gaussians
+    from .state import load_state
+
+    _check_output(output, force)
+    state = load_state(state_path)
+    model_shape, pixel = _state_geometry(state, state_path)
+    voxel = pixel if voxel_size is None else voxel_size
+    if voxel <= 0:
+        raise InputError(f"--voxel-size must be positive, got {voxel}")
+    factor = voxel / pixel
+    grid = tuple(max(1, round(n / factor)) for n in model_shape)
+    if shape:
+        try:
+            grid = tuple(int(v) for v in shape.split(","))
+        except ValueError:
+            grid = ()
+        if len(grid) != 3 or min(grid) < 1:
+            raise InputError(f"--shape {shape!r}: expected three positive sizes NZ,NY,NX")
+    volume = voxelize_gaussians(state.params, grid, voxel_size=factor)
+    volume *= float(state.geometry.get("view_scale", 1.0))
+    _write_tomogram(output, volume, voxel, "bright", output_contrast, force,
+                    f"voxelize {state.params.n} Gaussians")
+
+
 def _check_state_matches(state, checksum: str, shape, path: Path, force: bool) -> None:
     geometry_shape = tuple(state.geometry.get("shape_zyx", ()))
     if state.input_checksum != checksum and not force:

@@ -167,3 +167,36 @@ def test_cli_refuses_a_state_from_other_data(stack_file, tmp_path, capsys):
                          "--resume", tmp_path / "a.state.h5", "--arch", "cpu"], capsys)
     assert code == 2
     assert "other data" in err and "--force" in err
+
+
+def test_cli_project_and_voxelize_a_fitted_model(stack_file, tmp_path, capsys):
+    import mrcfile
+
+    out = tmp_path / "g.mrc"
+    code, _, err = _cli(["reconstruct", stack_file, "--thickness", SHAPE[0], "-o", out,
+                         "--iterations", 5, "--max-gaussians", 300, "--init", "wbp",
+                         "--arch", "cpu"], capsys)
+    assert code == 0, err
+    state = tmp_path / "g.state.h5"
+    views = tmp_path / "views.mrc"
+    code, out_text, err = _cli(["project", state, "--angles", "-90:90:45", "-o", views,
+                                "--size", "30,10", "--arch", "cpu"], capsys)
+    assert code == 0, err
+    with mrcfile.open(views) as mrc:
+        assert mrc.data.shape == (5, 10, 30)
+        assert mrc.voxel_size.x == pytest.approx(12.0)
+        # Dark contrast by default: the model's positive mass shows as negative views.
+        assert mrc.data.sum() < 0
+    coarse = tmp_path / "coarse.mrc"
+    code, _, err = _cli(["voxelize", state, "-o", coarse, "--voxel-size", 24, "--arch", "cpu"],
+                        capsys)
+    assert code == 0, err
+    with mrcfile.open(coarse) as mrc:
+        assert mrc.data.shape == tuple(n // 2 for n in SHAPE)
+        assert mrc.voxel_size.x == pytest.approx(24.0)
+    code, _, err = _cli(["voxelize", state, "-o", tmp_path / "x.mrc", "--shape", "4,4",
+                         "--arch", "cpu"], capsys)
+    assert code == 2 and "NZ,NY,NX" in err
+    code, _, err = _cli(["project", stack_file, "--angles", "0:10:5", "-o", tmp_path / "y.mrc",
+                         "--arch", "cpu"], capsys)
+    assert code == 2 and "ts.mrc" in err  # a stack given where a state is expected
