@@ -317,6 +317,146 @@ def _ranges(indices) -> str:
 
 # -- commands: simulate, evaluate --
 
+
+@cli.command()
+@click.option("-o", "--output-dir", required=True,
+              type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for tilts.mrc, tilts.tlt, ground_truth.mrc, simulation.json.")
+@click.option("--shape", default="64,128,128", show_default=True, metavar="NZ,NY,NX",
+              help="Tomogram (and ground truth) size in voxels.")
+@click.option("--pixel-size", type=float, default=10.0, show_default=True,
+              help="Voxel and detector pixel size in A.")
+@click.option("--tilt-range", default="-60,60,3", show_default=True, metavar="MIN,MAX,STEP",
+              help="Tilt range and step in degrees.")
+@click.option("--dose-symmetric", is_flag=True,
+              help="Acquire in the dose-symmetric order (dose accumulates accordingly).")
+@click.option("--dose", type=float, default=120.0, show_default=True,
+              help="Total dose in e/A^2, split evenly over the views.")
+@click.option("--noise", type=click.Choice(["gaussian", "physical", "none"]), default="gaussian",
+              show_default=True,
+              help="gaussian: white noise at --snr; physical: CTF, radiation damage and "
+                   "Poisson counts at --dose; none: noise-free.")
+@click.option("--snr", type=float, default=0.5, show_default=True,
+              help="Per-pixel SNR of the 0 deg view (gaussian noise).")
+@click.option("--defocus", type=float, default=3.0, show_default=True,
+              help="Defocus in um (physical noise).")
+@click.option("--isolated", is_flag=True,
+              help="Specimen only inside the box (SHREC-style); by default it extends "
+                   "laterally, so high tilts see material from outside, as in real data.")
+@click.option("--structure", "structures", multiple=True,
+              type=click.Path(dir_okay=False, path_type=Path),
+              help="Atomic model (mmCIF/PDB, gzipped or not) to scatter in the ice; repeat "
+                   "for several. Default: procedural particles.")
+@click.option("--particles", type=click.IntRange(min=0), default=None,
+              help="Number of particles [default: by area].")
+@click.option("--vesicles", type=click.IntRange(min=0), default=None,
+              help="Number of vesicles [default: by area].")
+@click.option("--filaments", type=click.IntRange(min=0), default=None,
+              help="Number of filaments [default: by area].")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed: the same seed gives the same files.")
+@click.option("--force", is_flag=True, help="Overwrite earlier files in the folder.")
+@_runtime_options
+def simulate(output_dir, shape, pixel_size, tilt_range, dose_symmetric, dose, noise, snr,
+             defocus, isolated, structures, particles, vesicles, filaments, seed, force):
+    """Simulate a tilt series with its ground truth (to test and compare methods).
+
+    The specimen (macromolecules, vesicles, filaments in ice) is built and projected on a
+    grid twice as fine as the output, then binned, so reconstructions are not tested with
+    their own projector.
+    """
+    from .simulate import SimulationConfig, simulate_tilt_series, write_simulation
+    from .specimen import PlacementWarning
+
+    shape_zyx = _int_triple(shape, "--shape")
+    try:
+        t_min, t_max, t_step = (float(v) for v in tilt_range.split(","))
+    except ValueError:
+        raise InputError(f"--tilt-range {tilt_range!r}: expected MIN,MAX,STEP") from None
+    config = SimulationConfig(shape_zyx=shape_zyx, pixel_size_A=pixel_size, tilt_min_deg=t_min,
+                              tilt_max_deg=t_max, tilt_step_deg=t_step,
+                              dose_symmetric=dose_symmetric, total_dose_e_per_A2=dose,
+                              noise=noise, snr=snr, defocus_um=defocus, isolated=isolated,
+                              structures=tuple(str(p) for p in structures),
+                              n_particles=particles, n_vesicles=vesicles, n_filaments=filaments,
+                              seed=seed)
+    if not force:
+        from .simulate import OUTPUT_FILES
+
+        for name in OUTPUT_FILES:
+            if (output_dir / name).exists():
+                raise InputError("exists; use --force to overwrite", output_dir / name)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", PlacementWarning)
+        result = simulate_tilt_series(config, progress=lambda m: click.echo(m, err=True))
+    _echo_warnings(caught)
+    files = write_simulation(result, output_dir, force=force)
+    click.echo(f"wrote {', '.join(str(p) for p in files.values())}")
+
+
+def _int_triple(text: str, option: str) -> tuple[int, int, int]:
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3 or min(values) < 1:
+        raise InputError(f"{option} {text!r}: expected three positive sizes NZ,NY,NX")
+    return values
+
+
+@cli.command()
+@click.argument("recon", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--reference", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Ground truth volume of the same shape (e.g. from `simulate`).")
+@click.option("--max-tilt", type=float, default=None,
+              help="Largest tilt of the data in degrees, for the missing-wedge FSC "
+                   "[default: from --angles, else 60].")
+@click.option("--angles", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="The data's angles file (gives --max-tilt).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, help="Write every metric and the FSC curves as JSON.")
+@click.option("--figure", "figure_path", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, help="Write XY/XZ slices and FSC curves (PNG, PDF or SVG).")
+@click.option("--force", is_flag=True, help="Overwrite the JSON or figure if they exist.")
+def evaluate(recon, reference, max_tilt, angles, json_path, figure_path, force):
+    """Score a reconstruction against a reference: PSNR, SSIM, FSC, missing-wedge FSC.
+
+    The reconstruction is first fitted to the reference by least squares (gain and offset,
+    so units and polarity do not matter; a negative gain is reported as inverted contrast),
+    then compared with the reference's range as data range.
+    """
+    import numpy as np
+
+    from .io import read_tilt_angles, read_volume
+    from .metrics import evaluate as evaluate_volumes
+    from .metrics import write_metrics_json
+
+    for path in (json_path, figure_path):
+        if path is not None:
+            _check_output(path, force)
+    volume, voxel = read_volume(recon)
+    truth, truth_voxel = read_volume(reference)
+    voxel = voxel or truth_voxel or 1.0
+    if max_tilt is None:
+        max_tilt = float(np.abs(read_tilt_angles(angles)).max()) if angles else 60.0
+    metrics = evaluate_volumes(volume, truth, voxel, max_tilt)
+    click.echo(f"PSNR {metrics['psnr']:.2f} dB   SSIM {metrics['ssim']:.3f}   correlation "
+               f"{metrics['correlation']:.3f}")
+    click.echo(f"FSC 0.5: {metrics['fsc05_resolution_A']:.1f} A   FSC 0.143: "
+               f"{metrics['fsc0143_resolution_A']:.1f} A   missing-wedge FSC "
+               f"{metrics['wedge_fsc']:.3f}")
+    if metrics.get("contrast_inverted"):
+        click.echo("note: the reconstruction has inverted contrast relative to the reference")
+    if json_path is not None:
+        write_metrics_json(metrics, json_path, force=force)
+        click.echo(f"wrote {json_path}")
+    if figure_path is not None:
+        from .figures import evaluation_figure
+
+        evaluation_figure(volume, truth, metrics, figure_path, force=force,
+                          title=f"{recon.name} vs {reference.name}")
+        click.echo(f"wrote {figure_path}")
+
 # -- commands: gaussian engine --
 
 

@@ -15,6 +15,7 @@ __all__ = [
     "project_point",
     "angular_weights_rad",
     "missing_wedge_deg",
+    "fov_padding",
 ]
 
 
@@ -63,3 +64,16 @@ def missing_wedge_deg(tilts_deg: np.ndarray) -> float:
     """Angular size of the unmeasured wedge: 180 minus the tilt range, in degrees."""
     tilts = np.asarray(tilts_deg, dtype=np.float64)
     return float(max(0.0, 180.0 - np.ptp(tilts)))
+
+
+def fov_padding(thickness: int, tilts_deg: np.ndarray, max_tilt_deg: float = 80.0) -> int:
+    """Voxels to add on each side of X so that every ray keeps its whole path in the slab.
+
+    At tilt ``theta`` a ray crosses the slab of thickness ``T`` over ``T tan(theta)`` in X,
+    so rays that land near the detector's edges pass through specimen outside the
+    tomogram's box, as in every real tilt series. Iterative methods confined to the box
+    would pile that material onto the box's sides; reconstructing on a grid widened by
+    ``T/2 tan(max |theta|)`` per side (tilts capped at ``max_tilt_deg``) and cropping avoids it.
+    """
+    tilt = min(float(np.max(np.abs(tilts_deg))), max_tilt_deg)
+    return int(np.ceil(0.5 * thickness * np.tan(np.deg2rad(tilt))))

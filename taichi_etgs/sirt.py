@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import InputError
+from .geometry import fov_padding
 from .projector import VoxelProjector
 
 __all__ = ["SirtResult", "sirt"]
@@ -30,6 +31,7 @@ class SirtResult:
 def sirt(views: np.ndarray, tilts_deg: np.ndarray, thickness: int, iterations: int = 30,
          relaxation: float = 1.0, positivity: bool = False,
          initial: np.ndarray | None = None, width: int | None = None,
+         extend_fov: bool = True,
          progress: Callable[[int, float], None] | None = None) -> SirtResult:
     """Reconstruct a tomogram with SIRT.
 
@@ -43,6 +45,9 @@ def sirt(views: np.ndarray, tilts_deg: np.ndarray, thickness: int, iterations: i
     positivity: clamp the volume at zero after every iteration.
     initial: starting volume (default zeros). [nz, ny, nx]
     width: nx of the tomogram (default n_u).
+    extend_fov: reconstruct on a grid widened in X by :func:`~taichi_etgs.geometry.fov_padding`
+        and crop, so that material the high tilts see outside the box is not piled onto
+        the box's sides.
     progress: called after each iteration with (iteration, residual).
 
     Returns
@@ -63,6 +68,9 @@ def sirt(views: np.ndarray, tilts_deg: np.ndarray, thickness: int, iterations: i
     shape = (int(thickness), ny, n_u if width is None else int(width))
     if shape[0] < 1 or shape[2] < 1:
         raise InputError(f"impossible tomogram shape {shape}")
+    pad = fov_padding(shape[0], tilts_deg) if extend_fov else 0
+    inner = shape
+    shape = (shape[0], shape[1], shape[2] + 2 * pad)
     projector = VoxelProjector(tilts_deg, shape, n_u)
 
     measured = projector.device(np.ascontiguousarray(views.transpose(1, 0, 2), np.float32))
@@ -81,8 +89,9 @@ def sirt(views: np.ndarray, tilts_deg: np.ndarray, thickness: int, iterations: i
         volume = projector.empty_volume()
     else:
         initial = np.asarray(initial, dtype=np.float32)
-        if initial.shape != shape:
-            raise InputError(f"the initial volume has shape {initial.shape}, expected {shape}")
+        if initial.shape != inner:
+            raise InputError(f"the initial volume has shape {initial.shape}, expected {inner}")
+        initial = np.pad(initial, ((0, 0), (0, 0), (pad, pad)))
         volume = projector.device(np.ascontiguousarray(initial.transpose(1, 0, 2)))
     work_views = projector.empty_views()
     correction = projector.empty_volume()
@@ -95,5 +104,6 @@ def sirt(views: np.ndarray, tilts_deg: np.ndarray, thickness: int, iterations: i
         residuals.append(residual)
         if progress is not None:
             progress(iteration, residual)
-    result = np.ascontiguousarray(projector.host(volume).transpose(1, 0, 2))
+    result = projector.host(volume).transpose(1, 0, 2)[:, :, pad:pad + inner[2]]
+    result = np.ascontiguousarray(result)
     return SirtResult(volume=result, residuals=residuals)
