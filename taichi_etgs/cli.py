@@ -279,12 +279,22 @@ def demo(output_dir, seed, force):
     """Run the whole job on a built-in example (no input files needed).
 
     Simulates a small specimen (vesicles, filaments, particles in ice; 41 tilts, -60..60
-    deg, noisy), reconstructs it with WBP and SIRT, writes the tomograms and prints how
-    each compares with the ground truth.
+    deg, noisy), reconstructs it with WBP, SIRT and adaptive Gaussians, writes the
+    tomograms and prints how each compares with the ground truth.
     """
-    from .demo import run_demo
+    from tqdm import tqdm
 
-    result = run_demo(output_dir, force=force, seed=seed, report=click.echo)
+    from .demo import DEMO_GAUSSIAN_ITERATIONS, run_demo
+
+    with tqdm(total=DEMO_GAUSSIAN_ITERATIONS, desc="Gaussians", unit="it", file=sys.stderr,
+              disable=None, dynamic_ncols=True) as bar:
+        def progress(info) -> None:
+            bar.set_postfix(loss=f"{info.loss:.4f}", n=info.n_gaussians, refresh=False)
+            bar.update(info.iteration - bar.n)
+
+        result = run_demo(output_dir, force=force, seed=seed,
+                          report=lambda line: bar.write(line, file=sys.stdout),
+                          progress=progress)
     click.echo("")
     click.echo(_metrics_table(result.metrics, result.seconds))
     click.echo(f"\nfiles in {output_dir}/: " + ", ".join(sorted(p.name for p in

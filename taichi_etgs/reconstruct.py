@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import InputError
+from .geometry import fov_padding
 from .gaussians import GaussianParams
 
 __all__ = ["ReconstructConfig", "ReconstructResult", "Progress", "GaussianReconstruction",
@@ -57,6 +58,9 @@ class ReconstructConfig:
         densified (a scale-free threshold: the absolute level depends on data and loss).
     min_density_fraction: prune Gaussians whose density falls below this fraction of the
         initial model's median density.
+    extend_fov: model the specimen on a grid widened in X by
+        :func:`~taichi_etgs.geometry.fov_padding`, so that what the high tilts see outside
+        the tomogram's box is explained there instead of at the box's sides.
     lr_scale: multiplies every learning rate (the rollback after a NaN halves it).
     seed: seeds the initialisation, the view order and densification.
     """
@@ -74,6 +78,7 @@ class ReconstructConfig:
     densify_until: float = 0.6
     densify_quantile: float = 0.05
     min_density_fraction: float = 0.01
+    extend_fov: bool = True
     lr_scale: float = 1.0
     seed: int = 0
 
@@ -165,6 +170,10 @@ class GaussianReconstruction:
         self.measured, self.scale = normalised_views(views)
         n_tilts, ny, nu = self.measured.shape
         self.shape_zyx = (int(thickness), ny, nu if width is None else int(width))
+        self.pad_x = (fov_padding(self.shape_zyx[0], self.tilts_deg)
+                      if self.config.extend_fov else 0)
+        # The model lives on the widened grid; the tomogram is its central box.
+        self.model_shape_zyx = (self.shape_zyx[0], ny, self.shape_zyx[2] + 2 * self.pad_x)
         self.weights = tilt_weights(self.tilts_deg, self.config.tilt_weight)
         self.data_range = default_data_range(self.measured)
         self.iteration = 0
@@ -186,18 +195,24 @@ class GaussianReconstruction:
             if initial_volume.shape != self.shape_zyx:
                 raise InputError(f"the initial volume has shape {initial_volume.shape}, "
                                  f"expected {self.shape_zyx} (z, y, x)")
+            # Outside the given box, seed from the level the box sits on.
+            initial_volume = np.pad(initial_volume, ((0, 0), (0, 0), (self.pad_x,) * 2),
+                                    constant_values=float(np.median(initial_volume)))
         n_init = self.config.init_gaussians or max(1, self.config.max_gaussians // 2)
         return init_from_volume(initial_volume, n_init, seed=self.config.seed).astype(np.float32)
 
     def classical_reconstruction(self) -> np.ndarray:
-        """The initial volume: SIRT or WBP of the normalised views. [nz, ny, nx]"""
+        """The initial volume: SIRT or WBP of the normalised views on the model's grid.
+
+        [nz, ny, nx + 2 pad_x]; the widened grid already holds every ray's whole path.
+        """
         from .sirt import sirt
         from .wbp import weighted_back_projection
 
-        nz, _, nx = self.shape_zyx
+        nz, _, nx = self.model_shape_zyx
         if self.config.init == "wbp":
             return weighted_back_projection(self.measured, self.tilts_deg, nz, width=nx)
-        return sirt(self.measured, self.tilts_deg, nz, width=nx,
+        return sirt(self.measured, self.tilts_deg, nz, width=nx, extend_fov=False,
                     iterations=self.config.init_sirt_iterations).volume
 
     def _start(self, params: GaussianParams) -> None:
@@ -205,7 +220,7 @@ class GaussianReconstruction:
         from .optim import Adam, learning_rates, scene_extent_vox
 
         self.params = params.astype(np.float32)
-        self.extent = scene_extent_vox(self.shape_zyx)
+        self.extent = scene_extent_vox(self.model_shape_zyx)
         self.adam = Adam(self.params, learning_rates(0, self.config.iterations, self.extent))
         self.stats = DensifyStats(self.params.n)
         self.min_density = self.config.min_density_fraction * float(
@@ -275,7 +290,8 @@ class GaussianReconstruction:
 
         threshold = quantile_grad_threshold(self.stats, 1.0 - self.config.densify_quantile)
         result = densify_and_prune(self.params, self.stats, max_gaussians=self.config.max_gaussians,
-                                   min_density=self.min_density, volume_shape_zyx=self.shape_zyx,
+                                   min_density=self.min_density,
+                                   volume_shape_zyx=self.model_shape_zyx,
                                    rng=self.rng, grad_threshold=threshold)
         self.params = result.params.astype(np.float32)
         self.adam.select(result.keep_mask)
@@ -331,6 +347,7 @@ class GaussianReconstruction:
 
     def geometry(self) -> dict:
         return {"tilts_deg": self.tilts_deg, "shape_zyx": list(self.shape_zyx),
+                "model_shape_zyx": list(self.model_shape_zyx),
                 "view_scale": self.scale, "n_views": int(self.measured.shape[0]),
                 "detector_yx": list(self.measured.shape[1:])}
 
