@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine, median_time, peak_rss_mib, reset_peak_rss  # noqa: E402
+from _common import machine, median_time, peak_rss_mib, reset_peak_rss
 
 SIZES = {
     "medium": ((96, 256, 256), np.arange(-60.0, 61.0, 3.0)),   # 41 tilts

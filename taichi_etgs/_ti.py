@@ -4,6 +4,6 @@ import os
 
 os.environ.setdefault("ENABLE_TAICHI_HEADER_PRINT", "False")
 
-import taichi as ti  # noqa: E402
+import taichi as ti
 
 __all__ = ["ti"]

@@ -554,8 +554,8 @@ def reconstruct(stack, angles, xf, aln, apply_aln, exclude_views, binning, contr
                 volume, _ = read_volume(init_path)
                 # The tomogram is in the input's polarity (what this tool writes by default).
                 initial_volume = to_output_polarity(volume, contrast, "input")
-        click.echo(f"seeding the model ({config.init if initial_volume is None and params is None else init})",
-                   err=True)
+        seed_from = config.init if initial_volume is None and params is None else init
+        click.echo(f"seeding the model ({seed_from})", err=True)
         run = GaussianReconstruction(views, series.tilts_deg, shape[0], config, width=shape[2],
                                      initial_volume=initial_volume, params=params)
         click.echo(f"{run.params.n} Gaussians to start with", err=True)
@@ -742,7 +742,7 @@ def main(args: list[str] | None = None) -> int:
         click.echo("error: out of memory; reduce the problem (e.g. --binning 2 or a smaller "
                    "--thickness)", err=True)
         return 1
-    except Exception as exc:  # noqa: BLE001 - a bug: say so in one line, keep the trace on demand
+    except Exception as exc:
         if os.environ.get("TAICHI_ETGS_DEBUG"):
             raise
         click.echo(f"error: internal error ({type(exc).__name__}: {exc}); please report it. "

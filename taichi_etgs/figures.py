@@ -50,7 +50,8 @@ def evaluation_figure(recon: np.ndarray, reference: np.ndarray, metrics: dict,
     The reconstruction is shown after the same affine normalisation as the metrics
     (``metrics["fit_gain"]``, ``metrics["fit_offset"]``), both volumes with the
     reference's 0.5-99.5 percentile grey range. Rows: an XY slice and an XZ slice, each
-    where the reference varies most within the central half of Z (resp. Y); columns: reconstruction, reference; right: FSC and missing-wedge
+    where the reference varies most within the central half of Z (resp. Y); columns:
+    reconstruction, reference; right: FSC and missing-wedge
     FSC with the 0.5 and 0.143 thresholds.
 
     Parameters

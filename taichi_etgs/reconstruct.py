@@ -25,15 +25,14 @@ learning rates. Ctrl-C saves the state (when a state file was named) before leav
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from .errors import InputError
-from .geometry import fov_padding
 from .gaussians import GaussianParams
+from .geometry import fov_padding
 
 __all__ = ["ReconstructConfig", "ReconstructResult", "Progress", "GaussianReconstruction",
            "normalised_views"]

@@ -54,8 +54,11 @@ def sirt(views: np.ndarray, tilts_deg: np.ndarray, thickness: int, iterations: i
     -------
     :class:`SirtResult` with the float32 volume [nz, ny, nx] and the residuals.
     """
-    from .kernels.elementwise import (safe_reciprocal_kernel, sirt_update_kernel,
-                                      weighted_residual_kernel)
+    from .kernels.elementwise import (
+        safe_reciprocal_kernel,
+        sirt_update_kernel,
+        weighted_residual_kernel,
+    )
 
     views = np.asarray(views)
     if views.ndim != 3:

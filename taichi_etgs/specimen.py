@@ -686,7 +686,8 @@ def build_specimen(rng: np.random.Generator, box_zyx_A: tuple[float, float, floa
     """Populate an ice layer with vesicles, filaments and particles at random.
 
     Objects do not overlap (bounding spheres; filaments as chains of spheres) and lie
-    inside the ice. Placed in turn: vesicles, filaments, particles. The counts are those whose centre lies in the box; when the specimen
+    inside the ice. Placed in turn: vesicles, filaments, particles. The counts are those
+    whose centre lies in the box; when the specimen
     extends beyond the box (``half_width_x_A`` larger than half the box width), the
     region outside it gets the same number density of objects.
 

@@ -257,7 +257,8 @@ def test_wrong_format_name(tmp_path):
         load_state(path)
     with h5py.File(path, "a") as f:
         f.attrs["format"] = "something-else"
-    with pytest.raises(InputError, match=_match("not a taichi-etgs state (format 'something-else'")):
+    with pytest.raises(InputError,
+                       match=_match("not a taichi-etgs state (format 'something-else'")):
         load_state(path)
 
 
