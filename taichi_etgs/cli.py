@@ -692,10 +692,29 @@ def _check_state_matches(state, checksum: str, shape, path: Path, force: bool) -
                          "anyway", path)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a batch system ending the job), handled like Ctrl-C but exiting with 143."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
+
+
 def _run_with_progress(run, save, save_every: int, state_path: Path) -> None:
-    """Iterate with a progress bar; save the state periodically, at the end and on Ctrl-C."""
+    """Iterate with a progress bar; save the state periodically, at the end and on Ctrl-C
+    or SIGTERM."""
+    import signal
+
     from tqdm import tqdm
 
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        _iterate(run, save, save_every, state_path, tqdm)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _iterate(run, save, save_every: int, state_path: Path, tqdm) -> None:
     start_iteration = run.iteration
     with tqdm(total=run.config.iterations, initial=start_iteration, desc="Gaussians",
               unit="it", file=sys.stderr, disable=None, dynamic_ncols=True) as bar:
@@ -727,7 +746,11 @@ def main(args: list[str] | None = None) -> int:
     except InputError as exc:
         click.echo(f"error: {exc}", err=True)
         return 2
-    except click.exceptions.Abort:
+    except click.exceptions.Abort as exc:
+        # click turns KeyboardInterrupt (and so SIGTERM's Terminated) into Abort.
+        if isinstance(exc.__cause__, Terminated):
+            click.echo("terminated", err=True)
+            return 143
         click.echo("interrupted", err=True)
         return 130
     except KeyboardInterrupt:

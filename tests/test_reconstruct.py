@@ -200,3 +200,26 @@ def test_cli_project_and_voxelize_a_fitted_model(stack_file, tmp_path, capsys):
     code, _, err = _cli(["project", stack_file, "--angles", "0:10:5", "-o", tmp_path / "y.mrc",
                          "--arch", "cpu"], capsys)
     assert code == 2 and "ts.mrc" in err  # a stack given where a state is expected
+
+
+def test_cli_sigterm_saves_the_state_and_exits_143(stack_file, tmp_path, capsys, monkeypatch):
+    import os
+    import signal
+
+    real_step = GaussianReconstruction.step
+
+    def terminated(self):
+        if self.iteration == 4:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_step(self)
+
+    monkeypatch.setattr(GaussianReconstruction, "step", terminated)
+    out = tmp_path / "t.mrc"
+    code, _, err = _cli(["reconstruct", stack_file, "--thickness", SHAPE[0], "-o", out,
+                         "--iterations", 10, "--max-gaussians", 200, "--init", "wbp",
+                         "--arch", "cpu"], capsys)
+    assert code == 143
+    assert "terminated" in err
+    assert load_state(tmp_path / "t.state.h5").iteration in (4, 5)
+    assert not out.exists()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handler restored
