@@ -13,6 +13,7 @@ import warnings
 from pathlib import Path
 
 import click
+import numpy as np
 
 from . import __version__
 from .errors import InputError
@@ -540,13 +541,14 @@ def reconstruct(stack, angles, xf, aln, apply_aln, exclude_views, binning, contr
         config = ReconstructConfig(iterations=iterations or 600, max_gaussians=max_gaussians,
                                    views_per_step=views_per_step, tilt_weight=tilt_weight,
                                    seed=seed, init=init if init in ("sirt", "wbp") else "sirt")
-        initial_volume, params = None, None
+        initial_volume, params, params_view_scale = None, None, 1.0
         if init not in ("sirt", "wbp"):
             init_path = Path(init)
             if init_path.suffix.lower() in (".h5", ".hdf5"):
                 state = load_state(init_path)
                 _check_state_matches(state, checksum, shape, init_path, force=True)
                 params = state.params
+                params_view_scale = float(state.geometry.get("view_scale", 1.0))
             else:
                 from .io import read_volume
                 from .preprocess import to_output_polarity
@@ -557,7 +559,8 @@ def reconstruct(stack, angles, xf, aln, apply_aln, exclude_views, binning, contr
         seed_from = config.init if initial_volume is None and params is None else init
         click.echo(f"seeding the model ({seed_from})", err=True)
         run = GaussianReconstruction(views, series.tilts_deg, shape[0], config, width=shape[2],
-                                     initial_volume=initial_volume, params=params)
+                                     initial_volume=initial_volume, params=params,
+                                     params_view_scale=params_view_scale)
         click.echo(f"{run.params.n} Gaussians to start with", err=True)
 
     def save(r: GaussianReconstruction) -> None:
@@ -676,9 +679,78 @@ def voxelize(state_path, output, voxel_size, shape, output_contrast, force):
         if len(grid) != 3 or min(grid) < 1:
             raise InputError(f"--shape {shape!r}: expected three positive sizes NZ,NY,NX")
     volume = voxelize_gaussians(state.params, grid, voxel_size=factor)
-    volume *= float(state.geometry.get("view_scale", 1.0))
+    # Back to the units the model was fitted in, on the level it sits on.
+    volume = (volume * float(state.geometry.get("view_scale", 1.0))
+              + float(state.geometry.get("background", 0.0)))
     _write_tomogram(output, volume, voxel, "bright", output_contrast, force,
                     f"voxelize {state.params.n} Gaussians")
+
+
+@cli.command()
+@click.argument("volume_path", metavar="VOLUME", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="State file to write (.h5): can seed `reconstruct --init`, or be exported.")
+@click.option("--max-gaussians", type=click.IntRange(min=1), default=50_000, show_default=True,
+              help="Number of Gaussians (the octree uses the whole budget).")
+@click.option("--iterations", type=click.IntRange(min=0), default=300, show_default=True,
+              help="Volume-loss fitting steps after the octree initialisation.")
+@click.option("--contrast", type=click.Choice(["dark", "bright"]), default="dark",
+              show_default=True,
+              help="How density looks in VOLUME: dark (the raw images' polarity, what IMOD, "
+                   "AreTomo and this tool write by default) or bright.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--force", is_flag=True, help="Overwrite the output if it exists.")
+@_runtime_options
+def gaussianize(volume_path, output, max_gaussians, iterations, contrast, seed, force):
+    """Fit Gaussians to an existing tomogram (from any program).
+
+    Seeds the model with the octree and fits it to the volume; prints how well the
+    voxelised model reproduces it (PSNR). The model sits on the volume's median, which it
+    does not represent (below-median voxels, mostly noise, come back as the median).
+    """
+    from tqdm import tqdm
+
+    from .convert import gaussianize as fit
+    from .io import read_volume
+    from .state import input_checksum, save_state
+
+    _check_output(output, force)
+    volume, voxel = read_volume(volume_path)
+    if contrast == "dark":
+        volume = -volume
+    with tqdm(total=iterations, desc="fit", unit="it", file=sys.stderr, disable=None) as bar:
+        result = fit(volume, max_gaussians=max_gaussians, iterations=iterations, seed=seed,
+                     progress=lambda i, loss: (bar.set_postfix(loss=f"{loss:.4f}"),
+                                               bar.update(i - bar.n)))
+    geometry = {"shape_zyx": list(volume.shape), "model_shape_zyx": list(volume.shape),
+                "pixel_size_A": voxel, "view_scale": 1.0, "background": result.background,
+                "source": str(volume_path)}
+    save_state(output, result.params, None, 0, np.random.default_rng(seed).bit_generator.state,
+               {"gaussianize_iterations": iterations, "max_gaussians": max_gaussians},
+               geometry, input_checksum(volume), force=True)
+    click.echo(f"wrote {output}: {result.params.n} Gaussians; the voxelised model reproduces "
+               f"{volume_path.name} at PSNR {result.psnr_db:.1f} dB")
+
+
+@cli.command()
+@click.argument("state_path", metavar="STATE", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="File to write: .ply (3D Gaussian splatting viewers) or .csv.")
+@click.option("--origin", type=click.Choice(["centre", "corner", "index"]), default="index",
+              show_default=True,
+              help="Coordinates in A from: the tomogram centre, its corner, or voxel 0's "
+                   "centre (index: overlays the MRC in ChimeraX and napari).")
+@click.option("--force", is_flag=True, help="Overwrite the output if it exists.")
+def export(state_path, output, origin, force):
+    """Export a model's Gaussians (centres, scales, rotations, densities) for viewers."""
+    from .convert import export_gaussians
+    from .state import load_state
+
+    state = load_state(state_path)
+    shape, pixel = _state_geometry(state, state_path)
+    export_gaussians(state.params, output, voxel_size_A=pixel, origin=origin, shape_zyx=shape,
+                     force=force)
+    click.echo(f"wrote {output} ({state.params.n} Gaussians, {pixel:g} A/voxel)")
 
 
 def _check_state_matches(state, checksum: str, shape, path: Path, force: bool) -> None:

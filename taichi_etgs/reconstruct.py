@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import InputError
-from .gaussians import GaussianParams
+from .gaussians import GaussianParams, density_raw_from_densities
 from .geometry import fov_padding
 
 __all__ = ["ReconstructConfig", "ReconstructResult", "Progress", "GaussianReconstruction",
@@ -151,12 +151,16 @@ class GaussianReconstruction:
     initial_volume: a volume to seed the model from, in the views' units, instead of a
         classical reconstruction. [nz, ny, nx]
     params: a model to continue from instead of seeding one.
+    params_view_scale: the units of ``params``' densities, as the ``view_scale`` of the run
+        (or 1.0 for a model of a tomogram in the views' units per voxel) that made them;
+        None: already in this run's units (a resume).
     """
 
     def __init__(self, views: np.ndarray, tilts_deg: np.ndarray, thickness: int,
                  config: ReconstructConfig | None = None, *, width: int | None = None,
                  initial_volume: np.ndarray | None = None,
-                 params: GaussianParams | None = None) -> None:
+                 params: GaussianParams | None = None,
+                 params_view_scale: float | None = None) -> None:
         from .loss import default_data_range, tilt_weights
 
         self.config = config or ReconstructConfig()
@@ -180,6 +184,10 @@ class GaussianReconstruction:
         self.rng = np.random.default_rng(self.config.seed)
         if params is None:
             params = self._seed_model(initial_volume)
+        elif params_view_scale is not None:
+            params = params.copy()
+            params.density_raw = density_raw_from_densities(
+                params.densities() * (params_view_scale / self.scale))
         self._start(params)
 
     # -- set-up ---------------------------------------------------------------------------

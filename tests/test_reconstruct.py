@@ -223,3 +223,28 @@ def test_cli_sigterm_saves_the_state_and_exits_143(stack_file, tmp_path, capsys,
     assert load_state(tmp_path / "t.state.h5").iteration in (4, 5)
     assert not out.exists()
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handler restored
+
+
+def test_cli_gaussianize_export_and_refine(stack_file, tmp_path, capsys):
+    from taichi_etgs.io import write_volume
+
+    volume = tmp_path / "tomo.mrc"
+    write_volume(volume, -_blobs(), 12.0)  # dark, like a tomogram in raw-image polarity
+    state = tmp_path / "fit.h5"
+    code, out, err = _cli(["gaussianize", volume, "-o", state, "--max-gaussians", 300,
+                           "--iterations", 10, "--arch", "cpu"], capsys)
+    assert code == 0, err
+    assert "PSNR" in out
+    ply = tmp_path / "fit.ply"
+    code, out, err = _cli(["export", state, "-o", ply], capsys)
+    assert code == 0, err
+    header = ply.read_bytes().split(b"end_header")[0].decode()
+    assert "element vertex" in header and "property float opacity" in header
+    code, _, err = _cli(["export", state, "-o", ply], capsys)
+    assert code == 2 and "--force" in err
+    # The fitted model seeds a reconstruction of the tilt series (refinement).
+    code, _, err = _cli(["reconstruct", stack_file, "--thickness", SHAPE[0], "-o",
+                         tmp_path / "refined.mrc", "--init", state, "--iterations", 3,
+                         "--arch", "cpu"], capsys)
+    assert code == 0, err
+    assert (tmp_path / "refined.mrc").exists()
