@@ -1,13 +1,23 @@
 """The ``taichi-etgs`` command line: parse options, call the library, report.
 
 Heavy modules (Taichi, the kernels) are imported inside commands so that ``--help`` is fast.
+
+Messages: results go to stdout, progress, warnings and errors to stderr; ``-v`` adds
+detail (what was read, the settings, memory estimates, timings) through Python's
+``logging`` (the ``taichi_etgs`` logger), and ``--log FILE`` appends everything, with
+timestamps, to FILE. Every MRC, state or model file written gets a JSON sidecar
+(``<output>.json``, see :mod:`taichi_etgs.provenance`).
 """
 
 from __future__ import annotations
 
+import errno
 import functools
+import logging
 import os
+import shlex
 import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -20,15 +30,189 @@ from .errors import InputError
 
 __all__ = ["main", "cli"]
 
+log = logging.getLogger("taichi_etgs.cli")
+_PACKAGE_LOGGER = "taichi_etgs"
+# Commands in the order a newcomer meets them (click would sort them alphabetically).
+_COMMAND_ORDER = ("demo", "info", "wbp", "sirt", "reconstruct", "project", "voxelize",
+                  "gaussianize", "export", "simulate", "evaluate")
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+
+class RunFailure(Exception):
+    """A run that could not finish for a reason outside the input (a full disk): the CLI
+    prints ``error: <message>`` and exits with 1."""
+
+
+# -- logging --
+
+
+class _ConsoleHandler(logging.Handler):
+    """Log records on stderr, resolved at each record (test captures, pipes) and written
+    between progress-bar redraws."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            from tqdm import tqdm
+
+            tqdm.write(self.format(record), file=sys.stderr)
+        except Exception:  # logging must never break a run
+            self.handleError(record)
+
+
+class _ConsoleFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        if record.levelno >= logging.ERROR:
+            return f"error: {text}"
+        if record.levelno >= logging.WARNING:
+            return f"warning: {text}"
+        return text
+
+
+def _not_echoed(record: logging.LogRecord) -> bool:
+    # Messages already printed by _echo go to the log file only.
+    return not getattr(record, "echoed", False)
+
+
+def _close_logging() -> None:
+    """Remove and close the handlers the CLI installed (a file handler holds the file)."""
+    logger = logging.getLogger(_PACKAGE_LOGGER)
+    for handler in list(logger.handlers):
+        if getattr(handler, "_taichi_etgs_cli", False):
+            logger.removeHandler(handler)
+            handler.close()
+    logger.setLevel(logging.NOTSET)
+
+
+def _setup_logging(verbosity: int, log_file: Path | None) -> None:
+    """stderr: warnings (-v: info, -vv: debug); ``log_file``: everything, appended."""
+    _close_logging()
+    logger = logging.getLogger(_PACKAGE_LOGGER)
+    logger.setLevel(logging.DEBUG)
+    console = _ConsoleHandler(level=(logging.WARNING, logging.INFO)[verbosity]
+                              if verbosity < 2 else logging.DEBUG)
+    console.addFilter(_not_echoed)
+    console.setFormatter(_ConsoleFormatter("%(message)s"))
+    handlers: list[logging.Handler] = [console]
+    if log_file is not None:
+        try:
+            file_handler = logging.FileHandler(log_file, mode="a", encoding="utf-8")
+        except OSError as exc:
+            raise InputError(f"cannot be opened for the log ({exc.strerror or exc})",
+                             log_file) from None
+        file_handler.setLevel(logging.DEBUG)
+        file_handler.setFormatter(logging.Formatter(
+            "%(asctime)s %(levelname)-7s %(message)s"))
+        handlers.append(file_handler)
+    for handler in handlers:
+        handler._taichi_etgs_cli = True
+        logger.addHandler(handler)
+
+
+def _echo(message: str = "", err: bool = False, level: int = logging.INFO, bar=None) -> None:
+    """Print a message (stdout, or stderr with ``err``; above a progress ``bar`` if given)
+    and append it to the ``--log`` file."""
+    if bar is not None:
+        bar.write(message, file=sys.stderr if err else sys.stdout)
+    else:
+        click.echo(message, err=err)
+    log.log(level, message, extra={"echoed": True})
+
+
+def _warn(message: str) -> None:
+    _echo(f"warning: {message}", err=True, level=logging.WARNING)
+
+
+# -- the group --
+
+
+class _Group(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        names = list(self.commands)
+        return ([n for n in _COMMAND_ORDER if n in names]
+                + [n for n in names if n not in _COMMAND_ORDER])
+
+
+_VERBOSE_HELP = ("More detail on stderr: what was read, the settings, memory estimates and "
+                 "timings (-vv: debugging detail).")
+_LOG_HELP = "Also append every message, with timestamps, to FILE (kept across runs)."
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"],
+                                           "max_content_width": 100})
 @click.version_option(__version__, prog_name="taichi-etgs")
-def cli() -> None:
+@click.option("-v", "--verbose", count=True, help=_VERBOSE_HELP)
+@click.option("--log", "log_file", type=click.Path(dir_okay=False, path_type=Path),
+              metavar="FILE", default=None, help=_LOG_HELP)
+@click.pass_context
+def cli(ctx: click.Context, verbose: int, log_file: Path | None) -> None:
     """Cryo-ET tomograms from a tilt series: adaptive 3D Gaussians, WBP and SIRT.
 
-    Volumes are written as MRC (Z, Y, X): XY slices are the top view; the tilt axis is Y.
-    Run `taichi-etgs demo` for a complete example without any input files.
+    \b
+    Start here:
+      taichi-etgs demo                  the whole job on a built-in example, no files needed
+      taichi-etgs info TS_01.mrc        what a tilt series holds: check this first
+      taichi-etgs wbp TS_01.mrc --binning 4 --thickness 300 -o TS_01_wbp.mrc
+      taichi-etgs reconstruct TS_01.mrc --binning 4 --thickness 300 -o TS_01_gs.mrc
+
+    Tilt angles come from --angles or a file next to the stack (TS_01.tlt, .rawtlt,
+    .mdoc). Tomograms are MRC files (Z, Y, X): XY slices are the top view, the tilt axis
+    is Y. Every file written gets a sidecar OUTPUT.json with the command line, version
+    and parameters that made it. -v and --log also work after the command name.
+    Each command has its own --help.
     """
+    obj = ctx.ensure_object(dict)
+    obj["verbose"] = verbose
+    obj["log"] = log_file
+
+
+def _command(func):
+    """Options and set-up shared by every subcommand: -v/--log (also accepted after the
+    command name), logging, and the provenance of what the command writes."""
+
+    @click.option("-v", "--verbose", "cmd_verbose", count=True, help=_VERBOSE_HELP)
+    @click.option("--log", "cmd_log", type=click.Path(dir_okay=False, path_type=Path),
+                  metavar="FILE", default=None, help=_LOG_HELP)
+    @functools.wraps(func)
+    def wrapper(*args, cmd_verbose: int = 0, cmd_log: Path | None = None, **kwargs):
+        from .provenance import Provenance
+
+        ctx = click.get_current_context()
+        obj = ctx.find_object(dict)
+        if obj is None:
+            obj = ctx.ensure_object(dict)
+        verbosity = max(int(obj.get("verbose") or 0), cmd_verbose)
+        log_file = cmd_log or obj.get("log")
+        _setup_logging(verbosity, log_file)
+        command_line = obj.get("command_line") or ["taichi-etgs", *sys.argv[1:]]
+        # In the order the command declares them (ctx.params follows the command line).
+        names = [p.name for p in ctx.command.params if p.name in ctx.params]
+        params = {k: ctx.params[k] for k in names if k not in ("cmd_verbose", "cmd_log")}
+        params.update(verbose=verbosity, log=log_file)
+        obj["provenance"] = Provenance(command=ctx.info_name or func.__name__,
+                                       command_line=list(command_line),
+                                       parameters=params, version=__version__)
+        log.info("taichi-etgs %s: %s", __version__, shlex.join(command_line))
+        log.info("settings: %s", ", ".join(f"{k}={v}" for k, v in params.items()))
+        start = time.perf_counter()
+        result = func(*args, **kwargs)
+        log.info("%s done in %.1f s", ctx.info_name, time.perf_counter() - start)
+        return result
+
+    # click lists options in decoration order, reversed: put -v and --log last, by --help.
+    params = wrapper.__click_params__
+    params[:] = params[-2:] + params[:-2]
+    return wrapper
+
+
+def _provenance():
+    """The current command's :class:`~taichi_etgs.provenance.Provenance`."""
+    obj = click.get_current_context().find_object(dict)
+    return obj["provenance"]
+
+
+def _write_sidecar(path: Path, result: dict) -> None:
+    sidecar = _provenance().write(path, result)
+    log.info("wrote %s", sidecar)
 
 
 # -- shared options --
@@ -51,7 +235,9 @@ def _stack_options(func):
         click.option("--exclude-views", default=None, metavar="LIST",
                      help="Views to leave out, 0-based indices into STACK: '0,1,40' or '0-2,40'."),
         click.option("--binning", type=click.IntRange(min=1), default=1, show_default=True,
-                     help="Average-bin the images by this factor in X and Y on load."),
+                     metavar="B",
+                     help="Average-bin the images by this factor in X and Y on load "
+                          "(reconstruct binned first: 10-20 A voxels)."),
         click.option("--contrast", type=click.Choice(["dark", "bright"]), default="dark",
                      show_default=True,
                      help="How density looks in the images: dark (raw cryo-EM) or bright."),
@@ -64,10 +250,11 @@ def _stack_options(func):
 def _volume_options(func):
     decorators = [
         click.option("-o", "--output", required=True, type=click.Path(dir_okay=False,
-                     path_type=Path), help="Tomogram to write (MRC, Z Y X)."),
-        click.option("--thickness", required=True, type=click.IntRange(min=1),
+                     path_type=Path),
+                     help="Tomogram to write (MRC, Z Y X), with its sidecar OUTPUT.json."),
+        click.option("--thickness", required=True, type=click.IntRange(min=1), metavar="NZ",
                      help="Tomogram thickness NZ in (binned) voxels."),
-        click.option("--width", type=click.IntRange(min=1), default=None,
+        click.option("--width", type=click.IntRange(min=1), default=None, metavar="NX",
                      help="Tomogram width NX in voxels (default: the image width)."),
         click.option("--output-contrast", type=click.Choice(["input", "bright", "dark"]),
                      default="input", show_default=True,
@@ -82,55 +269,130 @@ def _volume_options(func):
 def _runtime_options(func):
     @click.option("--arch", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
                   show_default=True, help="Compute device: auto picks CUDA when a GPU is usable.")
-    @click.option("--threads", type=click.IntRange(min=1), default=None,
+    @click.option("--threads", type=click.IntRange(min=1), default=None, metavar="N",
                   help="CPU threads (default: all cores).")
     @functools.wraps(func)
     def wrapper(*args, arch: str, threads: int | None, **kwargs):
         from . import runtime
 
+        start = time.perf_counter()
         config = runtime.init(arch, threads=threads)
-        click.echo(f"compute: {config.arch}", err=True)
+        _echo(f"compute: {config.arch}", err=True)
+        log.info("started Taichi (%s, %s threads) in %.1f s", config.arch,
+                 config.threads or "all", time.perf_counter() - start)
         return func(*args, **kwargs)
 
     return wrapper
 
 
-def _echo_warnings(caught: list[warnings.WarningMessage]) -> None:
+def _echo_warnings(caught: list[warnings.WarningMessage]) -> list[str]:
+    messages = []
     for w in caught:
-        click.echo(f"warning: {w.message}", err=True)
+        messages.append(str(w.message))
+        _warn(str(w.message))
+    return messages
+
+
+# -- reading the input --
+
+
+class _StackHeader:
+    """What the stack's header says, before anything is loaded."""
+
+    def __init__(self, n_raw: int, ny: int, nx: int, dtype: np.dtype, pixel_A: float,
+                 binning: int) -> None:
+        self.n_raw, self.ny_raw, self.nx_raw = n_raw, ny, nx
+        self.dtype, self.pixel_A, self.binning = dtype, pixel_A, binning
+        self.ny, self.nx = ny // binning, nx // binning
+
+
+def _peek_stack(stack: Path, binning: int) -> _StackHeader:
+    """The stack's sizes from its header (a memory map: nothing is read), binned.
+
+    Raises the reader's InputError for a file that is not a readable stack; its warnings
+    come again, once, when the stack is loaded.
+    """
+    from .io import read_stack
+    from .io.binning import check_binning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        data, pixel = read_stack(stack)
+    n_raw, ny, nx = data.shape
+    b = check_binning(binning, ny, nx)
+    return _StackHeader(n_raw, ny, nx, data.dtype, pixel, b)
 
 
 def _load(stack: Path, angles, xf, aln, apply_aln, exclude_views, binning):
+    """Load the tilt series, print its warnings, log what was read; returns
+    ``(series, warning messages)``."""
     from .io import load_tilt_series
 
+    start = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         series = load_tilt_series(stack, angles, xf_path=xf, aln_path=aln, apply_aln=apply_aln,
                                   exclude_views=exclude_views, binning=binning)
-    _echo_warnings(caught)
-    return series
+    messages = _echo_warnings(caught)
+    n, ny, nx = series.data.shape
+    tilts = np.asarray(series.tilts_deg)
+    log.info("read %s in %.1f s: %d views of %d x %d pixels (X x Y, binning %d), pixel size "
+             "%s, tilts %.2f to %.2f deg from %s, views kept %s", series.source,
+             time.perf_counter() - start, n, nx, ny, binning,
+             f"{series.pixel_size_A:g} A" if series.pixel_size_A > 0 else "unknown",
+             float(tilts.min()), float(tilts.max()), series.angles_source or "-",
+             _ranges(series.kept_views))
+    prov = _provenance()
+    prov.add_input("stack", stack)
+    for role, path in (("angles", series.angles_source or angles), ("xf", xf), ("aln", aln)):
+        if path:
+            prov.add_input(role, path)
+    return series, messages
+
+
+def _probe_writable(folder: Path, path: Path) -> None:
+    """Create and remove a file in ``folder``: the only reliable writability test (root,
+    read-only mounts, network file systems)."""
+    try:
+        fd, name = tempfile.mkstemp(prefix=".taichi-etgs-probe-", dir=folder)
+    except OSError as exc:
+        raise InputError(f"cannot be written: the folder {folder} is not writable "
+                         f"({exc.strerror or exc})", path) from None
+    os.close(fd)
+    os.unlink(name)
 
 
 def _check_output(path: Path, force: bool) -> None:
     """Refuse before any work is done if the output cannot be written."""
+    if path.is_dir():
+        raise InputError("is a folder; give a file name for the output", path)
     if path.exists() and not force:
         raise InputError("exists; use --force to overwrite", path)
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
-        raise InputError(f"folder {folder} does not exist", path)
-    if not os.access(folder, os.W_OK):
-        raise InputError(f"folder {folder} is not writable", path)
+        raise InputError(f"cannot be written: the folder {folder} does not exist", path)
+    _probe_writable(folder, path)
 
 
-def _volume_shape(series, thickness: int, width: int | None) -> tuple[int, int, int]:
-    n_tilts, ny, nx = series.data.shape
+def _volume_shape(ny: int, nx: int, thickness: int, width: int | None,
+                  source) -> tuple[int, int, int]:
+    """The tomogram's (z, y, x) from the binned image size and the options."""
     if width is not None and width > nx:
         raise InputError(f"the stack is {nx} pixels wide (after binning) but --width asks for "
-                         f"{width}; reconstruct at most {nx} wide or bin less", series.source)
+                         f"{width}; reconstruct at most {nx} wide or bin less", source)
     if thickness > 4 * nx:
         raise InputError(f"--thickness {thickness} is over 4x the image width {nx}: check the "
                          "binning (thickness is in binned voxels)")
-    return (thickness, ny, nx if width is None else width)
+    nx_out = nx if width is None else width
+    return (thickness, ny, nx_out)
+
+
+def _warn_shape(shape: tuple[int, int, int]) -> None:
+    thickness, _, width = shape
+    if thickness > width:
+        _warn(f"--thickness {thickness} is larger than the tomogram width {width}: specimens "
+              "are slabs thinner than they are wide, so check the binning (thickness is in "
+              "binned voxels); reconstructing anyway")
 
 
 def _pixel_size(series) -> float:
@@ -138,53 +400,165 @@ def _pixel_size(series) -> float:
     return series.pixel_size_A if series.pixel_size_A > 0 else 1.0
 
 
+def _run_size(method: str, n_tilts: int, ny: int, nx: int, shape, binning: int, **extra):
+    from .resources import RunSize
+
+    return RunSize(method=method, n_tilts=n_tilts, ny=ny, nx=nx, thickness=shape[0],
+                   width=shape[2], binning=binning, **extra)
+
+
+def _check_resources(size, folders: list[Path], final: bool, advice: str | None = None) -> None:
+    """Refuse a run that will not fit (memory, disk); log the estimate on the final check."""
+    from .resources import available_memory_bytes, check_resources, format_bytes
+
+    estimate = check_resources(size, [f if str(f) else Path(".") for f in folders],
+                               advice=advice)
+    if final:
+        available = available_memory_bytes()
+        log.info("memory: this run needs %s; %s available", estimate.describe(),
+                 format_bytes(available) if available is not None else "unknown")
+
+
+def _views(series, contrast: str) -> np.ndarray:
+    """Positive-density views (:func:`~taichi_etgs.preprocess.density_views`), refused
+    when values overflow float32 once each view's mean is removed."""
+    from .preprocess import density_views
+
+    with np.errstate(over="ignore", invalid="ignore"):  # checked right below
+        views = density_views(series.data, contrast)
+    if not np.isfinite(views).all():
+        raise InputError(f"pixel values up to {float(np.abs(series.data).max()):.3g} overflow "
+                         "32-bit floats once each view's mean is removed; rescale the stack "
+                         "(e.g. IMOD's newstack -scale)", series.source)
+    if not views.any():
+        _refuse_no_signal(series)
+    return views
+
+
+def _refuse_no_signal(series) -> None:
+    from .io.tilt_series import _only_denormals
+
+    if _only_denormals(series.data, list(range(series.n_tilts))):
+        # Taichi sets the CPU to flush denormals to zero: they would reconstruct as zero.
+        raise InputError("holds only denormal values (magnitudes below 1.2e-38, which compute "
+                         "as zero); rescale the stack (e.g. IMOD's newstack -scale)",
+                         series.source)
+    raise InputError("contains no signal: every view is constant", series.source)
+
+
+def _density_views(series, contrast: str) -> tuple[np.ndarray, float]:
+    """Positive-density views divided by their standard deviation, and that factor.
+
+    Working at unit scale keeps float32 arithmetic away from overflow (values near 1e30)
+    and from underflow (values down to float32's smallest normal numbers, 1e-38); the
+    linear reconstructions are scaled back afterwards (:func:`_rescaled`).
+    """
+    views = _views(series, contrast)
+    sum_sq = sum(float(np.square(v, dtype=np.float64).sum()) for v in views)
+    scale = float(np.sqrt(sum_sq / max(views.size, 1)))
+    if not (np.isfinite(scale) and scale > 0):
+        _refuse_no_signal(series)
+    for t in range(views.shape[0]):
+        views[t] = views[t].astype(np.float64) / scale
+    return views, scale
+
+
+def _rescaled(volume: np.ndarray, scale: float, source) -> np.ndarray:
+    """``volume * scale`` in float32, in place (no extra copy of a large volume), refused
+    if anything is not finite."""
+    volume = np.asarray(volume, dtype=np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):  # checked right below
+        volume *= np.float32(scale)
+    _check_finite(volume, source)
+    return volume
+
+
+def _check_finite(volume: np.ndarray, source) -> None:
+    for k in range(volume.shape[0]):
+        if not np.isfinite(volume[k]).all():
+            raise InputError(f"the reconstruction holds NaN or Inf values (first in section "
+                             f"{k}), so nothing was written; check the input's values with "
+                             f"`taichi-etgs info`", source)
+
+
 def _write_tomogram(path: Path, volume, pixel: float, contrast: str, output_contrast: str,
-                    force: bool, what: str) -> None:
+                    force: bool, what: str, result: dict | None = None) -> None:
     from .io import write_volume
     from .preprocess import to_output_polarity
 
-    labels = [f"taichi-etgs {__version__} {what}", " ".join(sys.argv[1:])[:80]]
-    write_volume(path, to_output_polarity(volume, contrast, output_contrast), pixel,
-                 force=force, labels=labels)
+    _check_finite(volume, None)
+    start = time.perf_counter()
+    out = to_output_polarity(volume, contrast, output_contrast)
+    write_volume(path, out, pixel, force=force, labels=_provenance().labels(what))
     nz, ny, nx = volume.shape
-    click.echo(f"wrote {path} ({nz} x {ny} x {nx} voxels, Z Y X; {pixel:g} A/voxel)")
+    polarity = contrast if output_contrast == "input" else output_contrast
+    _write_sidecar(path, {"what": what, "shape_zyx": [nz, ny, nx],
+                          "voxel_size_A": float(f"{pixel:.6g}"),
+                          "contrast": polarity, **(result or {})})
+    log.info("wrote %s in %.1f s", path, time.perf_counter() - start)
+    _echo(f"wrote {path} ({nz} x {ny} x {nx} voxels, Z Y X; {pixel:g} A/voxel)")
+
+
+def _prepare_classical(method: str, stack, angles, xf, aln, apply_aln, exclude_views, binning,
+                       output, thickness, width, force):
+    """Everything wbp and sirt do before computing: checks, resources, the loaded series."""
+    _check_output(output, force)
+    header = _peek_stack(stack, binning)
+    shape = _volume_shape(header.ny, header.nx, thickness, width, stack)
+    _check_resources(_run_size(method, header.n_raw, header.ny, header.nx, shape, binning),
+                     [output.parent], final=False)
+    series, _ = _load(stack, angles, xf, aln, apply_aln, exclude_views, binning)
+    _warn_shape(shape)
+    max_tilt = float(np.max(np.abs(series.tilts_deg)))
+    _check_resources(_run_size(method, series.n_tilts, *series.data.shape[1:], shape, binning,
+                               max_tilt_deg=max_tilt), [output.parent], final=True)
+    return series, shape
 
 
 # -- commands: foundation (wbp, sirt, info, demo) --
 
 
 @cli.command()
+@_command
 @_stack_options
 @_volume_options
 @click.option("--radial", default="0.35,0.035", show_default=True, metavar="CUTOFF,FALLOFF",
               help="IMOD radial filter: the ramp is flat to CUTOFF, then falls as a Gaussian "
                    "of width FALLOFF (both cycles/pixel, Nyquist = 0.5).")
-@click.option("--fake-sirt", "fake_sirt", type=click.IntRange(min=0), default=0,
+@click.option("--fake-sirt", "fake_sirt", type=click.IntRange(min=0), default=0, metavar="N",
               show_default=True,
               help="Shape the filter like N SIRT iterations (IMOD's FakeSIRTiterations): "
                    "smoother, higher-contrast tomograms. 0 = plain weighted back-projection.")
 @_runtime_options
 def wbp(stack, angles, xf, aln, apply_aln, exclude_views, binning, contrast, output, thickness,
         width, output_contrast, force, radial, fake_sirt):
-    """Weighted back-projection of STACK into a tomogram.
+    """Weighted back-projection of STACK into a tomogram (fast; the classical baseline).
+
+    STACK is an MRC tilt series (.mrc, .st, .ali; one view per section) with the tilt
+    axis along Y: aligned (IMOD .ali) or aligned on load with --xf or --aln --apply-aln.
+
+    Each view is filtered with the ramp times IMOD's radial low-pass, then smeared back
+    through the volume. Seconds to minutes; sharp but noisy and streaky along the
+    missing wedge. The memory it needs is checked before it starts (-v shows the estimate).
 
     \b
     Example:
       taichi-etgs wbp TS_01.ali --angles TS_01.tlt --binning 4 --thickness 300 -o TS_01_wbp.mrc
     """
-    from .preprocess import density_views
     from .wbp import weighted_back_projection
 
     radial_pair = _parse_radial(radial)
-    _check_output(output, force)
-    series = _load(stack, angles, xf, aln, apply_aln, exclude_views, binning)
-    shape = _volume_shape(series, thickness, width)
+    series, shape = _prepare_classical("wbp", stack, angles, xf, aln, apply_aln, exclude_views,
+                                       binning, output, thickness, width, force)
+    views, scale = _density_views(series, contrast)
     start = time.perf_counter()
-    volume = weighted_back_projection(density_views(series.data, contrast), series.tilts_deg,
-                                      shape[0], radial=radial_pair,
+    volume = weighted_back_projection(views, series.tilts_deg, shape[0], radial=radial_pair,
                                       fake_sirt_iterations=fake_sirt, width=shape[2])
-    click.echo(f"weighted back-projection: {time.perf_counter() - start:.1f} s", err=True)
-    _write_tomogram(output, volume, _pixel_size(series), contrast, output_contrast, force, "wbp")
+    del views
+    _echo(f"weighted back-projection: {time.perf_counter() - start:.1f} s", err=True)
+    volume = _rescaled(volume, scale, series.source)
+    _write_tomogram(output, volume, _pixel_size(series), contrast, output_contrast, force, "wbp",
+                    {"n_views": series.n_tilts, "binning": binning})
 
 
 def _parse_radial(text: str) -> tuple[float, float]:
@@ -192,13 +566,17 @@ def _parse_radial(text: str) -> tuple[float, float]:
         cutoff, falloff = (float(v) for v in text.split(","))
     except ValueError:
         raise InputError(f"--radial {text!r}: expected CUTOFF,FALLOFF, e.g. 0.35,0.035") from None
+    if not (np.isfinite(cutoff) and np.isfinite(falloff)):
+        raise InputError(f"--radial {text!r}: CUTOFF and FALLOFF must be finite numbers")
     return cutoff, falloff
 
 
 @cli.command()
+@_command
 @_stack_options
 @_volume_options
-@click.option("--iterations", type=click.IntRange(min=1), default=20, show_default=True,
+@click.option("--iterations", type=click.IntRange(min=1), metavar="N", default=20,
+              show_default=True,
               help="SIRT iterations: more sharpens detail and noise alike (10-30 is usual).")
 @click.option("--relaxation", type=float, default=1.0, show_default=True,
               help="Step size lambda, in (0, 2).")
@@ -210,6 +588,12 @@ def sirt(stack, angles, xf, aln, apply_aln, exclude_views, binning, contrast, ou
          width, output_contrast, force, iterations, relaxation, positivity):
     """SIRT reconstruction of STACK (row- and column-normalised, from zero).
 
+    STACK is an MRC tilt series with the tilt axis along Y, as for wbp.
+
+    Iterative: each iteration projects the volume, compares with the views and
+    back-projects the difference. Smoother and higher in contrast than WBP, at
+    about two WBPs per iteration. Shows a progress bar with the residual.
+
     \b
     Example:
       taichi-etgs sirt TS_01.ali --angles TS_01.tlt --binning 4 --thickness 300 \\
@@ -218,62 +602,116 @@ def sirt(stack, angles, xf, aln, apply_aln, exclude_views, binning, contrast, ou
     from tqdm import tqdm
 
     from . import sirt as sirt_module
-    from .preprocess import density_views
 
-    _check_output(output, force)
-    series = _load(stack, angles, xf, aln, apply_aln, exclude_views, binning)
-    shape = _volume_shape(series, thickness, width)
+    if not 0.0 < relaxation < 2.0:
+        raise InputError(f"--relaxation must be in (0, 2), got {relaxation}")
+    series, shape = _prepare_classical("sirt", stack, angles, xf, aln, apply_aln,
+                                       exclude_views, binning, output, thickness, width, force)
+    views, scale = _density_views(series, contrast)
+    start = time.perf_counter()
     with tqdm(total=iterations, desc="SIRT", unit="it", file=sys.stderr,
               disable=None) as bar:
         def progress(iteration: int, residual: float) -> None:
-            bar.set_postfix(residual=f"{residual:.4g}")
+            bar.set_postfix(residual=f"{residual * scale:.4g}")
             bar.update(1)
+            log.debug("SIRT iteration %d: residual %.6g", iteration, residual * scale)
 
-        result = sirt_module.sirt(density_views(series.data, contrast), series.tilts_deg,
-                                  shape[0], iterations=iterations, relaxation=relaxation,
-                                  positivity=positivity, width=shape[2], progress=progress)
-    _write_tomogram(output, result.volume, _pixel_size(series), contrast, output_contrast, force,
-                    f"sirt {iterations} it")
+        result = sirt_module.sirt(views, series.tilts_deg, shape[0], iterations=iterations,
+                                  relaxation=relaxation, positivity=positivity, width=shape[2],
+                                  progress=progress)
+    del views
+    log.info("SIRT: %d iterations in %.1f s", iterations, time.perf_counter() - start)
+    residuals = [r * scale for r in result.residuals]
+    if residuals and not np.isfinite(residuals[-1]):
+        raise InputError("the SIRT residual became NaN or Inf: the input holds extreme "
+                         "values; check it with `taichi-etgs info`", series.source)
+    volume = _rescaled(result.volume, scale, series.source)
+    _write_tomogram(output, volume, _pixel_size(series), contrast, output_contrast, force,
+                    f"sirt {iterations} it", {"n_views": series.n_tilts, "binning": binning,
+                                              "final_residual": residuals[-1]})
 
 
 @cli.command()
+@_command
 @_stack_options
 def info(stack, angles, xf, aln, apply_aln, exclude_views, binning, contrast):
     """What a tilt series holds: sizes, pixel size, angles, missing wedge, statistics.
 
+    STACK is an MRC tilt series (.mrc, .st, .ali; one view per section); its angles come
+    from --angles or a sibling STACK.tlt/.rawtlt/.mdoc.
+
     Checks what a user checks first and warns about what looks wrong (unsorted or
-    duplicated angles, angles that look like radians, uneven steps).
+    duplicated angles, angles that look like radians, uneven steps, blank views,
+    unknown pixel size). Reads the stack once; writes nothing.
+
+    \b
+    Example:
+      taichi-etgs info TS_01.mrc --angles TS_01.tlt
     """
     from .io import stack_summary
 
-    series = _load(stack, angles, xf, aln, apply_aln, exclude_views, binning)
+    header = _peek_stack(stack, binning)
+    _check_resources(_run_size("info", header.n_raw, header.ny, header.nx, (1, 1, 1), binning),
+                     [], final=True)
+    series, load_warnings = _load(stack, angles, xf, aln, apply_aln, exclude_views, binning)
     summary = stack_summary(series)
     pixel = summary.get("pixel_size_A", 0.0)
+    size = stack.stat().st_size
+    tilts = np.asarray(series.tilts_deg, dtype=np.float64)
+    steps = np.diff(tilts)
+    if tilts.size > 2 and (steps > 0).all():
+        order = "ascending"
+    elif tilts.size > 2 and (steps < 0).all():
+        order = "descending"
+    else:
+        order = "not sorted (dose-symmetric?)" if tilts.size > 2 else "-"
     lines = [
         ("stack", str(series.source)),
+        ("file", f"{_size_text(size)}, {header.n_raw} sections of {header.nx_raw} x "
+                 f"{header.ny_raw} pixels, {np.dtype(header.dtype).name}"),
         ("angles from", series.angles_source or "-"),
         ("views", f"{summary['n_tilts']} (kept of the raw stack: "
                   f"{_ranges(series.kept_views)})"),
-        ("image size", f"{summary['nx']} x {summary['ny']} pixels (X x Y)"),
+        ("image size", f"{summary['nx']} x {summary['ny']} pixels (X x Y)"
+                       + (f", binned {binning}" if binning > 1 else "")),
         ("pixel size", f"{pixel:g} A" if pixel > 0 else "unknown"),
         ("tilt range", f"{summary['tilt_min_deg']:.2f} to {summary['tilt_max_deg']:.2f} deg, "
                        f"mean step {summary['mean_step_deg']:.2f} deg"),
+        ("tilt order", order),
         ("missing wedge", f"{summary['missing_wedge_deg']:.1f} deg"),
         ("min / max", f"{summary['min']:.4g} / {summary['max']:.4g}"),
         ("mean / std", f"{summary['mean']:.4g} / {summary['std']:.4g}"),
     ]
+    if 0 < pixel < 10:
+        b = next((b for b in (2, 3, 4, 6, 8, 12, 16) if pixel * b >= 10), 16)
+        lines.append(("binning hint", f"--binning {b} gives {pixel * b:.3g} A voxels and "
+                                      f"{summary['nx'] // b} x {summary['ny'] // b} pixels "
+                                      "(reconstructions are done at 10-20 A)"))
     width = max(len(k) for k, _ in lines)
     for key, value in lines:
-        click.echo(f"{key:<{width}}  {value}")
+        _echo(f"{key:<{width}}  {value}")
+    # The loader already warned about duplicated angles and radians: say it once.
+    said = " ".join(load_warnings)
     for message in summary.get("warnings", []):
-        click.echo(f"warning: {message}")
+        if ("duplicated" in message and "more than once" in said) or (
+                "radians" in message and "radians" in said):
+            continue
+        _echo(f"warning: {message}", level=logging.WARNING)
+
+
+def _size_text(n: int) -> str:
+    from .resources import format_bytes
+
+    return format_bytes(n)
 
 
 @cli.command()
+@_command
 @click.option("-o", "--output-dir", type=click.Path(file_okay=False, path_type=Path),
               default=Path("taichi-etgs-demo"), show_default=True,
               help="Folder for the simulated tilt series, ground truth and tomograms.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the simulation.")
+@click.option("--seed", type=int, default=0, show_default=True, metavar="N",
+              help="Seed of the simulation.")
 @click.option("--force", is_flag=True, help="Overwrite the files of an earlier demo.")
 @_runtime_options
 def demo(output_dir, seed, force):
@@ -281,12 +719,15 @@ def demo(output_dir, seed, force):
 
     Simulates a small specimen (vesicles, filaments, particles in ice; 41 tilts, -60..60
     deg, noisy), reconstructs it with WBP, SIRT and adaptive Gaussians, writes the
-    tomograms and prints how each compares with the ground truth.
+    tomograms and prints how each compares with the ground truth. A few minutes on a
+    laptop CPU.
     """
     from tqdm import tqdm
 
     from .demo import DEMO_GAUSSIAN_ITERATIONS, run_demo
 
+    if output_dir.exists() and not output_dir.is_dir():
+        raise InputError("exists and is not a folder", output_dir)
     with tqdm(total=DEMO_GAUSSIAN_ITERATIONS, desc="Gaussians", unit="it", file=sys.stderr,
               disable=None, dynamic_ncols=True) as bar:
         def progress(info) -> None:
@@ -294,12 +735,17 @@ def demo(output_dir, seed, force):
             bar.update(info.iteration - bar.n)
 
         result = run_demo(output_dir, force=force, seed=seed,
-                          report=lambda line: bar.write(line, file=sys.stdout),
+                          report=lambda line: _echo(line, bar=bar),
                           progress=progress)
-    click.echo("")
-    click.echo(_metrics_table(result.metrics, result.seconds))
-    click.echo(f"\nfiles in {output_dir}/: " + ", ".join(sorted(p.name for p in
-                                                             result.files.values())))
+    for name, path in result.files.items():
+        if Path(path).suffix.lower() == ".mrc":
+            _write_sidecar(Path(path), {"what": f"demo {name}",
+                                        "metrics": result.metrics.get(name, {}),
+                                        "seconds": result.seconds.get(name)})
+    _echo("")
+    _echo(_metrics_table(result.metrics, result.seconds))
+    _echo(f"\nfiles in {output_dir}/: " + ", ".join(sorted(p.name for p in
+                                                           result.files.values())))
 
 
 def _metrics_table(metrics: dict[str, dict], seconds: dict[str, float]) -> str:
@@ -330,6 +776,7 @@ def _ranges(indices) -> str:
 
 
 @cli.command()
+@_command
 @click.option("-o", "--output-dir", required=True,
               type=click.Path(file_okay=False, path_type=Path),
               help="Folder for tilts.mrc, tilts.tlt, ground_truth.mrc, simulation.json.")
@@ -364,7 +811,7 @@ def _ranges(indices) -> str:
               help="Number of vesicles [default: by area].")
 @click.option("--filaments", type=click.IntRange(min=0), default=None,
               help="Number of filaments [default: by area].")
-@click.option("--seed", type=int, default=0, show_default=True,
+@click.option("--seed", type=int, default=0, show_default=True, metavar="N",
               help="Seed: the same seed gives the same files.")
 @click.option("--force", is_flag=True, help="Overwrite earlier files in the folder.")
 @_runtime_options
@@ -374,7 +821,13 @@ def simulate(output_dir, shape, pixel_size, tilt_range, dose_symmetric, dose, no
 
     The specimen (macromolecules, vesicles, filaments in ice) is built and projected on a
     grid twice as fine as the output, then binned, so reconstructions are not tested with
-    their own projector.
+    their own projector. Score a reconstruction of it with `taichi-etgs evaluate`.
+
+    \b
+    Example:
+      taichi-etgs simulate -o sim --shape 64,256,256 --tilt-range -60,60,3
+      taichi-etgs wbp sim/tilts.mrc --thickness 64 -o sim/wbp.mrc
+      taichi-etgs evaluate sim/wbp.mrc --reference sim/ground_truth.mrc
     """
     from .simulate import SimulationConfig, simulate_tilt_series, write_simulation
     from .specimen import PlacementWarning
@@ -397,12 +850,18 @@ def simulate(output_dir, shape, pixel_size, tilt_range, dose_symmetric, dose, no
         for name in OUTPUT_FILES:
             if (output_dir / name).exists():
                 raise InputError("exists; use --force to overwrite", output_dir / name)
+    for path in structures:
+        _provenance().add_input("structure", path)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", PlacementWarning)
-        result = simulate_tilt_series(config, progress=lambda m: click.echo(m, err=True))
+        result = simulate_tilt_series(config, progress=lambda m: _echo(m, err=True))
     _echo_warnings(caught)
     files = write_simulation(result, output_dir, force=force)
-    click.echo(f"wrote {', '.join(str(p) for p in files.values())}")
+    for name, path in files.items():
+        if Path(path).suffix.lower() == ".mrc":
+            _write_sidecar(Path(path), {"what": name, "pixel_size_A": pixel_size,
+                                        "shape_zyx": list(shape_zyx), "seed": seed})
+    _echo(f"wrote {', '.join(str(p) for p in files.values())}")
 
 
 def _int_triple(text: str, option: str) -> tuple[int, int, int]:
@@ -416,6 +875,7 @@ def _int_triple(text: str, option: str) -> tuple[int, int, int]:
 
 
 @cli.command()
+@_command
 @click.argument("recon", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--reference", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Ground truth volume of the same shape (e.g. from `simulate`).")
@@ -435,6 +895,10 @@ def evaluate(recon, reference, max_tilt, angles, json_path, figure_path, force):
     The reconstruction is first fitted to the reference by least squares (gain and offset,
     so units and polarity do not matter; a negative gain is reported as inverted contrast),
     then compared with the reference's range as data range.
+
+    \b
+    Example:
+      taichi-etgs evaluate sim/wbp.mrc --reference sim/ground_truth.mrc --json wbp.json
     """
     import numpy as np
 
@@ -451,34 +915,37 @@ def evaluate(recon, reference, max_tilt, angles, json_path, figure_path, force):
     if max_tilt is None:
         max_tilt = float(np.abs(read_tilt_angles(angles)).max()) if angles else 60.0
     metrics = evaluate_volumes(volume, truth, voxel, max_tilt)
-    click.echo(f"PSNR {metrics['psnr']:.2f} dB   SSIM {metrics['ssim']:.3f}   correlation "
-               f"{metrics['correlation']:.3f}")
-    click.echo(f"FSC 0.5: {metrics['fsc05_resolution_A']:.1f} A   FSC 0.143: "
-               f"{metrics['fsc0143_resolution_A']:.1f} A   missing-wedge FSC "
-               f"{metrics['wedge_fsc']:.3f}")
+    _echo(f"PSNR {metrics['psnr']:.2f} dB   SSIM {metrics['ssim']:.3f}   correlation "
+          f"{metrics['correlation']:.3f}")
+    _echo(f"FSC 0.5: {metrics['fsc05_resolution_A']:.1f} A   FSC 0.143: "
+          f"{metrics['fsc0143_resolution_A']:.1f} A   missing-wedge FSC "
+          f"{metrics['wedge_fsc']:.3f}")
     if metrics.get("contrast_inverted"):
-        click.echo("note: the reconstruction has inverted contrast relative to the reference")
+        _echo("note: the reconstruction has inverted contrast relative to the reference")
     if json_path is not None:
         write_metrics_json(metrics, json_path, force=force)
-        click.echo(f"wrote {json_path}")
+        _echo(f"wrote {json_path}")
     if figure_path is not None:
         from .figures import evaluation_figure
 
         evaluation_figure(volume, truth, metrics, figure_path, force=force,
                           title=f"{recon.name} vs {reference.name}")
-        click.echo(f"wrote {figure_path}")
+        _echo(f"wrote {figure_path}")
 
 # -- commands: gaussian engine --
 
 
 @cli.command()
+@_command
 @_stack_options
 @_volume_options
-@click.option("--iterations", type=click.IntRange(min=1), default=None,
+@click.option("--iterations", type=click.IntRange(min=1), metavar="N", default=None,
               help="Optimisation steps [default: 600; with --resume: the saved run's].")
 @click.option("--max-gaussians", type=click.IntRange(min=1), default=60_000, show_default=True,
+              metavar="N",
               help="Upper bound on the model's size (memory and time grow with it).")
 @click.option("--views-per-step", type=click.IntRange(min=1), default=8, show_default=True,
+              metavar="N",
               help="Tilt views rendered and compared per step.")
 @click.option("--init", "init", default="sirt", show_default=True, metavar="sirt|wbp|FILE",
               help="What seeds the model: a SIRT or WBP reconstruction of the same data, a "
@@ -487,17 +954,18 @@ def evaluate(recon, reference, max_tilt, angles, json_path, figure_path, force):
 @click.option("--tilt-weight", type=click.Choice(["cos", "uniform", "etgs"]), default="cos",
               show_default=True,
               help="Per-view weight of the loss: high tilts are thicker and noisier.")
-@click.option("--seed", type=int, default=0, show_default=True,
+@click.option("--seed", type=int, default=0, show_default=True, metavar="N",
               help="Seeds initialisation, view order and densification.")
 @click.option("--state", "state_path", type=click.Path(dir_okay=False, path_type=Path),
               default=None,
               help="HDF5 state file, saved every --save-every steps, at the end and on Ctrl-C "
                    "[default: OUTPUT with .state.h5].")
 @click.option("--save-every", type=click.IntRange(min=0), default=100, show_default=True,
+              metavar="N",
               help="Save the state every N steps (0: only at the end).")
 @click.option("--resume", "resume_path", type=click.Path(dir_okay=False, path_type=Path),
               default=None, help="Continue an interrupted run from its state file.")
-@click.option("--voxel-size", type=float, default=None,
+@click.option("--voxel-size", type=float, default=None, metavar="A",
               help="Voxel size of the written tomogram in A [default: the stack's pixel size].")
 @_runtime_options
 def reconstruct(stack, angles, xf, aln, apply_aln, exclude_views, binning, contrast, output,
@@ -506,49 +974,95 @@ def reconstruct(stack, angles, xf, aln, apply_aln, exclude_views, binning, contr
                 voxel_size):
     """Reconstruct STACK as adaptive 3D Gaussians (the CryoETGS method).
 
+    STACK is an MRC tilt series with the tilt axis along Y, as for wbp.
+
     The model is seeded from a classical reconstruction, then fitted to the views through a
     differentiable projector (tilt-weighted L1 + D-SSIM), growing where the fit needs it.
     The tomogram is the model voxelised at the stack's pixel size (or --voxel-size).
+
+    The run's state (model, optimiser, random generator) is saved to OUTPUT.state.h5
+    every --save-every steps, at the end, and on Ctrl-C or SIGTERM (exit codes 130 and
+    143); continue with --resume. The state never replaces an earlier run's without
+    --force. Memory and disk are checked before any work: a run that will not fit is
+    refused with the option that makes it fit.
 
     \b
     Example:
       taichi-etgs reconstruct TS_01.ali --angles TS_01.tlt --binning 4 --thickness 300 \\
           -o TS_01_gs.mrc
+      taichi-etgs reconstruct TS_01.ali --angles TS_01.tlt --binning 4 --thickness 300 \\
+          -o TS_01_gs.mrc --resume TS_01_gs.state.h5        # after an interruption
     """
-    from .preprocess import density_views
     from .reconstruct import GaussianReconstruction, ReconstructConfig
     from .state import input_checksum, load_state
 
+    prov = _provenance()
     _check_output(output, force)
     state_path = state_path or output.with_name(output.name.removesuffix(".mrc") + ".state.h5")
-    series = _load(stack, angles, xf, aln, apply_aln, exclude_views, binning)
-    shape = _volume_shape(series, thickness, width)
-    checksum = input_checksum(series.data)
-    views = density_views(series.data, contrast)
-
+    _check_state_output(state_path, resume_path, force)
+    if voxel_size is not None and not (np.isfinite(voxel_size) and voxel_size > 0):
+        raise InputError(f"--voxel-size must be a positive number of A, got {voxel_size}")
+    init_path = None if init in ("sirt", "wbp") else Path(init)
+    if init_path is not None and not init_path.is_file():
+        raise InputError("--init: file not found (expected sirt, wbp, a tomogram .mrc or a "
+                         "state .h5)", init_path)
+    state = None
     if resume_path is not None:
         state = load_state(resume_path)
+        prov.add_input("resume", resume_path)
+    header = _peek_stack(stack, binning)
+    shape = _volume_shape(header.ny, header.nx, thickness, width, stack)
+
+    def run_size(n_tilts, max_tilt=60.0, pixel=None):
+        saved = state.config if state is not None else {}
+        n_max = int(saved.get("max_gaussians", max_gaussians) or max_gaussians)
+        out_shape = _output_shape(shape, voxel_size, pixel) if pixel else None
+        seed_kind = ("model" if state is not None or (init_path is not None and
+                                                       init_path.suffix.lower() in (".h5", ".hdf5"))
+                     else "volume" if init_path is not None else init)
+        return _run_size("reconstruct", n_tilts, header.ny, header.nx, shape, binning,
+                         max_tilt_deg=max_tilt, max_gaussians=n_max,
+                         views_per_step=int(saved.get("views_per_step", views_per_step)),
+                         init=seed_kind, output_shape_zyx=out_shape,
+                         iterations=int(iterations or saved.get("iterations", 600)))
+
+    folders = [output.parent, state_path.parent]
+    _check_resources(run_size(header.n_raw, pixel=header.pixel_A * header.binning or 1.0),
+                     folders, final=False)
+    series, _ = _load(stack, angles, xf, aln, apply_aln, exclude_views, binning)
+    _warn_shape(shape)
+    pixel = _pixel_size(series)
+    out_shape = _output_shape(shape, voxel_size, pixel)
+    max_tilt = float(np.max(np.abs(series.tilts_deg)))
+    _check_resources(run_size(series.n_tilts, max_tilt, pixel), folders, final=True)
+    checksum = input_checksum(series.data)
+    views = _views(series, contrast)
+
+    if state is not None:
         _check_state_matches(state, checksum, shape, resume_path, force)
-        saved = {k: v for k, v in state.config.items() if not k.startswith("_")}
-        config = ReconstructConfig(**saved)
+        config = _saved_config(state, resume_path, ReconstructConfig)
         if iterations is not None:
             config.iterations = iterations
-        run = GaussianReconstruction(views, series.tilts_deg, shape[0], config, width=shape[2],
-                                     params=state.params)
-        run.restore(state)
-        click.echo(f"resuming {resume_path} at iteration {run.iteration}", err=True)
+        try:
+            run = GaussianReconstruction(views, series.tilts_deg, shape[0], config,
+                                         width=shape[2], params=state.params)
+            run.restore(state)
+        except (ValueError, KeyError, TypeError, IndexError) as exc:
+            raise InputError(f"cannot be resumed: the state does not fit this run ({exc})",
+                             resume_path) from None
+        _echo(f"resuming {resume_path} at iteration {run.iteration}", err=True)
     else:
         config = ReconstructConfig(iterations=iterations or 600, max_gaussians=max_gaussians,
                                    views_per_step=views_per_step, tilt_weight=tilt_weight,
                                    seed=seed, init=init if init in ("sirt", "wbp") else "sirt")
         initial_volume, params, params_view_scale = None, None, 1.0
-        if init not in ("sirt", "wbp"):
-            init_path = Path(init)
+        if init_path is not None:
+            prov.add_input("init", init_path)
             if init_path.suffix.lower() in (".h5", ".hdf5"):
-                state = load_state(init_path)
-                _check_state_matches(state, checksum, shape, init_path, force=True)
-                params = state.params
-                params_view_scale = float(state.geometry.get("view_scale", 1.0))
+                init_state = load_state(init_path)
+                _check_state_matches(init_state, checksum, shape, init_path, force=True)
+                params = init_state.params
+                params_view_scale = float(init_state.geometry.get("view_scale", 1.0))
             else:
                 from .io import read_volume
                 from .preprocess import to_output_polarity
@@ -557,45 +1071,118 @@ def reconstruct(stack, angles, xf, aln, apply_aln, exclude_views, binning, contr
                 # The tomogram is in the input's polarity (what this tool writes by default).
                 initial_volume = to_output_polarity(volume, contrast, "input")
         seed_from = config.init if initial_volume is None and params is None else init
-        click.echo(f"seeding the model ({seed_from})", err=True)
+        _echo(f"seeding the model ({seed_from})", err=True)
+        start = time.perf_counter()
         run = GaussianReconstruction(views, series.tilts_deg, shape[0], config, width=shape[2],
                                      initial_volume=initial_volume, params=params,
                                      params_view_scale=params_view_scale)
-        click.echo(f"{run.params.n} Gaussians to start with", err=True)
+        log.info("seeded %d Gaussians in %.1f s", run.params.n, time.perf_counter() - start)
+        _echo(f"{run.params.n} Gaussians to start with", err=True)
+    del views
+    log.info("configuration: %s", run.config.to_dict())
+
+    saved = {"iteration": None}
+    state_geometry = {"pixel_size_A": series.pixel_size_A, "source": str(series.source)}
 
     def save(r: GaussianReconstruction) -> None:
-        r.save_state(state_path, checksum, {"pixel_size_A": series.pixel_size_A,
-                                            "source": str(series.source)})
+        try:
+            r.save_state(state_path, checksum, state_geometry)
+            prov.write(state_path, {"what": "Gaussian model state", "iteration": r.iteration,
+                                    "iterations": r.config.iterations,
+                                    "n_gaussians": r.params.n, "input_checksum": checksum,
+                                    "shape_zyx": list(shape)})
+        except OSError as exc:
+            kept = (f"the previous state (iteration {saved['iteration']}) is kept"
+                    if saved["iteration"] is not None else "no state was saved")
+            raise RunFailure(f"cannot save the state to {state_path} ({_os_reason(exc)}); "
+                             f"{kept}") from exc
+        saved["iteration"] = r.iteration
+        log.debug("state saved at iteration %d", r.iteration)
 
+    start = time.perf_counter()
     _run_with_progress(run, save, save_every, state_path)
-    pixel = _pixel_size(series)
-    out_shape, factor = shape, 1.0
-    if voxel_size is not None:
-        if voxel_size <= 0:
-            raise InputError(f"--voxel-size must be positive, got {voxel_size}")
-        factor = voxel_size / pixel
-        out_shape = tuple(max(1, round(n / factor)) for n in shape)
+    log.info("fitted %d iterations in %.1f s", run.iteration, time.perf_counter() - start)
+    factor = 1.0 if voxel_size is None else voxel_size / pixel
     volume = run.tomogram(voxel_size=factor, shape_zyx=out_shape)
-    _write_tomogram(output, volume, pixel * factor, contrast, output_contrast, force,
-                    f"gaussians {run.params.n}")
+    _check_finite(volume, series.source)
+    try:
+        _write_tomogram(output, volume, pixel * factor, contrast, output_contrast, force,
+                        f"gaussians {run.params.n}",
+                        {"n_views": series.n_tilts, "binning": binning,
+                         "n_gaussians": run.params.n, "iterations": run.iteration,
+                         "final_loss": run.losses[-1] if run.losses else None,
+                         "state": str(state_path), "input_checksum": checksum})
+    except OSError as exc:
+        raise RunFailure(f"cannot write {output} ({_os_reason(exc)}); the fitted model is "
+                         f"saved in {state_path}: make room, then rerun the same command with "
+                         f"--resume {state_path} to write the tomogram") from exc
+
+
+def _output_shape(shape, voxel_size: float | None, pixel: float) -> tuple[int, int, int]:
+    if voxel_size is None:
+        return tuple(shape)
+    factor = voxel_size / pixel
+    return tuple(max(1, round(n / factor)) for n in shape)
+
+
+def _check_state_output(state_path: Path, resume_path: Path | None, force: bool) -> None:
+    """The state file must not replace an earlier run's (unless resumed or --force)."""
+    if state_path.is_dir():
+        raise InputError("is a folder; give a file name for the state (--state)", state_path)
+    folder = state_path.parent if str(state_path.parent) else Path(".")
+    if not folder.is_dir():
+        raise InputError(f"cannot be written: the folder {folder} does not exist", state_path)
+    _probe_writable(folder, state_path)
+    if not state_path.exists() or force:
+        return
+    if resume_path is not None and resume_path.exists() and os.path.samefile(resume_path,
+                                                                             state_path):
+        return
+    raise InputError(f"exists: the state of an earlier run; continue it with --resume "
+                     f"{state_path}, pass --state NEW.h5, or use --force to replace it",
+                     state_path)
+
+
+def _saved_config(state, path: Path, config_class):
+    """The configuration a state was saved with, as ``config_class``; settings this
+    version does not know are ignored with a warning."""
+    import dataclasses
+
+    known = {f.name for f in dataclasses.fields(config_class)}
+    saved = {k: v for k, v in state.config.items() if not k.startswith("_")}
+    unknown = sorted(set(saved) - known)
+    if unknown:
+        _warn(f"{path}: settings unknown to taichi-etgs {__version__} are ignored: "
+              f"{', '.join(unknown)}")
+    try:
+        return config_class(**{k: v for k, v in saved.items() if k in known})
+    except (TypeError, ValueError) as exc:  # InputError included
+        raise InputError(f"holds invalid settings ({exc})", path) from None
 
 
 def _state_geometry(state, path: Path) -> tuple[tuple[int, int, int], float]:
     """Tomogram shape (z, y, x) and pixel size (A) a state was made for."""
-    shape = tuple(int(n) for n in state.geometry.get("shape_zyx", ()))
-    if len(shape) != 3:
+    try:
+        shape = tuple(int(n) for n in state.geometry.get("shape_zyx", ()))
+        pixel = float(state.geometry.get("pixel_size_A", 0.0) or 0.0) or 1.0
+    except (TypeError, ValueError):
+        raise InputError("holds an unreadable geometry (shape_zyx, pixel_size_A)",
+                         path) from None
+    if len(shape) != 3 or min(shape) < 1:
         raise InputError("holds no tomogram geometry (shape_zyx)", path)
-    pixel = float(state.geometry.get("pixel_size_A", 0.0)) or 1.0
+    if not (np.isfinite(pixel) and pixel > 0):
+        pixel = 1.0
     return shape, pixel
 
 
 @cli.command()
+@_command
 @click.argument("state_path", metavar="STATE", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--angles", required=True, metavar="F|LIST",
               help="Tilt angles to synthesise: an angles file (.tlt/.rawtlt/.mdoc/.aln) or a "
                    "range START:STOP:STEP in degrees (STOP included), e.g. -90:90:1.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="Stack of synthetic views to write (MRC).")
+              help="Stack of synthetic views to write (MRC), with its sidecar OUTPUT.json.")
 @click.option("--size", default=None, metavar="W,H",
               help="Detector width and height in pixels [default: the tomogram's X and Y].")
 @click.option("--contrast", type=click.Choice(["dark", "bright"]), default="dark",
@@ -603,15 +1190,23 @@ def _state_geometry(state, path: Path) -> tuple[tuple[int, int, int], float]:
 @click.option("--force", is_flag=True, help="Overwrite the output if it exists.")
 @_runtime_options
 def project(state_path, angles, output, size, contrast, force):
-    """Synthesise projections of a fitted model at any tilts, measured or not."""
+    """Synthesise projections of a fitted model at any tilts, measured or not.
+
+    \b
+    Example:
+      taichi-etgs project TS_01_gs.state.h5 --angles -90:90:2 -o TS_01_full_range.mrc
+    """
     from .io import read_tilt_angles, write_stack
     from .kernels.gaussian_projector import project_gaussians
     from .state import load_state
 
     _check_output(output, force)
     state = load_state(state_path)
+    _provenance().add_input("state", state_path)
     shape, pixel = _state_geometry(state, state_path)
     tilts = _parse_angles(angles, read_tilt_angles)
+    if Path(angles).exists():
+        _provenance().add_input("angles", angles)
     width, height = shape[2], shape[1]
     if size:
         try:
@@ -620,16 +1215,26 @@ def project(state_path, angles, output, size, contrast, force):
             raise InputError(f"--size {size!r}: expected W,H in pixels, e.g. 512,512") from None
         if width < 1 or height < 1:
             raise InputError(f"--size {size!r}: sizes must be positive")
+    from .resources import RunSize
+
+    # The views, their scaled and polarity copies: three stacks' worth.
+    _check_resources(RunSize("wbp", 0, height, width, len(tilts), width), [output.parent],
+                     final=True, advice="fewer views (--angles) or a smaller --size")
     start = time.perf_counter()
     views = project_gaussians(state.params, tilts, height, width)
     seconds = time.perf_counter() - start
     views *= float(state.geometry.get("view_scale", 1.0))
     if contrast == "dark":
         views = -views
+    _check_finite(views, state_path)
     write_stack(output, views.astype("float32"), pixel, force=force,
-                labels=[f"taichi-etgs {__version__} project", " ".join(sys.argv[1:])[:80]])
-    click.echo(f"wrote {output} ({len(tilts)} views of {width} x {height}; "
-               f"{len(tilts) / max(seconds, 1e-9):.0f} views/s for {state.params.n} Gaussians)")
+                labels=_provenance().labels(f"project {state.params.n} Gaussians"))
+    _write_sidecar(output, {"what": "synthetic views", "n_views": len(tilts),
+                            "tilts_deg": np.asarray(tilts), "size_xy": [width, height],
+                            "pixel_size_A": pixel, "contrast": contrast,
+                            "n_gaussians": state.params.n})
+    _echo(f"wrote {output} ({len(tilts)} views of {width} x {height}; "
+          f"{len(tilts) / max(seconds, 1e-9):.0f} views/s for {state.params.n} Gaussians)")
 
 
 def _parse_angles(text: str, read_file):
@@ -641,16 +1246,21 @@ def _parse_angles(text: str, read_file):
         start, stop, step = (float(v) for v in text.split(":"))
     except ValueError:
         raise InputError(f"--angles {text!r}: expected a file or START:STOP:STEP") from None
+    if not all(np.isfinite(v) for v in (start, stop, step)):
+        raise InputError(f"--angles {text!r}: START, STOP and STEP must be finite")
     if step <= 0 or stop < start:
         raise InputError(f"--angles {text!r}: STEP must be positive and STOP >= START")
+    if (stop - start) / step > 100_000:
+        raise InputError(f"--angles {text!r}: more than 100000 views; use a larger STEP")
     return np.arange(start, stop + step / 2, step)
 
 
 @cli.command()
+@_command
 @click.argument("state_path", metavar="STATE", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="Volume to write (MRC, Z Y X).")
-@click.option("--voxel-size", type=float, default=None,
+              help="Volume to write (MRC, Z Y X), with its sidecar OUTPUT.json.")
+@click.option("--voxel-size", type=float, default=None, metavar="A",
               help="Voxel size in A [default: the reconstruction's].")
 @click.option("--shape", default=None, metavar="NZ,NY,NX",
               help="Grid size [default: the tomogram's extent at that voxel size].")
@@ -659,16 +1269,22 @@ def _parse_angles(text: str, read_file):
 @click.option("--force", is_flag=True, help="Overwrite the output if it exists.")
 @_runtime_options
 def voxelize(state_path, output, voxel_size, shape, output_contrast, force):
-    """Write a fitted model as a volume on any grid (finer, coarser, cropped)."""
+    """Write a fitted model as a volume on any grid (finer, coarser, cropped).
+
+    \b
+    Example:
+      taichi-etgs voxelize TS_01_gs.state.h5 --voxel-size 5 -o TS_01_gs_fine.mrc
+    """
     from .kernels.voxelizer import voxelize_gaussians
     from .state import load_state
 
     _check_output(output, force)
     state = load_state(state_path)
+    _provenance().add_input("state", state_path)
     model_shape, pixel = _state_geometry(state, state_path)
     voxel = pixel if voxel_size is None else voxel_size
-    if voxel <= 0:
-        raise InputError(f"--voxel-size must be positive, got {voxel}")
+    if not (np.isfinite(voxel) and voxel > 0):
+        raise InputError(f"--voxel-size must be a positive number of A, got {voxel}")
     factor = voxel / pixel
     grid = tuple(max(1, round(n / factor)) for n in model_shape)
     if shape:
@@ -678,27 +1294,34 @@ def voxelize(state_path, output, voxel_size, shape, output_contrast, force):
             grid = ()
         if len(grid) != 3 or min(grid) < 1:
             raise InputError(f"--shape {shape!r}: expected three positive sizes NZ,NY,NX")
+    from .resources import RunSize
+
+    # The volume, its scaled copy and its polarity: three volumes, as for wbp.
+    _check_resources(RunSize("wbp", 0, grid[1], grid[2], grid[0], grid[2]), [output.parent],
+                     final=True, advice="a larger --voxel-size or a smaller --shape")
     volume = voxelize_gaussians(state.params, grid, voxel_size=factor)
     # Back to the units the model was fitted in, on the level it sits on.
     volume = (volume * float(state.geometry.get("view_scale", 1.0))
               + float(state.geometry.get("background", 0.0)))
     _write_tomogram(output, volume, voxel, "bright", output_contrast, force,
-                    f"voxelize {state.params.n} Gaussians")
+                    f"voxelize {state.params.n} Gaussians", {"n_gaussians": state.params.n})
 
 
 @cli.command()
+@_command
 @click.argument("volume_path", metavar="VOLUME", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="State file to write (.h5): can seed `reconstruct --init`, or be exported.")
 @click.option("--max-gaussians", type=click.IntRange(min=1), default=50_000, show_default=True,
               help="Number of Gaussians (the octree uses the whole budget).")
-@click.option("--iterations", type=click.IntRange(min=0), default=300, show_default=True,
+@click.option("--iterations", type=click.IntRange(min=0), metavar="N", default=300,
+              show_default=True,
               help="Volume-loss fitting steps after the octree initialisation.")
 @click.option("--contrast", type=click.Choice(["dark", "bright"]), default="dark",
               show_default=True,
               help="How density looks in VOLUME: dark (the raw images' polarity, what IMOD, "
                    "AreTomo and this tool write by default) or bright.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, metavar="N")
 @click.option("--force", is_flag=True, help="Overwrite the output if it exists.")
 @_runtime_options
 def gaussianize(volume_path, output, max_gaussians, iterations, contrast, seed, force):
@@ -707,6 +1330,11 @@ def gaussianize(volume_path, output, max_gaussians, iterations, contrast, seed, 
     Seeds the model with the octree and fits it to the volume; prints how well the
     voxelised model reproduces it (PSNR). The model sits on the volume's median, which it
     does not represent (below-median voxels, mostly noise, come back as the median).
+
+    \b
+    Example:
+      taichi-etgs gaussianize TS_01_sirt.mrc -o TS_01_model.h5 --max-gaussians 100000
+      taichi-etgs export TS_01_model.h5 -o TS_01_model.ply
     """
     from tqdm import tqdm
 
@@ -716,6 +1344,7 @@ def gaussianize(volume_path, output, max_gaussians, iterations, contrast, seed, 
 
     _check_output(output, force)
     volume, voxel = read_volume(volume_path)
+    _provenance().add_input("volume", volume_path)
     if contrast == "dark":
         volume = -volume
     with tqdm(total=iterations, desc="fit", unit="it", file=sys.stderr, disable=None) as bar:
@@ -728,11 +1357,15 @@ def gaussianize(volume_path, output, max_gaussians, iterations, contrast, seed, 
     save_state(output, result.params, None, 0, np.random.default_rng(seed).bit_generator.state,
                {"gaussianize_iterations": iterations, "max_gaussians": max_gaussians},
                geometry, input_checksum(volume), force=True)
-    click.echo(f"wrote {output}: {result.params.n} Gaussians; the voxelised model reproduces "
-               f"{volume_path.name} at PSNR {result.psnr_db:.1f} dB")
+    _write_sidecar(output, {"what": "Gaussian model state (gaussianize)",
+                            "n_gaussians": result.params.n, "psnr_db": result.psnr_db,
+                            "shape_zyx": list(volume.shape), "voxel_size_A": voxel})
+    _echo(f"wrote {output}: {result.params.n} Gaussians; the voxelised model reproduces "
+          f"{volume_path.name} at PSNR {result.psnr_db:.1f} dB")
 
 
 @cli.command()
+@_command
 @click.argument("state_path", metavar="STATE", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="File to write: .ply (3D Gaussian splatting viewers) or .csv.")
@@ -742,19 +1375,30 @@ def gaussianize(volume_path, output, max_gaussians, iterations, contrast, seed, 
                    "centre (index: overlays the MRC in ChimeraX and napari).")
 @click.option("--force", is_flag=True, help="Overwrite the output if it exists.")
 def export(state_path, output, origin, force):
-    """Export a model's Gaussians (centres, scales, rotations, densities) for viewers."""
+    """Export a model's Gaussians (centres, scales, rotations, densities) for viewers.
+
+    \b
+    Example:
+      taichi-etgs export TS_01_gs.state.h5 -o TS_01_gs.ply
+    """
     from .convert import export_gaussians
     from .state import load_state
 
     state = load_state(state_path)
+    _provenance().add_input("state", state_path)
     shape, pixel = _state_geometry(state, state_path)
     export_gaussians(state.params, output, voxel_size_A=pixel, origin=origin, shape_zyx=shape,
                      force=force)
-    click.echo(f"wrote {output} ({state.params.n} Gaussians, {pixel:g} A/voxel)")
+    _write_sidecar(output, {"what": "Gaussian model export", "n_gaussians": state.params.n,
+                            "voxel_size_A": pixel, "origin": origin})
+    _echo(f"wrote {output} ({state.params.n} Gaussians, {pixel:g} A/voxel)")
 
 
 def _check_state_matches(state, checksum: str, shape, path: Path, force: bool) -> None:
-    geometry_shape = tuple(state.geometry.get("shape_zyx", ()))
+    try:
+        geometry_shape = tuple(int(n) for n in state.geometry.get("shape_zyx", ()))
+    except (TypeError, ValueError):
+        raise InputError("holds an unreadable geometry (shape_zyx)", path) from None
     if state.input_checksum != checksum and not force:
         raise InputError("was made from other data (input checksum differs); use --force to "
                          "use it anyway", path)
@@ -788,61 +1432,93 @@ def _run_with_progress(run, save, save_every: int, state_path: Path) -> None:
 
 def _iterate(run, save, save_every: int, state_path: Path, tqdm) -> None:
     start_iteration = run.iteration
-    with tqdm(total=run.config.iterations, initial=start_iteration, desc="Gaussians",
+    total = run.config.iterations
+    every = max(1, total // 20)
+    with tqdm(total=total, initial=start_iteration, desc="Gaussians",
               unit="it", file=sys.stderr, disable=None, dynamic_ncols=True) as bar:
         def progress(info) -> None:
             bar.set_postfix(loss=f"{info.loss:.4f}", n=info.n_gaussians, refresh=False)
             bar.update(info.iteration - bar.n)
             if info.message:
-                bar.write(info.message, file=sys.stderr)
+                _echo(info.message, err=True, bar=bar)
+            if info.iteration % every == 0 or info.iteration == total:
+                log.debug("iteration %d/%d: loss %.5f, %d Gaussians", info.iteration, total,
+                          info.loss, info.n_gaussians)
 
         try:
             run.run(progress=progress, checkpoint=save, save_every=save_every)
         except KeyboardInterrupt:
             bar.close()
             save(run)
-            click.echo(f"interrupted at iteration {run.iteration}; state saved to "
-                       f"{state_path}; continue with --resume {state_path}", err=True)
+            _echo(f"interrupted at iteration {run.iteration}; state saved to "
+                  f"{state_path}; continue with --resume {state_path}", err=True)
             raise
     save(run)
-    click.echo(f"state saved to {state_path}", err=True)
+    _echo(f"state saved to {state_path}", err=True)
+
+
+def _os_reason(exc: OSError) -> str:
+    reason = exc.strerror or str(exc)
+    if exc.errno == errno.ENOSPC:
+        reason += ": the disk is full"
+    elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        reason += ": no permission to write there"
+    return reason
 
 
 def main(args: list[str] | None = None) -> int:
     """Entry point; returns the exit code (so tests can call it without a subprocess).
 
-    User errors print one line, ``error: ...``, and return 2; Ctrl-C returns 130.
+    Exit codes: 0 success; 2 bad input or options (``error: ...``, one line, nothing
+    written); 1 a run that could not finish (full disk, out of memory, internal error);
+    130 Ctrl-C and 143 SIGTERM (the state of a reconstruction is saved first).
     """
+    argv = list(sys.argv[1:] if args is None else args)
+    obj = {"command_line": ["taichi-etgs", *(str(a) for a in argv)]}
     try:
-        cli.main(args=args, prog_name="taichi-etgs", standalone_mode=False)
+        cli.main(args=argv, prog_name="taichi-etgs", standalone_mode=False, obj=obj)
     except InputError as exc:
-        click.echo(f"error: {exc}", err=True)
+        _echo(f"error: {exc}", err=True, level=logging.ERROR)
         return 2
+    except RunFailure as exc:
+        _echo(f"error: {exc}", err=True, level=logging.ERROR)
+        return 1
     except click.exceptions.Abort as exc:
         # click turns KeyboardInterrupt (and so SIGTERM's Terminated) into Abort.
         if isinstance(exc.__cause__, Terminated):
-            click.echo("terminated", err=True)
+            _echo("terminated", err=True, level=logging.WARNING)
             return 143
-        click.echo("interrupted", err=True)
+        _echo("interrupted", err=True, level=logging.WARNING)
         return 130
-    except KeyboardInterrupt:
-        click.echo("interrupted", err=True)
+    except KeyboardInterrupt as exc:
+        if isinstance(exc, Terminated):
+            _echo("terminated", err=True, level=logging.WARNING)
+            return 143
+        _echo("interrupted", err=True, level=logging.WARNING)
         return 130
     except click.ClickException as exc:
         exc.show()
+        log.error("%s", exc.format_message(), extra={"echoed": True})
         return exc.exit_code
     except click.exceptions.Exit as exc:
         return exc.exit_code
     except MemoryError:
-        click.echo("error: out of memory; reduce the problem (e.g. --binning 2 or a smaller "
-                   "--thickness)", err=True)
+        _echo("error: out of memory; reduce the problem (e.g. --binning 2 or a smaller "
+              "--thickness)", err=True, level=logging.ERROR)
+        return 1
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        _echo(f"error: {where}{_os_reason(exc)}", err=True, level=logging.ERROR)
         return 1
     except Exception as exc:
+        log.debug("internal error", exc_info=True, extra={"echoed": True})
         if os.environ.get("TAICHI_ETGS_DEBUG"):
             raise
-        click.echo(f"error: internal error ({type(exc).__name__}: {exc}); please report it. "
-                   "Set TAICHI_ETGS_DEBUG=1 to see the traceback.", err=True)
+        _echo(f"error: internal error ({type(exc).__name__}: {exc}); please report it. "
+              "Set TAICHI_ETGS_DEBUG=1 to see the traceback.", err=True, level=logging.ERROR)
         return 1
+    finally:
+        _close_logging()
     return 0
 
 

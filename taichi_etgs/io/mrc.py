@@ -47,6 +47,7 @@ _MODE_NAMES = {3: "complex 16-bit integer", 4: "complex 32-bit float", 16: "RGB 
                101: "4-bit"}
 
 _HEADER_BYTES = 1024
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 # IMOD marks files it wrote with this stamp; bit 0 of the flags that follow says whether
 # mode-0 bytes are signed. Without the bit IMOD's bytes are unsigned (0..255).
 _IMOD_STAMP = 1146047817
@@ -88,6 +89,14 @@ def _open_mrc(path: str | PathLike, what: str) -> tuple[Path, np.ndarray, np.rec
     if size < _HEADER_BYTES:
         raise InputError(f"is not an MRC file: it has {size} bytes, fewer than the "
                          f"{_HEADER_BYTES}-byte MRC header ({what} expected)", p)
+    try:
+        with open(p, "rb") as fh:
+            signature = fh.read(len(_HDF5_SIGNATURE))
+    except OSError as exc:
+        raise InputError(f"cannot be read ({exc.strerror or exc})", p) from exc
+    if signature == _HDF5_SIGNATURE:
+        raise InputError(f"is an HDF5 file (a taichi-etgs state?), not an MRC file ({what} "
+                         f"expected)", p)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
@@ -250,6 +259,18 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def _set_header_stats_f64(header: np.recarray, data: np.ndarray) -> None:
+    """dmin, dmax, dmean and rms (the standard deviation) from float64 sums, per section."""
+    total = float(sum(np.sum(section, dtype=np.float64) for section in data))
+    mean = total / max(data.size, 1)
+    sq = float(sum(np.sum(np.square(section.astype(np.float64) - mean)) for section in data))
+    with np.errstate(over="ignore"):  # a range beyond float32's is stored as Inf
+        header.dmin = float(data.min())
+        header.dmax = float(data.max())
+        header.dmean = np.float32(mean)
+        header.rms = np.float32(np.sqrt(sq / max(data.size, 1)))
+
+
 def _write_mrc(path: str | PathLike, array: np.ndarray, spacing_A: float, *, force: bool,
                labels: Sequence[str], image_stack: bool) -> Path:
     p = Path(path)
@@ -275,7 +296,12 @@ def _write_mrc(path: str | PathLike, array: np.ndarray, spacing_A: float, *, for
     tmp = folder / f".{p.name}.{uuid.uuid4().hex[:12]}.tmp"
     try:
         with mrcfile.new(tmp) as mrc:
-            mrc.set_data(data)
+            # mrcfile computes the header statistics in float32: values near 1e20 and
+            # above overflow its rms (a RuntimeWarning and an Inf in the header).
+            with np.errstate(over="ignore", invalid="ignore"):
+                mrc.set_data(data)
+            if not np.isfinite(float(mrc.header.rms)):
+                _set_header_stats_f64(mrc.header, data)
             if image_stack:
                 mrc.set_image_stack()
             mrc.voxel_size = float(spacing_A)

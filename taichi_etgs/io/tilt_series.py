@@ -239,6 +239,10 @@ def load_tilt_series(
             image = apply_xf_image(image, transforms[i])
         out[j] = bin_image(image, b)
     if len(constant) == len(kept):
+        if _only_denormals(data, kept):
+            raise InputError("holds only denormal values (magnitudes below 1.2e-38, which "
+                             "compute as zero); rescale the stack (e.g. IMOD's newstack "
+                             "-scale)", stack)
         raise InputError("contains no signal: every section is constant", stack)
     if constant:
         warnings.warn(f"{stack}: section(s) {', '.join(map(str, constant))} are constant "
@@ -254,6 +258,25 @@ def load_tilt_series(
     return TiltSeries(data=out, tilts_deg=tilts, pixel_size_A=float(pixel_size) * b,
                       source=str(stack), kept_views=np.array(kept, dtype=np.int64),
                       angles_source=angles_source)
+
+
+def _only_denormals(data: np.ndarray, kept: list[int]) -> bool:
+    """True when the kept float sections hold denormal numbers (and zeros) only.
+
+    Told from the bit patterns: once Taichi runs, the CPU flushes denormals to zero in
+    every float operation, so they look like an all-zero stack.
+    """
+    if data.dtype.kind != "f" or data.dtype.itemsize not in (2, 4):
+        return False
+    as_int = np.dtype(data.dtype.str.replace("f", "u"))  # same size and byte order
+    exponent = 0x7C00 if data.dtype.itemsize == 2 else 0x7F800000
+    found = False
+    for i in kept:
+        bits = np.ascontiguousarray(data[i]).view(as_int)  # integers: no float arithmetic
+        if (bits & exponent).any():
+            return False  # a normal (or Inf/NaN) number
+        found = found or bool((bits << 1).any())  # non-zero mantissa (sign bit dropped)
+    return found
 
 
 def _streamed_stats(data: np.ndarray) -> tuple[float, float, float, float]:
