@@ -174,24 +174,19 @@ def _ssim_l1(r: np.ndarray, m: np.ndarray, data_range: float, coef_ssim: np.ndar
 
     moments = np.empty((5, n, ny, nx), dtype=dtype)
     kern.row_blur_moments_kernel(r, m, moments)
-    smap = np.empty((n, ny, nx), dtype=dtype)
-    dmaps = np.empty((3, n, ny, nx) if need_grad else (3, 1, 1, 1), dtype=dtype)
-    kern.ssim_map_kernel(moments, (_K1 * data_range) ** 2, (_K2 * data_range) ** 2,
-                         smap, dmaps, int(need_grad))
-    rows = np.empty((n, ny), dtype=np.float64)
-    kern.row_sums_kernel(smap, rows)
-    ssim = rows.sum(axis=1) / n_pix
-    l1 = None
-    if want_l1:
-        kern.abs_diff_row_sums_kernel(r, m, rows)
-        l1 = rows.sum(axis=1) / n_pix
+    d_shape = (3, n, ny, nx) if need_grad else (3, 1, 1, 1)
+    dmaps = np.empty(d_shape, dtype=dtype)
+    dmaps_blurred = np.empty(d_shape, dtype=dtype)
+    rows = np.empty((2, n, ny), dtype=np.float64)
+    kern.ssim_rows_kernel(moments, r, m, (_K1 * data_range) ** 2, (_K2 * data_range) ** 2,
+                          dmaps, dmaps_blurred, rows, int(need_grad))
+    ssim = rows[0].sum(axis=1) / n_pix
+    l1 = rows[1].sum(axis=1) / n_pix if want_l1 else None
     grad = None
     if need_grad:
-        blurred = moments[:3]  # the moments are no longer needed: reuse their memory
-        kern.row_blur_kernel(dmaps, blurred)
         grad = np.empty_like(r)
         c_l1 = np.zeros(n) if coef_l1 is None else coef_l1
-        kern.ssim_grad_kernel(blurred, r, m, np.ascontiguousarray(coef_ssim, dtype=dtype),
+        kern.ssim_grad_kernel(dmaps_blurred, r, m, np.ascontiguousarray(coef_ssim, dtype=dtype),
                               np.ascontiguousarray(c_l1, dtype=dtype), grad)
     return ssim, l1, grad
 

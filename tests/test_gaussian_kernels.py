@@ -121,7 +121,16 @@ def test_kernel_matches_box_integrated_line_integral(taichi_cpu):
                                    atol=(1e-3 + np.exp(-CUTOFF_SIGMA ** 2 / 2)) * numeric.max())
 
 
-def test_forward_matches_reference(taichi_arch, rng):
+@pytest.fixture(params=["cpu", "gpu"])
+def projector_path(request, monkeypatch):
+    """Both kernel paths of the projector (per-row gather, per-pair scatter) on any arch."""
+    from taichi_etgs.kernels import gaussian_projector
+
+    monkeypatch.setattr(gaussian_projector, "_FORCE_PATH", request.param)
+    return request.param
+
+
+def test_forward_matches_reference(taichi_arch, projector_path, rng):
     p = random_params(rng, 12, (10.0, 8.0, 6.0))
     ny, nu = 24, 32
     views = project_gaussians(p, TILTS, ny, nu)
@@ -209,7 +218,8 @@ def projector_problem(rng):
 
 
 @pytest.mark.parametrize("group", GROUPS)
-def test_projector_gradients_match_finite_differences(taichi_f64, projector_problem, group):
+def test_projector_gradients_match_finite_differences(taichi_f64, projector_problem, group,
+                                                      projector_path):
     params, ny, nu, weights = projector_problem
 
     def loss(p):

@@ -21,13 +21,32 @@ pixel span inside that ellipse. The cut drops ``exp(-3.5**2 / 2) = 0.22 %`` of e
 Gaussian's mass and makes the kernel's values differ from the uncut formula by at most
 0.22 % of the peak.
 
-Parallelism: one thread per (Gaussian, view) pair. The forward pass scatters with atomic
-adds into the views; the backward pass gathers ``dL/dviews`` over the same footprint,
-accumulates the pair's gradients locally and adds them atomically into per-Gaussian
-accumulators (mean, covariance, density), which a per-Gaussian kernel then turns into
-gradients of the raw parameters (chain rule through the activations). Taichi's autodiff is
-not used (it breaks on the footprint loops' dynamic trip counts, design.md section 5):
-:func:`project_gaussians` and :func:`project_gaussians_backward` are a plain function pair.
+Work per call: a per-Gaussian kernel computes what is the same at every tilt (mean,
+covariance, amplitude factors, and the detector rows the footprint covers: ``v = y``, so the
+rows do not depend on the tilt). Along a row the footprint's values follow
+``e_{j+1} = e_j r_j``, ``r_{j+1} = r_j exp(-cuu)`` (``q`` is quadratic in the column), so the
+CPU kernels evaluate two exponentials per row instead of one per pixel, running the
+recurrence in float64.
+
+Parallelism depends on the arch (the same pixels and formulas either way):
+
+- CPU, forward: the Gaussians are sorted by first row and listed per detector row (both
+  lists built serially, so deterministic); a table holds each (view, Gaussian) projection;
+  then one thread per (view, row) renders its row from the row's list, without atomics
+  (rows whose lists are cut into pieces, when views x rows are too few to keep the
+  threads busy, are summed from per-piece partial views). The result does not depend on
+  the number of threads.
+- GPU, forward: one thread per (view, Gaussian) scatters its footprint with atomic adds
+  (a GPU needs the thousands of threads; per-row threads would leave it idle).
+- Backward (both): one thread per Gaussian walks its footprint in every view, gathering
+  ``dL/dviews``; per row it needs only three sums (``sum dL/dvalue e du^k``, k = 0, 1, 2),
+  and it writes its accumulated dL/d(mean, covariance, density) once, without atomics. A
+  per-Gaussian kernel then turns them into gradients of the raw parameters (chain rule
+  through the activations).
+
+Taichi's autodiff is not used (it breaks on the footprint loops' dynamic trip counts,
+design.md section 5): :func:`project_gaussians` and :func:`project_gaussians_backward` are a
+plain function pair.
 
 Kernels compute in Taichi's default float (f32, or f64 when the runtime was started with
 ``precision="f64"``); the public functions accept numpy arrays of any float type and return
@@ -192,126 +211,379 @@ def _raw_grads_kernel(log_scales: _nd2, quats: _nd2, density_raw: _nd1, acc: _nd
 # Projector kernels
 # ----------------------------------------------------------------------------------------
 
+# Columns of the per-Gaussian table written by _prepare_kernel: what the projection at any
+# tilt needs, view-independent (computed once per call instead of once per view).
+_G_MX, _G_MY, _G_MZ = 0, 1, 2  # centre mu
+_G_XX, _G_XZ, _G_ZZ, _G_XY, _G_YZ = 3, 4, 5, 6, 7  # entries of Sigma
+_G_VV = 8  # Sigma2'_vv = Sigma_yy + PIXEL_VARIANCE (the same at every tilt)
+_G_SP = 9  # s_x s_y s_z
+_G_RHO = 10  # rho
+_N_G = 11
+
+# Columns of the per-(view, Gaussian) table of the CPU forward pass (float64).
+_P_MU, _P_CUU, _P_CUV, _P_CVV, _P_AMP, _P_KK, _P_SHEAR, _P_INV_CUU = range(8)
+_N_P = 8
+
+#: Float64 bytes the CPU forward pass's per-(view, Gaussian) table may take; views are
+#: processed in chunks that keep it below this.
+_PAIR_TABLE_BYTES = 64 << 20
+#: Parallel iterations the CPU forward pass aims at: 512 per thread for 16 threads.
+_ROWS_FOR_THREADS = 512 * 16
+
+_nd1i = ti.types.ndarray(dtype=ti.i32, ndim=1)
+_nd2i = ti.types.ndarray(dtype=ti.i32, ndim=2)
+_f64_1d = ti.types.ndarray(dtype=ti.f64, ndim=1)
+
+
 @ti.func
-def _projected(means: ti.template(), log_scales: ti.template(), quats: ti.template(),
-               density_raw: ti.template(), g, c, s):
-    """Per (Gaussian, view): (m_u, m_v, blurred Sigma2' entries uu, uv, vv, det Sigma2',
-    amplitude / rho, rho)."""
-    mu, sig, sprod, rho = _gaussian(means, log_scales, quats, density_raw, g)
-    m_u = c * mu[0] + s * mu[2]
-    m_v = mu[1]
-    a = c * c * sig[0, 0] + 2.0 * c * s * sig[0, 2] + s * s * sig[2, 2] + PIXEL_VARIANCE
-    b = c * sig[0, 1] + s * sig[1, 2]
-    d = sig[1, 1] + PIXEL_VARIANCE
+def _projected_from_table(gauss: ti.template(), g, c, s):
+    """Gaussian g at the tilt of (cos, sin) = (c, s): (m_u, Sigma2' uu, uv, det Sigma2',
+    amplitude). The backward kernel repeats these formulas in the same order and precision,
+    so forward and backward see the same footprint."""
+    m_u = c * gauss[g, _G_MX] + s * gauss[g, _G_MZ]
+    a = (c * c * gauss[g, _G_XX] + 2.0 * c * s * gauss[g, _G_XZ] + s * s * gauss[g, _G_ZZ]
+         + PIXEL_VARIANCE)
+    b = c * gauss[g, _G_XY] + s * gauss[g, _G_YZ]
+    d = gauss[g, _G_VV]
     det2 = a * d - b * b
-    amp_per_rho = sprod * ti.sqrt(2.0 * math.pi / det2)
-    return m_u, m_v, a, b, d, det2, amp_per_rho, rho
+    amp_per_rho = gauss[g, _G_SP] * ti.sqrt(2.0 * math.pi / det2)
+    return m_u, a, b, det2, amp_per_rho * gauss[g, _G_RHO]
+
+
+@ti.func
+def _opaque(x):
+    """``x`` itself (for ``x > -1e30``), in a form the optimiser cannot see through.
+
+    Under Taichi's fast math LLVM rewrites ``y * (a / b)`` as ``(y * a) / b``: a quotient
+    computed once per Gaussian and view would become one division per row or per pixel
+    wherever it is used. Wrapping the quotient keeps it a multiplication.
+    """
+    return ti.max(x, -1e30)
+
+
+@ti.func
+def _row_range(m_v, d, cutoff, ny: int):
+    """Detector rows [i0, i1] the footprint covers (the same at every tilt: v = y)."""
+    hv = cutoff * ti.sqrt(d)
+    return _index_range(m_v - hv, m_v + hv, 0.5 - ny * 0.5, 1.0, ny)
+
+
+@ti.func
+def _row_span(i, cv, cu, nu: int, k2, m_u, m_v, inv_d, shear, inv_cuu):
+    """Pixels [j0, j1] of row i inside the cut ellipse (empty when j0 > j1), and dv.
+
+    Within row i, ``d^T C d = cuu (du - du*)^2 + dv^2 / Sigma2'_vv`` with the row's centre
+    at ``du* = -dv cuv / cuu = -shear dv``; ``inv_d = 1 / Sigma2'_vv``, ``inv_cuu = 1 / cuu``.
+    Every kernel (forward, backward, CPU and GPU) uses this function, so they all visit
+    the same pixels.
+    """
+    dv = i + cv - m_v
+    rem = k2 - dv * dv * inv_d
+    j0 = 0
+    j1 = -1
+    if rem >= 0.0:
+        centre = m_u - shear * dv
+        hu = ti.sqrt(rem * inv_cuu)
+        j0, j1 = _index_range(centre - hu, centre + hu, cu, 1.0, nu)
+    return j0, j1, dv
+
+
+@ti.func
+def _row_start(du0, dv, cuu, cuv, cvv):
+    """(exp(-q/2) at the span's first pixel, ratio of the second pixel's value to it).
+
+    Along a row ``q(du + 1) - q(du) = cuu (2 du + 1) + 2 cuv dv``, and that difference grows
+    by ``2 cuu`` per pixel: the values are ``e_{j+1} = e_j r_j``, ``r_{j+1} = r_j exp(-cuu)``,
+    two multiplications per pixel instead of an exponential. The CPU kernels run this
+    recurrence in float64, where its rounding (which grows with the square of the span
+    length) stays far below float32's.
+    """
+    q0 = cuu * du0 * du0 + 2.0 * cuv * du0 * dv + cvv * dv * dv
+    return ti.exp(-0.5 * q0), ti.exp(-0.5 * (cuu * (2.0 * du0 + 1.0) + 2.0 * cuv * dv))
 
 
 @ti.kernel
-def _project_forward_kernel(means: _nd2, log_scales: _nd2, quats: _nd2, density_raw: _nd1,
-                            cos_t: _nd1, sin_t: _nd1, views: _nd3, cutoff: float):
-    """views[t, i, j] += line integrals of every Gaussian (views must be zeroed)."""
+def _prepare_kernel(means: _nd2, log_scales: _nd2, quats: _nd2, density_raw: _nd1,
+                    cutoff: float, ny: ti.i32, gauss: _nd2, rows: _nd2i, first_row_count: _nd1i,
+                    row_count_diff: _nd1i, count: ti.i32):
+    """Per Gaussian: the table ``gauss`` [N, _N_G] and the detector rows [i0, i1] it covers.
+
+    With ``count`` != 0 also counts, for the CPU forward pass, the Gaussians whose first
+    row is i (``first_row_count[i]``) and, as a difference array, the Gaussians covering
+    row i (``row_count_diff``, cumulative sum = count per row). Both [ny + 1], zeroed.
+    """
+    for g in range(means.shape[0]):
+        mu, sig, sprod, rho = _gaussian(means, log_scales, quats, density_raw, g)
+        gauss[g, _G_MX] = mu[0]
+        gauss[g, _G_MY] = mu[1]
+        gauss[g, _G_MZ] = mu[2]
+        gauss[g, _G_XX] = sig[0, 0]
+        gauss[g, _G_XZ] = sig[0, 2]
+        gauss[g, _G_ZZ] = sig[2, 2]
+        gauss[g, _G_XY] = sig[0, 1]
+        gauss[g, _G_YZ] = sig[1, 2]
+        d = sig[1, 1] + PIXEL_VARIANCE
+        gauss[g, _G_VV] = d
+        gauss[g, _G_SP] = sprod
+        gauss[g, _G_RHO] = rho
+        i0, i1 = _row_range(mu[1], d, cutoff, ny)
+        rows[g, 0] = i0
+        rows[g, 1] = i1
+        if count != 0 and i0 <= i1:
+            ti.atomic_add(first_row_count[i0], 1)
+            ti.atomic_add(row_count_diff[i0], 1)
+            ti.atomic_add(row_count_diff[i1 + 1], -1)
+
+
+@ti.kernel
+def _order_kernel(rows: _nd2i, first_cursor: _nd1i, row_cursor: _nd1i, order: _nd1i,
+                  entries: _nd1i):
+    """Sort the Gaussians by first row and list, per row, those that cover it.
+
+    ``order[p]`` = the Gaussian at sorted position p (stable: by first row, then index);
+    ``entries[offsets[i]:offsets[i + 1]]`` = the sorted positions of the Gaussians covering
+    row i, increasing. ``first_cursor`` and ``row_cursor`` start at the exclusive prefix
+    sums of the counts from :func:`_prepare_kernel`. Serial loops: the lists are
+    deterministic, and the work (one write per Gaussian row) is small next to rendering.
+    Sorted Gaussians make the row lists walk the pair table almost sequentially.
+    """
+    ti.loop_config(serialize=True)
+    for g in range(rows.shape[0]):
+        i0 = rows[g, 0]
+        if i0 <= rows[g, 1]:
+            p = first_cursor[i0]
+            order[p] = g
+            first_cursor[i0] = p + 1
+    ti.loop_config(serialize=True)
+    for p in range(order.shape[0]):
+        g = order[p]
+        for i in range(rows[g, 0], rows[g, 1] + 1):
+            k = row_cursor[i]
+            entries[k] = p
+            row_cursor[i] = k + 1
+
+
+@ti.kernel
+def _pair_table_kernel(gauss: _nd2, cos_t: _nd1, sin_t: _nd1, t0: ti.i32, n_views: ti.i32,
+                       pairs: _f64_1d, row_info: _f64_1d):
+    """The projection of Gaussian p (rows of ``gauss`` in sorted order) at view t0 + tt, in
+    float64: columns _P_* of row ``tt * n_on + p`` of ``pairs`` [n_views * n_on * _N_P];
+    ``row_info`` [2 n_on] = (m_v, 1 / Sigma2'_vv) of each p (view-independent). Flat
+    arrays: see :func:`_forward_rows_kernel`."""
+    n_on = gauss.shape[0]
+    for tt, p in ti.ndrange(n_views, n_on):
+        m_u, a, b, det2, amp = _projected_from_table(gauss, p, cos_t[t0 + tt], sin_t[t0 + tt])
+        a64 = ti.cast(a, ti.f64)
+        b64 = ti.cast(b, ti.f64)
+        d64 = ti.cast(gauss[p, _G_VV], ti.f64)
+        det64 = ti.cast(det2, ti.f64)
+        cuu = d64 / det64
+        base = (tt * n_on + p) * _N_P
+        pairs[base + _P_MU] = m_u
+        pairs[base + _P_CUU] = cuu
+        pairs[base + _P_CUV] = -b64 / det64
+        pairs[base + _P_CVV] = a64 / det64
+        pairs[base + _P_AMP] = amp
+        pairs[base + _P_KK] = ti.exp(-cuu)
+        pairs[base + _P_SHEAR] = -b64 / d64
+        pairs[base + _P_INV_CUU] = det64 / d64
+        if tt == 0:
+            row_info[2 * p] = gauss[p, _G_MY]
+            row_info[2 * p + 1] = 1.0 / d64
+
+
+@ti.kernel
+def _forward_rows_kernel(pairs: _f64_1d, row_info: _f64_1d, offsets: _nd1i, entries: _nd1i,
+                         n_views: ti.i32, n_parts: ti.i32, out: _nd1, out_views: ti.i32,
+                         out_t0: ti.i32, ny: ti.i32, nu: ti.i32, cutoff: float):
+    """CPU forward pass: one thread per (part, view, detector row) sums its Gaussians.
+
+    Row i's list is cut into ``n_parts`` consecutive pieces; piece k of view tt is added to
+    row ``((k * out_views + out_t0 + tt) * ny + i) * nu`` of ``out`` (flattened, zeroed):
+    with one part, ``out`` is the [n_tilts, ny, nu] stack itself; with more (when views x
+    rows alone are too few threads), [n_parts, n_views, ny, nu] partial views that the
+    caller sums in part order. A row belongs to one thread, so there are no atomics, and
+    each pixel adds its Gaussians in a fixed order. The arrays are flat (1D) so that a
+    pixel's address is one addition: with multi-dimensional arrays, every store in the
+    pixel loop made the compiler reload the array's shape and redo the index products.
+    """
+    n_on = row_info.shape[0] // 2
+    cv = ti.cast(0.5 - ny * 0.5, ti.f64)
+    cu = ti.cast(0.5 - nu * 0.5, ti.f64)
+    k2 = ti.cast(cutoff, ti.f64) * ti.cast(cutoff, ti.f64)
+    for part, tt, i in ti.ndrange(n_parts, n_views, ny):
+        row = ((part * out_views + out_t0 + tt) * ny + i) * nu
+        k_lo = offsets[i]
+        n_k = offsets[i + 1] - k_lo
+        for k in range(k_lo + n_k * part // n_parts, k_lo + n_k * (part + 1) // n_parts):
+            p = entries[k]
+            base = (tt * n_on + p) * _N_P
+            m_u = pairs[base + _P_MU]
+            j0, j1, dv = _row_span(i, cv, cu, nu, k2, m_u, row_info[2 * p],
+                                   row_info[2 * p + 1], pairs[base + _P_SHEAR],
+                                   pairs[base + _P_INV_CUU])
+            if j0 <= j1:
+                e, r = _row_start(j0 + (cu - m_u), dv, pairs[base + _P_CUU],
+                                  pairs[base + _P_CUV], pairs[base + _P_CVV])
+                e *= pairs[base + _P_AMP]
+                kk = pairs[base + _P_KK]
+                for j in range(row + j0, row + j1 + 1):
+                    out[j] = out[j] + ti.cast(e, float)
+                    e *= r
+                    r *= kk
+
+
+@ti.kernel
+def _forward_scatter_kernel(gauss: _nd2, rows: _nd2i, cos_t: _nd1, sin_t: _nd1, views: _nd3,
+                            cutoff: float):
+    """GPU forward pass: one thread per (view, Gaussian) adds its footprint atomically.
+
+    views[t, i, j] += line integrals of every Gaussian (views must be zeroed). Thousands
+    of threads per view keep a GPU busy, where the CPU's per-row threads would not.
+    """
     ny, nu = views.shape[1], views.shape[2]
     cv = 0.5 - ny * 0.5
     cu = 0.5 - nu * 0.5
     k2 = cutoff * cutoff
-    for g, t in ti.ndrange(means.shape[0], cos_t.shape[0]):
-        c = cos_t[t]
-        s = sin_t[t]
-        m_u, m_v, a, b, d, det2, amp_per_rho, rho = _projected(
-            means, log_scales, quats, density_raw, g, c, s)
-        amp = amp_per_rho * rho
-        # Conic (inverse of Sigma2').
-        cuu = d / det2
-        cuv = -b / det2
-        cvv = a / det2
-        hv = cutoff * ti.sqrt(d)
-        i0, i1 = _index_range(m_v - hv, m_v + hv, cv, 1.0, ny)
-        for i in range(i0, i1 + 1):
-            dv = i + cv - m_v
-            # Within row i, d^T C d = cuu (du - du*)^2 + dv^2 / Sigma2'_vv.
-            rem = k2 - dv * dv / d
-            if rem >= 0.0:
-                centre = m_u - cuv * dv / cuu
-                hu = ti.sqrt(rem / cuu)
-                j0, j1 = _index_range(centre - hu, centre + hu, cu, 1.0, nu)
+    for t, g in ti.ndrange(cos_t.shape[0], gauss.shape[0]):
+        i0, i1 = rows[g, 0], rows[g, 1]
+        if i0 <= i1:
+            m_u, a, b, det2, amp = _projected_from_table(gauss, g, cos_t[t], sin_t[t])
+            d = gauss[g, _G_VV]
+            cuu = _opaque(d / det2)
+            cuv = _opaque(-b / det2)
+            cvv = _opaque(a / det2)
+            m_v = gauss[g, _G_MY]
+            inv_d = _opaque(1.0 / d)
+            shear = _opaque(-b / d)
+            inv_cuu = _opaque(det2 / d)
+            off = cu - m_u
+            for i in range(i0, i1 + 1):
+                j0, j1, dv = _row_span(i, cv, cu, nu, k2, m_u, m_v, inv_d, shear, inv_cuu)
                 for j in range(j0, j1 + 1):
-                    du = j + cu - m_u
+                    du = j + off
                     q = cuu * du * du + 2.0 * cuv * du * dv + cvv * dv * dv
-                    if q <= k2:
-                        views[t, i, j] += amp * ti.exp(-0.5 * q)
+                    views[t, i, j] += amp * ti.exp(-0.5 * q)
 
 
 @ti.kernel
 def _project_backward_kernel(means: _nd2, log_scales: _nd2, quats: _nd2, density_raw: _nd1,
                              cos_t: _nd1, sin_t: _nd1, grad_views: _nd3, cutoff: float,
-                             acc: _nd2, uv_norm: _nd1, visible: _nd1):
-    """Accumulate dL/d(mu, Sigma, rho) into ``acc`` and the densification statistics.
+                             acc: _nd2, uv_norm: _nd1, visible: _nd1i, wt: ti.template(),
+                             incremental: ti.template()):
+    """dL/d(mu, Sigma, rho) into ``acc`` [N, N_ACC] and the densification statistics
+    ``uv_norm`` [N], ``visible`` [N] (all overwritten).
 
-    acc [N, N_ACC], uv_norm [N] and visible [N] must be zeroed.
+    One thread per Gaussian walks its footprint in every view, gathering ``dL/dviews``;
+    per row it needs only three sums, ``S_k = sum_j dL/dvalue_j exp(-q_j/2) du_j^k`` (k = 0,
+    1, 2), from which the row's contributions follow (dv is constant along a row). The
+    thread sums its views in registers and writes its results once: no atomics, and the
+    same result for any thread count. ``wt``: the float type of the per-view arithmetic
+    (float64 on the CPU, where it costs nothing); ``incremental``: step the exponentials
+    along each row (:func:`_row_start`, CPU) rather than evaluating one per pixel (GPU).
     """
     ny, nu = grad_views.shape[1], grad_views.shape[2]
-    cv = 0.5 - ny * 0.5
-    cu = 0.5 - nu * 0.5
-    k2 = cutoff * cutoff
-    for g, t in ti.ndrange(means.shape[0], cos_t.shape[0]):
-        c = cos_t[t]
-        s = sin_t[t]
-        m_u, m_v, a, b, d, det2, amp_per_rho, rho = _projected(
-            means, log_scales, quats, density_raw, g, c, s)
-        amp = amp_per_rho * rho
-        cuu = d / det2
-        cuv = -b / det2
-        cvv = a / det2
-        hv = cutoff * ti.sqrt(d)
-        i0, i1 = _index_range(m_v - hv, m_v + hv, cv, 1.0, ny)
-        g_amp = 0.0  # sum of dL/dvalue * exp(-q/2)
-        gm_u = 0.0  # dL/dm: sum of dL/dvalue * value * C d
-        gm_v = 0.0
-        m_uu = 0.0  # sum of dL/dvalue * value * d d^T
-        m_uv = 0.0
-        m_vv = 0.0
-        hit = 0
-        for i in range(i0, i1 + 1):
-            dv = i + cv - m_v
-            rem = k2 - dv * dv / d
-            if rem >= 0.0:
-                centre = m_u - cuv * dv / cuu
-                hu = ti.sqrt(rem / cuu)
-                j0, j1 = _index_range(centre - hu, centre + hu, cu, 1.0, nu)
-                for j in range(j0, j1 + 1):
-                    du = j + cu - m_u
-                    q = cuu * du * du + 2.0 * cuv * du * dv + cvv * dv * dv
-                    if q <= k2:
+    cv = ti.cast(0.5 - ny * 0.5, wt)
+    cu = ti.cast(0.5 - nu * 0.5, wt)
+    k2 = ti.cast(cutoff, wt) * ti.cast(cutoff, wt)
+    for g in range(means.shape[0]):
+        mu, sig, sprod, rho = _gaussian(means, log_scales, quats, density_raw, g)
+        d = sig[1, 1] + PIXEL_VARIANCE
+        i0, i1 = _row_range(mu[1], d, cutoff, ny)
+        a_mu = ti.Vector([0.0, 0.0, 0.0])
+        a_sig = ti.Vector([0.0, 0.0, 0.0, 0.0, 0.0, 0.0])
+        a_rho = 0.0
+        norm_sum = 0.0
+        n_vis = 0
+        if i0 <= i1:
+            m_v = ti.cast(mu[1], wt)
+            d_w = ti.cast(d, wt)
+            inv_d = _opaque(1.0 / d_w)
+            for t in range(cos_t.shape[0]):
+                c = cos_t[t]
+                s = sin_t[t]
+                m_u_f = c * mu[0] + s * mu[2]
+                a_f = (c * c * sig[0, 0] + 2.0 * c * s * sig[0, 2] + s * s * sig[2, 2]
+                       + PIXEL_VARIANCE)
+                b_f = c * sig[0, 1] + s * sig[1, 2]
+                det2_f = a_f * d - b_f * b_f
+                amp_per_rho = sprod * ti.sqrt(2.0 * math.pi / det2_f)
+                m_u = ti.cast(m_u_f, wt)
+                a = ti.cast(a_f, wt)
+                b = ti.cast(b_f, wt)
+                det2 = ti.cast(det2_f, wt)
+                amp = ti.cast(amp_per_rho * rho, wt)
+                cuu = _opaque(d_w / det2)
+                cuv = _opaque(-b / det2)
+                cvv = _opaque(a / det2)
+                shear = _opaque(-b / d_w)
+                inv_cuu = _opaque(det2 / d_w)
+                kk = ti.exp(-cuu)
+                g_amp = ti.cast(0.0, wt)  # sum of dL/dvalue * exp(-q/2)
+                t_u = ti.cast(0.0, wt)  # (C sum_p dL/dvalue exp(-q/2) d)_u
+                t_v = ti.cast(0.0, wt)
+                m_uu = ti.cast(0.0, wt)  # sum_p dL/dvalue exp(-q/2) d d^T
+                m_uv = ti.cast(0.0, wt)
+                m_vv = ti.cast(0.0, wt)
+                hit = 0
+                off = cu - m_u
+                for i in range(i0, i1 + 1):
+                    j0, j1, dv = _row_span(i, cv, cu, nu, k2, m_u, m_v, inv_d, shear,
+                                           inv_cuu)
+                    if j0 <= j1:
                         hit = 1
-                        e = ti.exp(-0.5 * q)
-                        gv = grad_views[t, i, j]
-                        g_amp += gv * e
-                        gf = gv * amp * e
-                        gm_u += gf * (cuu * du + cuv * dv)
-                        gm_v += gf * (cuv * du + cvv * dv)
-                        m_uu += gf * du * du
-                        m_uv += gf * du * dv
-                        m_vv += gf * dv * dv
-        if hit:
-            # dL/dSigma2' = 1/2 C M C (through the conic) - 1/2 g_amp amp C (through det).
-            cm = ti.Matrix([[cuu, cuv], [cuv, cvv]])
-            mm = ti.Matrix([[m_uu, m_uv], [m_uv, m_vv]])
-            g2 = 0.5 * (cm @ mm @ cm) - (0.5 * g_amp * amp) * cm
-            # Sigma2 = P Sigma P^T  =>  dL/dSigma = P^T G2 P.
-            acc[g, 0] += c * gm_u
-            acc[g, 1] += gm_v
-            acc[g, 2] += s * gm_u
-            acc[g, 3] += c * c * g2[0, 0]
-            acc[g, 4] += c * g2[0, 1]
-            acc[g, 5] += c * s * g2[0, 0]
-            acc[g, 6] += g2[1, 1]
-            acc[g, 7] += s * g2[0, 1]
-            acc[g, 8] += s * s * g2[0, 0]
-            acc[g, 9] += g_amp * amp_per_rho
-            uv_norm[g] += ti.sqrt(gm_u * gm_u + gm_v * gm_v)
-            visible[g] += 1
+                        s0 = ti.cast(0.0, wt)
+                        s1 = ti.cast(0.0, wt)
+                        s2 = ti.cast(0.0, wt)
+                        if ti.static(incremental):
+                            e, r = _row_start(j0 + off, dv, cuu, cuv, cvv)
+                            for j in range(j0, j1 + 1):
+                                du = j + off
+                                pv = ti.cast(grad_views[t, i, j], wt) * e
+                                s0 += pv
+                                s1 += pv * du
+                                s2 += pv * du * du
+                                e *= r
+                                r *= kk
+                        else:
+                            for j in range(j0, j1 + 1):
+                                du = j + off
+                                q = cuu * du * du + 2.0 * cuv * du * dv + cvv * dv * dv
+                                pv = ti.cast(grad_views[t, i, j], wt) * ti.exp(-0.5 * q)
+                                s0 += pv
+                                s1 += pv * du
+                                s2 += pv * du * du
+                        g_amp += s0
+                        t_u += cuu * s1 + cuv * dv * s0
+                        t_v += cuv * s1 + cvv * dv * s0
+                        m_uu += s2
+                        m_uv += dv * s1
+                        m_vv += dv * dv * s0
+                if hit:
+                    # dL/dm = amp C sum(...) d; dL/dSigma2' = 1/2 C M C - 1/2 g_amp amp C
+                    # (through the conic and through det), M = amp sum(...) d d^T.
+                    gm_u = amp * t_u
+                    gm_v = amp * t_v
+                    cm = ti.Matrix([[cuu, cuv], [cuv, cvv]])
+                    mm = amp * ti.Matrix([[m_uu, m_uv], [m_uv, m_vv]])
+                    g2 = 0.5 * (cm @ mm @ cm) - (0.5 * g_amp * amp) * cm
+                    cw = ti.cast(c, wt)
+                    sw = ti.cast(s, wt)
+                    # Sigma2 = P Sigma P^T  =>  dL/dSigma = P^T G2 P.
+                    a_mu += ti.cast(ti.Vector([cw * gm_u, gm_v, sw * gm_u]), float)
+                    a_sig += ti.cast(ti.Vector([cw * cw * g2[0, 0], cw * g2[0, 1],
+                                                cw * sw * g2[0, 0], g2[1, 1], sw * g2[0, 1],
+                                                sw * sw * g2[0, 0]]), float)
+                    a_rho += ti.cast(g_amp, float) * amp_per_rho
+                    norm_sum += ti.cast(ti.sqrt(gm_u * gm_u + gm_v * gm_v), float)
+                    n_vis += 1
+        for k in ti.static(range(3)):
+            acc[g, k] = a_mu[k]
+        for k in ti.static(range(6)):
+            acc[g, 3 + k] = a_sig[k]
+        acc[g, 9] = a_rho
+        uv_norm[g] = norm_sum
+        visible[g] = n_vis
 
 
 # ----------------------------------------------------------------------------------------
@@ -328,6 +600,26 @@ def _param_arrays(params: GaussianParams, dtype: type) -> tuple[np.ndarray, ...]
     """The four raw arrays, C-contiguous in ``dtype`` (for kernel arguments)."""
     return tuple(np.ascontiguousarray(a, dtype=dtype) for a in
                  (params.means_xyz, params.log_scales, params.quats_wxyz, params.density_raw))
+
+
+#: Which kernels run: None picks by the running arch ("cpu": per-row gather and float64
+#: recurrences; "gpu": per-(view, Gaussian) scatter). Tests set it to check both on a CPU.
+_FORCE_PATH: str | None = None
+
+
+def _cpu_path() -> bool:
+    if _FORCE_PATH is not None:
+        return _FORCE_PATH == "cpu"
+    return runtime.ensure_initialized().arch == "cpu"
+
+
+def _row_list_parts(n_rows: int) -> int:
+    """Pieces to cut each row's Gaussian list into, so that the CPU forward pass has work
+    for many threads: Taichi's CPU backend splits a parallel loop into one chunk per
+    thread of at least 512 iterations, so ``n_rows`` (views x detector rows) alone can
+    leave threads idle (a single 512-row view would run on one thread). The count depends
+    on the problem size only, never on the thread count, so neither does the result."""
+    return int(min(16, max(1, -(-_ROWS_FOR_THREADS // max(n_rows, 1)))))
 
 
 def _tilt_trig(tilts_deg: np.ndarray, dtype: type) -> tuple[np.ndarray, np.ndarray]:
@@ -379,12 +671,59 @@ def project_gaussians(params: GaussianParams, tilts_deg: np.ndarray, ny: int,
     """
     tilts = _check_tilts(tilts_deg)
     dtype = _work_dtype()
-    views = np.zeros((tilts.size, int(ny), int(nu)), dtype=dtype)
+    ny, nu = int(ny), int(nu)
+    views = np.zeros((tilts.size, ny, nu), dtype=dtype)
     if params.n == 0 or views.size == 0:
         return views
     cos_t, sin_t = _tilt_trig(tilts, dtype)
-    _project_forward_kernel(*_param_arrays(params, dtype), cos_t, sin_t, views,
-                            CUTOFF_SIGMA)
+    raw = _param_arrays(params, dtype)
+    gauss = np.empty((params.n, _N_G), dtype=dtype)
+    rows = np.empty((params.n, 2), dtype=np.int32)
+    if not _cpu_path():
+        unused = np.zeros(1, dtype=np.int32)
+        _prepare_kernel(*raw, CUTOFF_SIGMA, ny, gauss, rows, unused, unused, 0)
+        _forward_scatter_kernel(gauss, rows, cos_t, sin_t, views, CUTOFF_SIGMA)
+        return views
+
+    # CPU: per-row lists of the Gaussians (sorted by first row), then one thread per
+    # (view, row) renders the row from a table of the Gaussians' projections.
+    first_row_count = np.zeros(ny + 1, dtype=np.int32)
+    row_count_diff = np.zeros(ny + 1, dtype=np.int32)
+    _prepare_kernel(*raw, CUTOFF_SIGMA, ny, gauss, rows, first_row_count, row_count_diff, 1)
+    first_start = np.zeros(ny + 1, dtype=np.int64)
+    np.cumsum(first_row_count[:ny], out=first_start[1:])
+    offsets = np.zeros(ny + 1, dtype=np.int64)
+    np.cumsum(np.cumsum(row_count_diff[:ny]), out=offsets[1:])
+    n_on = int(first_start[-1])  # Gaussians that cover at least one detector row
+    if n_on == 0:
+        return views
+    if offsets[-1] > np.iinfo(np.int32).max:
+        raise ValueError(f"{params.n} Gaussians cover {offsets[-1]} detector rows in all, "
+                         f"more than this projector indexes; project fewer at a time")
+    order = np.empty(n_on, dtype=np.int32)
+    entries = np.empty(int(offsets[-1]), dtype=np.int32)
+    offsets = offsets.astype(np.int32)
+    _order_kernel(rows, first_start[:-1].astype(np.int32), offsets[:-1].copy(), order,
+                  entries)
+    gauss = gauss[order]  # in sorted order: the pair tables read it sequentially
+    n_views = tilts.size
+    chunk = int(min(n_views, max(1, _PAIR_TABLE_BYTES // (n_on * _N_P * 8))))
+    chunk = -(-n_views // -(-n_views // chunk))  # equal chunks
+    pairs = np.empty(chunk * n_on * _N_P, dtype=np.float64)
+    row_info = np.empty(2 * n_on, dtype=np.float64)
+    flat_views = views.reshape(-1)
+    for t0 in range(0, n_views, chunk):
+        m = min(chunk, n_views - t0)
+        _pair_table_kernel(gauss, cos_t, sin_t, t0, m, pairs, row_info)
+        n_parts = _row_list_parts(m * ny)
+        if n_parts == 1:
+            _forward_rows_kernel(pairs, row_info, offsets, entries, m, 1, flat_views,
+                                 n_views, t0, ny, nu, CUTOFF_SIGMA)
+        else:
+            parts = np.zeros((n_parts, m, ny, nu), dtype=dtype)
+            _forward_rows_kernel(pairs, row_info, offsets, entries, m, n_parts,
+                                 parts.reshape(-1), m, 0, ny, nu, CUTOFF_SIGMA)
+            np.sum(parts, axis=0, out=views[t0:t0 + m])
     return views
 
 
@@ -410,19 +749,23 @@ def project_gaussians_backward(params: GaussianParams, tilts_deg: np.ndarray,
                          f"got shape {grad_views.shape}")
     dtype = _work_dtype()
     n = params.n
+    if n == 0:
+        return ProjectionGrads(params.zeros_like().astype(dtype), np.zeros(0, dtype),
+                               np.zeros(0, np.int32))
     acc = np.zeros((n, N_ACC), dtype=dtype)
     uv_norm = np.zeros(n, dtype=dtype)
     visible = np.zeros(n, dtype=np.int32)
-    grads = GaussianParams(np.zeros((n, 3), dtype), np.zeros((n, 3), dtype),
-                           np.zeros((n, 4), dtype), np.zeros(n, dtype))
-    if n == 0:
-        return ProjectionGrads(grads, uv_norm, visible)
     raw = _param_arrays(params, dtype)
     if grad_views.size:
         cos_t, sin_t = _tilt_trig(tilts, dtype)
+        cpu = _cpu_path()
+        wide = cpu or dtype == np.float64
         _project_backward_kernel(*raw, cos_t, sin_t,
                                  np.ascontiguousarray(grad_views, dtype=dtype),
-                                 CUTOFF_SIGMA, acc, uv_norm, visible)
+                                 CUTOFF_SIGMA, acc, uv_norm, visible,
+                                 ti.f64 if wide else ti.f32, cpu)
+    grads = GaussianParams(np.empty((n, 3), dtype), np.empty((n, 3), dtype),
+                           np.empty((n, 4), dtype), np.empty(n, dtype))
     _raw_grads_kernel(raw[1], raw[2], raw[3], acc, grads.means_xyz, grads.log_scales,
                      grads.quats_wxyz, grads.density_raw)
     return ProjectionGrads(grads, uv_norm, visible)

@@ -29,6 +29,13 @@ gradient checks); scalar arguments take Taichi's default float. Sums over pixels
 done per image row without atomics, so results are deterministic (bit-for-bit repeatable
 runs need that). Layouts: views ``[n_views, ny, nx]``, channel stacks
 ``[n_channels, n_views, ny, nx]``.
+
+Three kernels, each with one thread per image row (a row's pixels in a serial loop, so the
+loop index needs no division, and the image's interior runs without border tests):
+:func:`row_blur_moments_kernel` (horizontal blur of the five moments),
+:func:`ssim_rows_kernel` (vertical blur, S, its partials, the row sums of S and of
+``|x - y|``, and the horizontal blur of the partials) and :func:`ssim_grad_kernel`
+(vertical blur of the partials and the gradient, with the L1 term).
 """
 
 import math
@@ -38,12 +45,9 @@ from .._ti import ti
 __all__ = [
     "WINDOW_RADIUS",
     "WINDOW_SIGMA",
-    "abs_diff_row_sums_kernel",
-    "row_blur_kernel",
     "row_blur_moments_kernel",
-    "row_sums_kernel",
     "ssim_grad_kernel",
-    "ssim_map_kernel",
+    "ssim_rows_kernel",
     "window_taps",
 ]
 
@@ -66,51 +70,87 @@ def window_taps() -> tuple[float, ...]:
 _TAPS = window_taps()
 
 _nd1 = ti.types.ndarray(ndim=1)
-_nd2 = ti.types.ndarray(ndim=2)
 _nd3 = ti.types.ndarray(ndim=3)
 _nd4 = ti.types.ndarray(ndim=4)
+
+
+@ti.func
+def _column_ranges(nx):
+    """[0, j_lo), [j_lo, j_hi), [j_hi, nx): columns whose window crosses the left border,
+    lies inside the row, crosses the right border (the middle range may be empty)."""
+    j_lo = ti.min(WINDOW_RADIUS, nx)
+    j_hi = ti.max(nx - WINDOW_RADIUS, j_lo)
+    return j_lo, j_hi
+
+
+@ti.func
+def _h_moments(x: ti.template(), y: ti.template(), out: ti.template(), v, i, j, nx,
+               checked: ti.template()):
+    """out[:, v, i, j] = horizontal blur of (x, y, x^2, y^2, x y) at (v, i, j); taps
+    outside the row add nothing (zero padding), tested only when ``checked``."""
+    s_x = 0.0 * x[v, i, j]  # zero of the arrays' float type
+    s_y = s_x
+    s_xx = s_x
+    s_yy = s_x
+    s_xy = s_x
+    for k in ti.static(range(_WINDOW)):
+        jj = j + k - WINDOW_RADIUS
+        if not ti.static(checked) or (jj >= 0 and jj < nx):
+            a = x[v, i, jj]
+            b = y[v, i, jj]
+            w = ti.static(_TAPS[k])
+            s_x += w * a
+            s_y += w * b
+            s_xx += w * a * a
+            s_yy += w * b * b
+            s_xy += w * a * b
+    out[0, v, i, j] = s_x
+    out[1, v, i, j] = s_y
+    out[2, v, i, j] = s_xx
+    out[3, v, i, j] = s_yy
+    out[4, v, i, j] = s_xy
 
 
 @ti.kernel
 def row_blur_moments_kernel(x: _nd3, y: _nd3, out: _nd4):
     """out[c] = horizontal blur of (x, y, x^2, y^2, x y)[c]. out: [5, n_views, ny, nx]."""
-    for v, i, j in ti.ndrange(x.shape[0], x.shape[1], x.shape[2]):
+    for v, i in ti.ndrange(x.shape[0], x.shape[1]):
         nx = x.shape[2]
-        s_x = 0.0 * x[v, i, j]  # zero of the arrays' float type
-        s_y = s_x
-        s_xx = s_x
-        s_yy = s_x
-        s_xy = s_x
-        for k in ti.static(range(_WINDOW)):
-            jj = j + k - WINDOW_RADIUS
-            if jj >= 0 and jj < nx:  # zero padding: taps outside the image add nothing
-                a = x[v, i, jj]
-                b = y[v, i, jj]
-                w = ti.static(_TAPS[k])
-                s_x += w * a
-                s_y += w * b
-                s_xx += w * a * a
-                s_yy += w * b * b
-                s_xy += w * a * b
-        out[0, v, i, j] = s_x
-        out[1, v, i, j] = s_y
-        out[2, v, i, j] = s_xx
-        out[3, v, i, j] = s_yy
-        out[4, v, i, j] = s_xy
+        j_lo, j_hi = _column_ranges(nx)
+        for j in range(0, j_lo):
+            _h_moments(x, y, out, v, i, j, nx, True)
+        for j in range(j_lo, j_hi):
+            _h_moments(x, y, out, v, i, j, nx, False)
+        for j in range(j_hi, nx):
+            _h_moments(x, y, out, v, i, j, nx, True)
 
 
-@ti.kernel
-def ssim_map_kernel(row_blurred: _nd4, c1: float, c2: float, ssim_map: _nd3,
-                    dmaps: _nd4, need_grad: ti.i32):
-    """Vertical blur of the five moments, then S per pixel (and its partials when asked).
+@ti.func
+def _h_blur3(src: ti.template(), dst: ti.template(), v, i, j, nx, checked: ti.template()):
+    """dst[:3, v, i, j] = horizontal blur of src[:3, v, i, :] at column j (zero padding)."""
+    a0 = 0.0 * src[0, v, i, j]
+    a1 = a0
+    a2 = a0
+    for k in ti.static(range(_WINDOW)):
+        jj = j + k - WINDOW_RADIUS
+        if not ti.static(checked) or (jj >= 0 and jj < nx):
+            w = ti.static(_TAPS[k])
+            a0 += w * src[0, v, i, jj]
+            a1 += w * src[1, v, i, jj]
+            a2 += w * src[2, v, i, jj]
+    dst[0, v, i, j] = a0
+    dst[1, v, i, j] = a1
+    dst[2, v, i, j] = a2
 
-    row_blurred: output of :func:`row_blur_moments_kernel`. [5, n_views, ny, nx]
-    ssim_map: S per pixel (overwritten). [n_views, ny, nx]
-    dmaps: (d0, d1, d2) per pixel, written only when ``need_grad`` != 0 (any shape
-        otherwise). [3, n_views, ny, nx]
-    """
-    for v, i, j in ti.ndrange(ssim_map.shape[0], ssim_map.shape[1], ssim_map.shape[2]):
-        ny = ssim_map.shape[1]
+
+@ti.func
+def _ssim_row(row_blurred: ti.template(), x: ti.template(), y: ti.template(), c1, c2,
+              dmaps: ti.template(), v, i, ny, nx, need_grad, checked: ti.template()):
+    """Row i of :func:`ssim_rows_kernel`: (sum_j S, sum_j |x - y|); the window's rows
+    outside the image are tested only when ``checked``."""
+    s_sum = ti.cast(0.0, ti.f64)
+    l1_sum = ti.cast(0.0, ti.f64)
+    for j in range(nx):
         mu_x = 0.0 * row_blurred[0, v, i, j]
         mu_y = mu_x
         m_xx = mu_x
@@ -118,7 +158,7 @@ def ssim_map_kernel(row_blurred: _nd4, c1: float, c2: float, ssim_map: _nd3,
         m_xy = mu_x
         for k in ti.static(range(_WINDOW)):
             ii = i + k - WINDOW_RADIUS
-            if ii >= 0 and ii < ny:
+            if not ti.static(checked) or (ii >= 0 and ii < ny):
                 w = ti.static(_TAPS[k])
                 mu_x += w * row_blurred[0, v, ii, j]
                 mu_y += w * row_blurred[1, v, ii, j]
@@ -131,46 +171,66 @@ def ssim_map_kernel(row_blurred: _nd4, c1: float, c2: float, ssim_map: _nd3,
         b2 = (m_xx - mu_x * mu_x) + (m_yy - mu_y * mu_y) + c2
         inv_b = 1.0 / (b1 * b2)
         s = a1 * a2 * inv_b
-        ssim_map[v, i, j] = s
+        s_sum += ti.cast(s, ti.f64)
+        l1_sum += ti.cast(ti.abs(x[v, i, j] - y[v, i, j]), ti.f64)
         if need_grad != 0:
             dmaps[0, v, i, j] = 2.0 * (mu_y * (a2 - a1) - mu_x * s * (b2 - b1)) * inv_b
             dmaps[1, v, i, j] = -s / b2
             dmaps[2, v, i, j] = 2.0 * a1 * inv_b
+    return s_sum, l1_sum
 
 
 @ti.kernel
-def row_blur_kernel(src: _nd4, dst: _nd4):
-    """dst = horizontal blur of src, channel by channel (zero padding). [c, n_views, ny, nx]"""
-    for c, v, i, j in ti.ndrange(src.shape[0], src.shape[1], src.shape[2], src.shape[3]):
-        nx = src.shape[3]
-        acc = 0.0 * src[c, v, i, j]
-        for k in ti.static(range(_WINDOW)):
-            jj = j + k - WINDOW_RADIUS
-            if jj >= 0 and jj < nx:
-                acc += ti.static(_TAPS[k]) * src[c, v, i, jj]
-        dst[c, v, i, j] = acc
+def ssim_rows_kernel(row_blurred: _nd4, x: _nd3, y: _nd3, c1: float, c2: float,
+                     dmaps: _nd4, dmaps_blurred: _nd4,
+                     row_sums: ti.types.ndarray(dtype=ti.f64, ndim=3), need_grad: ti.i32):
+    """Vertical blur of the five moments, S per pixel and the row sums; with ``need_grad``
+    also S's partials and their horizontal blur.
 
-
-@ti.kernel
-def ssim_grad_kernel(row_blurred_d: _nd4, x: _nd3, y: _nd3, coef_ssim: _nd1,
-                     coef_l1: _nd1, grad: _nd3):
-    """grad = coef_ssim[v] (G d0 + 2 x G d1 + y G d2) + coef_l1[v] sign(x - y).
-
-    row_blurred_d: (d0, d1, d2) blurred horizontally (:func:`row_blur_kernel`); the vertical
-        pass happens here. [3, n_views, ny, nx]
-    coef_ssim, coef_l1: per-view factors (e.g. ``-w lambda / (W n_pix)``). [n_views]
-    grad: output, overwritten. [n_views, ny, nx]
-
-    ``sign(0) = 0``: the L1 subgradient chosen where rendered equals measured.
+    row_blurred: output of :func:`row_blur_moments_kernel`. [5, n_views, ny, nx]
+    x, y: the rendered and measured views. [n_views, ny, nx]
+    dmaps: (d0, d1, d2) per pixel, written when ``need_grad`` != 0 (scratch: each row is
+        written and read back by its own thread; any shape otherwise). [3, n_views, ny, nx]
+    dmaps_blurred: (d0, d1, d2) blurred horizontally, written when ``need_grad`` != 0
+        (any shape otherwise). [3, n_views, ny, nx]
+    row_sums: ``sum_j S`` and ``sum_j |x - y|`` of each row, accumulated serially in j in
+        float64 (deterministic). [2, n_views, ny]
     """
-    for v, i, j in ti.ndrange(x.shape[0], x.shape[1], x.shape[2]):
+    for v, i in ti.ndrange(x.shape[0], x.shape[1]):
         ny = x.shape[1]
+        nx = x.shape[2]
+        s_sum = ti.cast(0.0, ti.f64)
+        l1_sum = ti.cast(0.0, ti.f64)
+        if i >= WINDOW_RADIUS and i < ny - WINDOW_RADIUS:
+            s_sum, l1_sum = _ssim_row(row_blurred, x, y, c1, c2, dmaps, v, i, ny, nx,
+                                      need_grad, False)
+        else:
+            s_sum, l1_sum = _ssim_row(row_blurred, x, y, c1, c2, dmaps, v, i, ny, nx,
+                                      need_grad, True)
+        row_sums[0, v, i] = s_sum
+        row_sums[1, v, i] = l1_sum
+        if need_grad != 0:
+            j_lo, j_hi = _column_ranges(nx)
+            for j in range(0, j_lo):
+                _h_blur3(dmaps, dmaps_blurred, v, i, j, nx, True)
+            for j in range(j_lo, j_hi):
+                _h_blur3(dmaps, dmaps_blurred, v, i, j, nx, False)
+            for j in range(j_hi, nx):
+                _h_blur3(dmaps, dmaps_blurred, v, i, j, nx, True)
+
+
+@ti.func
+def _grad_row(row_blurred_d: ti.template(), x: ti.template(), y: ti.template(), cs, cl,
+              grad: ti.template(), v, i, ny, checked: ti.template()):
+    """Row i of :func:`ssim_grad_kernel` (window rows outside the image tested only when
+    ``checked``)."""
+    for j in range(x.shape[2]):
         g0 = 0.0 * x[v, i, j]
         g1 = g0
         g2 = g0
         for k in ti.static(range(_WINDOW)):
             ii = i + k - WINDOW_RADIUS
-            if ii >= 0 and ii < ny:
+            if not ti.static(checked) or (ii >= 0 and ii < ny):
                 w = ti.static(_TAPS[k])
                 g0 += w * row_blurred_d[0, v, ii, j]
                 g1 += w * row_blurred_d[1, v, ii, j]
@@ -182,24 +242,24 @@ def ssim_grad_kernel(row_blurred_d: _nd4, x: _nd3, y: _nd3, coef_ssim: _nd1,
             sgn = 1.0
         elif a < b:
             sgn = -1.0
-        grad[v, i, j] = coef_ssim[v] * (g0 + 2.0 * a * g1 + b * g2) + coef_l1[v] * sgn
+        grad[v, i, j] = cs * (g0 + 2.0 * a * g1 + b * g2) + cl * sgn
 
 
 @ti.kernel
-def row_sums_kernel(a: _nd3, out: _nd2):
-    """out[v, i] = sum_j a[v, i, j], accumulated serially in out's type (float64). [n, ny]"""
-    for v, i in ti.ndrange(a.shape[0], a.shape[1]):
-        acc = ti.cast(0.0, ti.f64)
-        for j in range(a.shape[2]):
-            acc += ti.cast(a[v, i, j], ti.f64)
-        out[v, i] = acc
+def ssim_grad_kernel(row_blurred_d: _nd4, x: _nd3, y: _nd3, coef_ssim: _nd1,
+                     coef_l1: _nd1, grad: _nd3):
+    """grad = coef_ssim[v] (G d0 + 2 x G d1 + y G d2) + coef_l1[v] sign(x - y).
 
+    row_blurred_d: (d0, d1, d2) blurred horizontally (``dmaps_blurred`` of
+        :func:`ssim_rows_kernel`); the vertical pass happens here. [3, n_views, ny, nx]
+    coef_ssim, coef_l1: per-view factors (e.g. ``-w lambda / (W n_pix)``). [n_views]
+    grad: output, overwritten. [n_views, ny, nx]
 
-@ti.kernel
-def abs_diff_row_sums_kernel(x: _nd3, y: _nd3, out: _nd2):
-    """out[v, i] = sum_j |x - y|[v, i, j], accumulated in float64. [n, ny]"""
+    ``sign(0) = 0``: the L1 subgradient chosen where rendered equals measured.
+    """
     for v, i in ti.ndrange(x.shape[0], x.shape[1]):
-        acc = ti.cast(0.0, ti.f64)
-        for j in range(x.shape[2]):
-            acc += ti.cast(ti.abs(x[v, i, j] - y[v, i, j]), ti.f64)
-        out[v, i] = acc
+        ny = x.shape[1]
+        if i >= WINDOW_RADIUS and i < ny - WINDOW_RADIUS:
+            _grad_row(row_blurred_d, x, y, coef_ssim[v], coef_l1[v], grad, v, i, ny, False)
+        else:
+            _grad_row(row_blurred_d, x, y, coef_ssim[v], coef_l1[v], grad, v, i, ny, True)
