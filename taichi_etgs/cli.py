@@ -750,11 +750,11 @@ def demo(output_dir, seed, force):
 
 def _metrics_table(metrics: dict[str, dict], seconds: dict[str, float]) -> str:
     """Methods as rows, the headline metrics as columns (fixed-width text)."""
-    header = (f"{'method':<8} {'time (s)':>8} {'PSNR':>7} {'SSIM':>6} {'corr':>6} "
+    header = (f"{'method':<10} {'time (s)':>8} {'PSNR':>7} {'SSIM':>6} {'corr':>6} "
               f"{'FSC 0.5 (A)':>11} {'wedge FSC':>9}")
     rows = [header, "-" * len(header)]
     for name, m in metrics.items():
-        rows.append(f"{name:<8} {seconds.get(name, float('nan')):>8.1f} {m['psnr']:>7.2f} "
+        rows.append(f"{name:<10} {seconds.get(name, float('nan')):>8.1f} {m['psnr']:>7.2f} "
                     f"{m['ssim']:>6.3f} {m['correlation']:>6.3f} "
                     f"{m['fsc05_resolution_A']:>11.1f} {m['wedge_fsc']:>9.3f}")
     return "\n".join(rows)
