@@ -95,9 +95,7 @@ length ``n`` is at ``i + 0.5 - n/2``). :func:`export_gaussians` converts them to
 from __future__ import annotations
 
 import math
-import os
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from os import PathLike
@@ -105,6 +103,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ._atomic import atomic_output
 from .errors import InputError
 from .gaussians import GaussianParams, density_raw_from_densities, normalize_quats
 
@@ -391,17 +390,9 @@ def _positions_A(means_xyz: np.ndarray, voxel_size_A: float, origin: str,
 
 def _write_atomically(path: Path, write: Callable[[object], None], binary: bool) -> None:
     """Write through ``write(fh)`` into a temporary file next to ``path``, then rename."""
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
-    try:
-        with open(tmp, "wb" if binary else "w", **({} if binary else
-                                                    {"encoding": "utf-8", "newline": "\n"})) as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    text_mode = {} if binary else {"encoding": "utf-8", "newline": "\n"}
+    with atomic_output(path) as tmp, open(tmp, "wb" if binary else "w", **text_mode) as fh:
+        write(fh)
 
 
 def _ply_bytes(pos_A: np.ndarray, scales_A: np.ndarray, quats: np.ndarray, rho: np.ndarray,

@@ -11,13 +11,12 @@ with the reference's 0.5-99.5 percentile grey range.
 
 from __future__ import annotations
 
-import os
-import uuid
 from os import PathLike
 from pathlib import Path
 
 import numpy as np
 
+from ._atomic import atomic_output
 from .errors import InputError
 
 __all__ = ["comparison_figure", "evaluation_figure"]
@@ -142,13 +141,8 @@ def _check_target(path: str | PathLike, force: bool) -> Path:
 
 def _save(fig, p: Path) -> Path:
     """Write a figure atomically; the format follows the suffix (PNG by default)."""
-    tmp = p.parent / f".{p.stem}.{uuid.uuid4().hex[:12]}{p.suffix or '.png'}"
-    try:
+    with atomic_output(p) as tmp:
         fig.savefig(tmp, dpi=110, format=(p.suffix[1:] or "png").lower())
-        os.replace(tmp, p)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return p
 
 

@@ -46,13 +46,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import uuid
 from os import PathLike
 from pathlib import Path
 
 import numpy as np
 
+from ._atomic import write_text_atomic
 from .errors import InputError
 
 __all__ = [
@@ -448,15 +447,5 @@ def write_metrics_json(metrics: dict, path: str | PathLike, force: bool = False)
         raise InputError("exists; use --force to overwrite", p)
     if not p.parent.is_dir():
         raise InputError(f"cannot be written: the folder {p.parent} does not exist", p)
-    text = metrics_to_json(metrics)
-    tmp = p.parent / f".{p.name}.{uuid.uuid4().hex[:12]}.tmp"
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, p)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_text_atomic(p, metrics_to_json(metrics))
     return p

@@ -30,12 +30,13 @@ import platform
 import shlex
 import sys
 import time
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
 from typing import Any
+
+from ._atomic import write_text_atomic
 
 __all__ = [
     "CHECKSUM_MAX_BYTES",
@@ -149,19 +150,6 @@ def mrc_labels(version: str, command: str, what: str, command_line: Sequence[str
     return [label[:_LABEL_CHARS] for label in labels + pieces]
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def write_sidecar(output: str | PathLike, record: Mapping) -> Path:
     """Write ``record`` as the JSON sidecar of ``output``, atomically; returns its path.
 
@@ -170,7 +158,7 @@ def write_sidecar(output: str | PathLike, record: Mapping) -> Path:
     """
     path = sidecar_path(output)
     text = json.dumps(_jsonable(record), indent=1, allow_nan=False) + "\n"
-    _write_text_atomic(path, text)
+    write_text_atomic(path, text)
     return path
 
 

@@ -38,8 +38,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from os import PathLike
@@ -47,6 +45,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ._atomic import write_text_atomic
 from .errors import InputError
 from .specimen import (
     Grid,
@@ -466,19 +465,6 @@ def simulate_tilt_series(config: SimulationConfig | None = None, *,
                             info)
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 OUTPUT_FILES = ("tilts.mrc", "tilts.tlt", "ground_truth.mrc", "simulation.json")
 
 
@@ -516,13 +502,13 @@ def write_simulation(result: SimulationResult, out_dir: str | PathLike, force: b
                 labels=[label, "dark contrast"])
     write_volume(paths["ground_truth.mrc"], result.ground_truth, result.pixel_size_A,
                  force=force, labels=[label, "ground truth: potential (V), ice included"])
-    _write_text_atomic(paths["tilts.tlt"],
+    write_text_atomic(paths["tilts.tlt"],
                        "".join(f"{t:.4f}\n" for t in np.asarray(result.tilts_deg)))
     document = {"software": f"taichi-etgs {__version__}", "seed": cfg.get("seed"),
                 "pixel_size_A": result.pixel_size_A,
                 "shape_zyx": list(result.ground_truth.shape),
                 "tilts_deg": np.asarray(result.tilts_deg).tolist(),
                 "config": cfg, "derived": result.info}
-    _write_text_atomic(paths["simulation.json"],
+    write_text_atomic(paths["simulation.json"],
                        json.dumps(document, indent=1, allow_nan=False) + "\n")
     return paths

@@ -41,7 +41,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import uuid
 from dataclasses import dataclass, field, fields
 from os import PathLike
 from pathlib import Path
@@ -49,6 +48,7 @@ from typing import Any
 
 import numpy as np
 
+from ._atomic import atomic_output
 from .errors import InputError
 from .gaussians import GaussianParams
 from .optim import GROUPS, AdamState
@@ -191,20 +191,6 @@ def restore_rng(rng_state: dict) -> np.random.Generator:
 # Writing
 # ----------------------------------------------------------------------------------------
 
-def _fsync_dir(folder: Path) -> None:
-    # Makes the rename itself durable; not possible everywhere (Windows): best effort.
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _write_params(group: Any, params: GaussianParams) -> None:
     for f in fields(GaussianParams):
         group.create_dataset(f.name, data=np.ascontiguousarray(getattr(params, f.name)))
@@ -267,36 +253,26 @@ def save_state(path: str | PathLike, params: GaussianParams, adam_state: AdamSta
              "rng_state": _dumps(dict(rng_state))}
     lr_text = None if adam_state is None else _dumps(dict(adam_state.lr))
 
-    tmp = folder / f".{p.name}.{uuid.uuid4().hex[:12]}.tmp"
-    try:
-        with h5py.File(tmp, "w") as f:
-            f.attrs["format"] = FORMAT_NAME
-            f.attrs["format_version"] = np.int64(FORMAT_VERSION)
-            f.attrs["package_version"] = __version__
-            f.attrs["iteration"] = np.int64(iteration)
-            f.attrs["input_checksum"] = str(input_checksum)
-            f.attrs["n_gaussians"] = np.int64(params.n)
-            _write_params(f.create_group("params"), params)
-            if adam_state is not None:
-                g = f.create_group("adam")
-                g.attrs["step"] = np.int64(adam_state.step)
-                g.attrs["beta1"] = float(adam_state.beta1)
-                g.attrs["beta2"] = float(adam_state.beta2)
-                g.attrs["eps"] = float(adam_state.eps)
-                _write_params(g.create_group("exp_avg"), adam_state.exp_avg)
-                _write_params(g.create_group("exp_avg_sq"), adam_state.exp_avg_sq)
-                g.create_dataset("lr", data=lr_text, dtype=h5py.string_dtype("utf-8"))
-            meta = f.create_group("meta")
-            for name, text in texts.items():
-                meta.create_dataset(name, data=text, dtype=h5py.string_dtype("utf-8"))
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, p)
-    except BaseException:
-        # KeyboardInterrupt included: never leave a stray temporary file behind.
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(folder)
+    with atomic_output(p) as tmp, h5py.File(tmp, "w") as f:
+        f.attrs["format"] = FORMAT_NAME
+        f.attrs["format_version"] = np.int64(FORMAT_VERSION)
+        f.attrs["package_version"] = __version__
+        f.attrs["iteration"] = np.int64(iteration)
+        f.attrs["input_checksum"] = str(input_checksum)
+        f.attrs["n_gaussians"] = np.int64(params.n)
+        _write_params(f.create_group("params"), params)
+        if adam_state is not None:
+            g = f.create_group("adam")
+            g.attrs["step"] = np.int64(adam_state.step)
+            g.attrs["beta1"] = float(adam_state.beta1)
+            g.attrs["beta2"] = float(adam_state.beta2)
+            g.attrs["eps"] = float(adam_state.eps)
+            _write_params(g.create_group("exp_avg"), adam_state.exp_avg)
+            _write_params(g.create_group("exp_avg_sq"), adam_state.exp_avg_sq)
+            g.create_dataset("lr", data=lr_text, dtype=h5py.string_dtype("utf-8"))
+        meta = f.create_group("meta")
+        for name, text in texts.items():
+            meta.create_dataset(name, data=text, dtype=h5py.string_dtype("utf-8"))
     return p
 
 

@@ -12,8 +12,6 @@ half-written MRC behind.
 
 from __future__ import annotations
 
-import os
-import uuid
 import warnings
 from collections.abc import Sequence
 from os import PathLike
@@ -22,6 +20,7 @@ from pathlib import Path
 import mrcfile
 import numpy as np
 
+from .._atomic import atomic_output
 from ..errors import InputError
 from ._files import existing_file
 
@@ -245,20 +244,6 @@ def _clean_label(label: str) -> str:
     return text[:_LABEL_CHARS]
 
 
-def _fsync_dir(folder: Path) -> None:
-    # Makes the rename itself durable; not possible on every platform (Windows), so best effort.
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _set_header_stats_f64(header: np.recarray, data: np.ndarray) -> None:
     """dmin, dmax, dmean and rms (the standard deviation) from float64 sums, per section."""
     total = float(sum(np.sum(section, dtype=np.float64) for section in data))
@@ -293,33 +278,23 @@ def _write_mrc(path: str | PathLike, array: np.ndarray, spacing_A: float, *, for
         if not np.isfinite(data[k]).all():
             raise InputError(f"not written: the data contain NaN or Inf values "
                              f"(first in section {k})", p)
-    tmp = folder / f".{p.name}.{uuid.uuid4().hex[:12]}.tmp"
-    try:
-        with mrcfile.new(tmp) as mrc:
-            # mrcfile computes the header statistics in float32: values near 1e20 and
-            # above overflow its rms (a RuntimeWarning and an Inf in the header).
-            with np.errstate(over="ignore", invalid="ignore"):
-                mrc.set_data(data)
-            if not np.isfinite(float(mrc.header.rms)):
-                _set_header_stats_f64(mrc.header, data)
-            if image_stack:
-                mrc.set_image_stack()
-            mrc.voxel_size = float(spacing_A)
-            labels = list(labels)[:_MAX_LABELS]
-            if labels:
-                # Replace mrcfile's "Created by mrcfile.py" label: ten slots are all we have.
-                mrc.header.nlabl = 0
-                mrc.header.label[:] = b""
-            for label in labels:
-                mrc.add_label(_clean_label(label))
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, p)
-    except BaseException:
-        # Including KeyboardInterrupt: never leave a stray temporary file behind.
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(folder)
+    with atomic_output(p) as tmp, mrcfile.new(tmp) as mrc:
+        # mrcfile computes the header statistics in float32: values near 1e20 and
+        # above overflow its rms (a RuntimeWarning and an Inf in the header).
+        with np.errstate(over="ignore", invalid="ignore"):
+            mrc.set_data(data)
+        if not np.isfinite(float(mrc.header.rms)):
+            _set_header_stats_f64(mrc.header, data)
+        if image_stack:
+            mrc.set_image_stack()
+        mrc.voxel_size = float(spacing_A)
+        labels = list(labels)[:_MAX_LABELS]
+        if labels:
+            # Replace mrcfile's "Created by mrcfile.py" label: ten slots are all we have.
+            mrc.header.nlabl = 0
+            mrc.header.label[:] = b""
+        for label in labels:
+            mrc.add_label(_clean_label(label))
     return p
 
 

@@ -1,0 +1,56 @@
+"""Atomic file output: write to a temporary file beside the target, then rename over it.
+
+A reader (or a resumed run) sees either the old file or the complete new one, never a
+partial file under the final name, whatever interrupts the writer (an exception, Ctrl-C,
+a SIGKILL, a full disk).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+__all__ = ["atomic_output", "write_text_atomic"]
+
+
+def _fsync_dir(folder: Path) -> None:
+    # Makes the rename itself durable; not possible on every platform (Windows): best effort.
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path to write; on success it is synced and renamed to ``path``.
+
+    The temporary file keeps ``path``'s suffix (writers that pick a format from it, such
+    as matplotlib, still work). On any exception, KeyboardInterrupt included, it is removed.
+    """
+    target = Path(path)
+    tmp = target.parent / f".{target.stem}.{uuid.uuid4().hex[:12]}.tmp{target.suffix}"
+    try:
+        yield tmp
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(target.parent)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write a UTF-8 text file atomically (:func:`atomic_output`)."""
+    with atomic_output(path) as tmp:
+        tmp.write_text(text, encoding="utf-8", newline="\n")
