@@ -251,7 +251,7 @@ class Adam:
         ValueError: N of ``params``, ``grads`` and the moments disagree.
         """
         from . import runtime
-        from .kernels.adam import adam_update_f32_kernel, adam_update_f64_kernel
+        from .kernels.adam import adam_update_kernel
 
         if params.n != self.n or grads.n != self.n:
             raise ValueError(f"Adam holds moments for {self.n} Gaussians but got params for "
@@ -279,10 +279,10 @@ class Adam:
             g = np.ascontiguousarray(getattr(grads, name), dtype=p.dtype)
             if p.size == 0:
                 continue
-            kernel = adam_update_f32_kernel if p.dtype == np.float32 else adam_update_f64_kernel
-            kernel(p.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1),
-                   self.lr[name] / bc1, self.beta1, 1.0 - self.beta1, self.beta2,
-                   1.0 - self.beta2, inv_sqrt_bc2, self.eps)
+            hyper = np.array([self.lr[name] / bc1, self.beta1, 1.0 - self.beta1, self.beta2,
+                              1.0 - self.beta2, inv_sqrt_bc2, self.eps], dtype=p.dtype)
+            adam_update_kernel(p.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1),
+                               hyper)
         self.step_count = t
 
     def select(self, keep: np.ndarray) -> None:
