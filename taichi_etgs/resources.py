@@ -267,21 +267,19 @@ def _cgroup_remaining_bytes() -> int | None:
     v2_paths.append(root)
     v1_paths.append(root / "memory")
     remaining: list[int] = []
-    for folder in v2_paths:
-        limit = _read_int(folder / "memory.max")
-        used = _read_int(folder / "memory.current")
-        if limit is not None and used is not None and limit < _NO_LIMIT:
-            # Page cache counts as used but is given back under pressure.
-            used -= _stat_value(folder / "memory.stat", "inactive_file")
-            remaining.append(max(0, limit - max(0, used)))
-            break
-    for folder in v1_paths:
-        limit = _read_int(folder / "memory.limit_in_bytes")
-        used = _read_int(folder / "memory.usage_in_bytes")
-        if limit is not None and used is not None and limit < _NO_LIMIT:
-            used -= _stat_value(folder / "memory.stat", "total_inactive_file")
-            remaining.append(max(0, limit - max(0, used)))
-            break
+    # (folders, limit file, usage file, page-cache key) for cgroup v2, then v1.
+    versions = ((v2_paths, "memory.max", "memory.current", "inactive_file"),
+                (v1_paths, "memory.limit_in_bytes", "memory.usage_in_bytes",
+                 "total_inactive_file"))
+    for folders, limit_name, usage_name, cache_key in versions:
+        for folder in folders:
+            limit = _read_int(folder / limit_name)
+            used = _read_int(folder / usage_name)
+            if limit is not None and used is not None and limit < _NO_LIMIT:
+                # Page cache counts as used but is given back under pressure.
+                used -= _stat_value(folder / "memory.stat", cache_key)
+                remaining.append(max(0, limit - max(0, used)))
+                break
     return min(remaining) if remaining else None
 
 
