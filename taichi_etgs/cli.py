@@ -876,9 +876,15 @@ def _int_triple(text: str, option: str) -> tuple[int, int, int]:
 
 @cli.command()
 @_command
-@click.argument("recon", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--reference", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="Ground truth volume of the same shape (e.g. from `simulate`).")
+@click.argument("recon", metavar="RECON|HALF1", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--reference", default=None, type=click.Path(dir_okay=False, path_type=Path),
+              help="Ground truth volume of the same shape (e.g. from `simulate`): score "
+                   "RECON against it.")
+@click.option("--half2", default=None, type=click.Path(dir_okay=False, path_type=Path),
+              help="The other half map: the half-map FSC of HALF1 and HALF2 (two "
+                   "independent reconstructions, from any program), no ground truth needed.")
+@click.option("--voxel-size", type=float, default=None, metavar="A",
+              help="Voxel size in A [default: from the MRC header, else 1].")
 @click.option("--max-tilt", type=float, default=None,
               help="Largest tilt of the data in degrees, for the missing-wedge FSC "
                    "[default: from --angles, else 60].")
@@ -887,39 +893,77 @@ def _int_triple(text: str, option: str) -> tuple[int, int, int]:
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
               default=None, help="Write every metric and the FSC curves as JSON.")
 @click.option("--figure", "figure_path", type=click.Path(dir_okay=False, path_type=Path),
-              default=None, help="Write XY/XZ slices and FSC curves (PNG, PDF or SVG).")
+              default=None, help="Write XY/XZ slices and FSC curves (PNG, PDF or SVG; "
+                                 "with --reference).")
 @click.option("--force", is_flag=True, help="Overwrite the JSON or figure if they exist.")
-def evaluate(recon, reference, max_tilt, angles, json_path, figure_path, force):
-    """Score a reconstruction against a reference: PSNR, SSIM, FSC, missing-wedge FSC.
+def evaluate(recon, reference, half2, voxel_size, max_tilt, angles, json_path, figure_path,
+             force):
+    """Score a reconstruction against a reference (PSNR, SSIM, FSC, missing-wedge FSC), or
+    two half maps against each other (half-map FSC).
 
-    The reconstruction is first fitted to the reference by least squares (gain and offset,
-    so units and polarity do not matter; a negative gain is reported as inverted contrast),
-    then compared with the reference's range as data range.
+    With --reference, the reconstruction is first fitted to the reference by least squares
+    (gain and offset, so units and polarity do not matter; a negative gain is reported as
+    inverted contrast), then compared with the reference's range as data range. With
+    --half2, no fit is needed (the FSC does not depend on gain). Both report the FSC 0.5
+    and 0.143 resolutions and the band FSC, the mean FSC over features of 32-400 A.
 
     \b
     Example:
       taichi-etgs evaluate sim/wbp.mrc --reference sim/ground_truth.mrc --json wbp.json
+      taichi-etgs evaluate even.mrc --half2 odd.mrc --json halves.json
     """
     import numpy as np
 
     from .io import read_tilt_angles, read_volume
     from .metrics import evaluate as evaluate_volumes
-    from .metrics import write_metrics_json
+    from .metrics import half_map_fsc, write_metrics_json
 
+    if (reference is None) == (half2 is None):
+        raise InputError("give either --reference TRUTH (score against a ground truth) or "
+                         "--half2 HALF2 (half-map FSC), "
+                         + ("not both" if reference is not None else "one of them"))
+    if half2 is not None and (figure_path is not None or max_tilt is not None
+                              or angles is not None):
+        raise InputError("--figure, --max-tilt and --angles need --reference; a half-map "
+                         "FSC has no missing-wedge score or figure")
+    if voxel_size is not None and not voxel_size > 0:
+        raise InputError(f"--voxel-size must be a positive number of A, got {voxel_size}")
     for path in (json_path, figure_path):
         if path is not None:
             _check_output(path, force)
     volume, voxel = read_volume(recon)
-    truth, truth_voxel = read_volume(reference)
-    voxel = voxel or truth_voxel or 1.0
+    other_path = half2 if half2 is not None else reference
+    other, other_voxel = read_volume(other_path)
+    if voxel_size is None:
+        if voxel and other_voxel and abs(voxel - other_voxel) > 1e-3 * max(voxel, other_voxel):
+            _warn(f"the voxel sizes in the headers differ ({voxel:g} A in {recon.name}, "
+                  f"{other_voxel:g} A in {other_path.name}); using {voxel:g} A "
+                  "(set --voxel-size to choose)")
+        voxel_size = voxel or other_voxel
+        if not voxel_size:
+            _warn("no voxel size in the MRC headers; resolutions are in voxels of 1 A "
+                  "(set --voxel-size)")
+            voxel_size = 1.0
+    if half2 is not None:
+        metrics = half_map_fsc(volume, other, voxel_size)
+        _echo(f"half-map FSC 0.143: {metrics['fsc0143_resolution_A']:.1f} A   FSC 0.5: "
+              f"{metrics['fsc05_resolution_A']:.1f} A   band FSC (32-400 A) "
+              f"{metrics['band_fsc']:.3f}")
+        if json_path is not None:
+            write_metrics_json(metrics, json_path, force=force)
+            _echo(f"wrote {json_path}")
+        return
     if max_tilt is None:
         max_tilt = float(np.abs(read_tilt_angles(angles)).max()) if angles else 60.0
-    metrics = evaluate_volumes(volume, truth, voxel, max_tilt)
+    metrics = evaluate_volumes(volume, other, voxel_size, max_tilt)
     _echo(f"PSNR {metrics['psnr']:.2f} dB   SSIM {metrics['ssim']:.3f}   correlation "
           f"{metrics['correlation']:.3f}")
     _echo(f"FSC 0.5: {metrics['fsc05_resolution_A']:.1f} A   FSC 0.143: "
           f"{metrics['fsc0143_resolution_A']:.1f} A   missing-wedge FSC "
           f"{metrics['wedge_fsc']:.3f}")
+    _echo(f"band FSC (32-400 A) {metrics['band_fsc']:.3f}   wedge {metrics['wedge_band_fsc']:.3f}"
+          f"   specimen {metrics['specimen_band_fsc']:.3f}   specimen wedge "
+          f"{metrics['specimen_wedge_band_fsc']:.3f}")
     if metrics.get("contrast_inverted"):
         _echo("note: the reconstruction has inverted contrast relative to the reference")
     if json_path is not None:
@@ -928,7 +972,7 @@ def evaluate(recon, reference, max_tilt, angles, json_path, figure_path, force):
     if figure_path is not None:
         from .figures import evaluation_figure
 
-        evaluation_figure(volume, truth, metrics, figure_path, force=force,
+        evaluation_figure(volume, other, metrics, figure_path, force=force,
                           title=f"{recon.name} vs {reference.name}")
         _echo(f"wrote {figure_path}")
 
@@ -1476,6 +1520,10 @@ def main(args: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if args is None else args)
     obj = {"command_line": ["taichi-etgs", *(str(a) for a in argv)]}
     try:
+        # The console handler from the start: a message printed before a command sets up
+        # logging (usage errors, bare `taichi-etgs`) must not be printed again by
+        # Python's last-resort handler when it is logged.
+        _setup_logging(0, None)
         cli.main(args=argv, prog_name="taichi-etgs", standalone_mode=False, obj=obj)
     except InputError as exc:
         _echo(f"error: {exc}", err=True, level=logging.ERROR)
