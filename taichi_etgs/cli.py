@@ -259,7 +259,9 @@ def _volume_options(func):
         click.option("--output-contrast", type=click.Choice(["input", "bright", "dark"]),
                      default="input", show_default=True,
                      help="Polarity of the tomogram: like the input images, or as asked."),
-        click.option("--force", is_flag=True, help="Overwrite the output if it exists."),
+        click.option("--force", is_flag=True,
+                     help="Overwrite the output if it exists; also accept tilt angles that "
+                          "look like radians (all under 2 degrees) as degrees."),
     ]
     for decorator in reversed(decorators):
         func = decorator(func)
@@ -323,16 +325,30 @@ def _peek_stack(stack: Path, binning: int) -> _StackHeader:
     return _StackHeader(n_raw, ny, nx, data.dtype, pixel, b)
 
 
-def _load(stack: Path, angles, xf, aln, apply_aln, exclude_views, binning):
+def _load(stack: Path, angles, xf, aln, apply_aln, exclude_views, binning,
+          force: bool | None = None):
     """Load the tilt series, print its warnings, log what was read; returns
-    ``(series, warning messages)``."""
+    ``(series, warning messages)``.
+
+    ``force``: None only reports (info); False refuses angles that look like radians,
+    True uses them with a warning.
+    """
     from .io import load_tilt_series
+    from .io.angles import AngleWarning, looks_like_radians
 
     start = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         series = load_tilt_series(stack, angles, xf_path=xf, aln_path=aln, apply_aln=apply_aln,
                                   exclude_views=exclude_views, binning=binning)
+    if force is False and looks_like_radians(series.tilts_deg):
+        _echo_warnings([w for w in caught if not (issubclass(w.category, AngleWarning)
+                                                  and "radians" in str(w.message))])
+        largest = float(np.max(np.abs(series.tilts_deg)))
+        raise InputError(f"the tilt angles look like radians (the largest |angle| is "
+                         f"{largest:.3g}, but degrees are expected); give them in degrees "
+                         f"(radians x 57.2958), or pass --force to use them as degrees",
+                         series.angles_source or None)
     messages = _echo_warnings(caught)
     n, ny, nx = series.data.shape
     tilts = np.asarray(series.tilts_deg)
@@ -507,7 +523,7 @@ def _prepare_classical(method: str, stack, angles, xf, aln, apply_aln, exclude_v
     shape = _volume_shape(header.ny, header.nx, thickness, width, stack)
     _check_resources(_run_size(method, header.n_raw, header.ny, header.nx, shape, binning),
                      [output.parent], final=False)
-    series, _ = _load(stack, angles, xf, aln, apply_aln, exclude_views, binning)
+    series, _ = _load(stack, angles, xf, aln, apply_aln, exclude_views, binning, force)
     _warn_shape(shape)
     max_tilt = float(np.max(np.abs(series.tilts_deg)))
     _check_resources(_run_size(method, series.n_tilts, *series.data.shape[1:], shape, binning,
@@ -1073,7 +1089,8 @@ def reconstruct(stack, angles, xf, aln, apply_aln, exclude_views, binning, contr
     folders = [output.parent, state_path.parent]
     _check_resources(run_size(header.n_raw, pixel=header.pixel_A * header.binning or 1.0),
                      folders, final=False)
-    series, _ = _load(stack, angles, xf, aln, apply_aln, exclude_views, binning)
+    series, _ = _load(stack, angles, xf, aln, apply_aln, exclude_views, binning,
+                      force)
     _warn_shape(shape)
     pixel = _pixel_size(series)
     out_shape = _output_shape(shape, voxel_size, pixel)

@@ -5,9 +5,12 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from taichi_etgs.cli import main
+
+TILTS = np.arange(-60.0, 61.0, 10.0)
 
 
 def _run(args, capsys):
@@ -36,3 +39,36 @@ def test_bare_command_prints_the_help_once():
     code, out, err = _run_process([])
     assert (out + err).count("Usage: taichi-etgs") == 1, out + err
     assert (out + err).count("Start here:") == 1
+
+
+# -- 2. angles that look like radians are refused unless --force --
+
+
+@pytest.fixture
+def small_stack(tmp_path):
+    """A 13-view 8 x 12 stack (5 A pixels) with a sibling .tlt; no Taichi needed to make it."""
+    from taichi_etgs.io import write_stack
+
+    rng = np.random.default_rng(0)
+    views = (10.0 + rng.normal(size=(TILTS.size, 8, 12))).astype(np.float32)
+    path = tmp_path / "ts.mrc"
+    write_stack(path, views, 5.0)
+    np.savetxt(tmp_path / "ts.tlt", TILTS, fmt="%.2f")
+    return path
+
+
+def test_radian_angles_are_refused_unless_forced(small_stack, capsys):
+    radians = small_stack.with_name("rad.tlt")
+    np.savetxt(radians, np.deg2rad(TILTS))
+    out_path = small_stack.with_name("tomo.mrc")
+    code, out, err = _run(["wbp", small_stack, "--angles", radians, "--thickness", 4,
+                           "-o", out_path, "--arch", "cpu"], capsys)
+    assert code == 2
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert [line for line in lines if "radians" in line] == lines[-1:], err
+    assert lines[-1].startswith("error:") and "rad.tlt" in lines[-1]
+    assert "degrees" in lines[-1] and "--force" in lines[-1]
+    assert not out_path.exists()
+    code, _, err = _run(["wbp", small_stack, "--angles", radians, "--thickness", 4,
+                         "-o", out_path, "--arch", "cpu", "--force"], capsys)
+    assert code == 0 and "look like radians" in err

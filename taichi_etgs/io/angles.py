@@ -13,7 +13,8 @@ from ..errors import InputError
 from ._files import parse_float, read_text_lines
 from .aln import read_aln
 
-__all__ = ["AngleWarning", "check_tilt_angles", "read_mdoc", "read_tilt_angles"]
+__all__ = ["AngleWarning", "check_tilt_angles", "looks_like_radians", "read_mdoc",
+           "read_tilt_angles"]
 
 # Below this largest |angle| (degrees) a tilt series is almost surely given in radians.
 _RADIANS_SUSPICION_DEG = 2.0
@@ -141,6 +142,14 @@ def read_mdoc(path: str | PathLike) -> dict:
     return result
 
 
+def looks_like_radians(angles_deg) -> bool:
+    """True when tilt angles given as degrees look like radians: at least two angles,
+    not all zero, and the largest |angle| below 2 degrees."""
+    angles = np.asarray(angles_deg, dtype=np.float64)
+    largest = float(np.max(np.abs(angles))) if angles.size else 0.0
+    return angles.size >= 2 and 0.0 < largest < _RADIANS_SUSPICION_DEG
+
+
 def check_tilt_angles(angles_deg: np.ndarray, path: str | PathLike | None = None,
                       lines: np.ndarray | None = None, n_expected: int | None = None,
                       *, stacklevel: int = 2) -> None:
@@ -161,8 +170,8 @@ def check_tilt_angles(angles_deg: np.ndarray, path: str | PathLike | None = None
     if n_expected is not None and len(angles) != n_expected:
         raise InputError(f"has {len(angles)} angles but the stack has {n_expected} sections",
                          path)
-    largest = float(np.max(np.abs(angles))) if angles.size else 0.0
-    if angles.size >= 2 and 0.0 < largest < _RADIANS_SUSPICION_DEG:
+    if looks_like_radians(angles):
+        largest = float(np.max(np.abs(angles)))
         prefix = f"{path}: " if path is not None else ""
         warnings.warn(f"{prefix}the largest |tilt angle| is {largest:.3g}; these look like "
                       f"radians, but degrees are expected", AngleWarning,
