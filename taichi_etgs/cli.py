@@ -224,7 +224,8 @@ def _stack_options(func):
         click.argument("stack", type=click.Path(dir_okay=False, path_type=Path)),
         click.option("--angles", "angles", type=click.Path(dir_okay=False, path_type=Path),
                      help="Tilt angles: .tlt/.rawtlt (one per line, degrees), SerialEM .mdoc "
-                          "or AreTomo .aln. Default: STACK's sibling .tlt/.rawtlt/.mdoc."),
+                          "or AreTomo .aln. Default: STACK's sibling .tlt/.rawtlt/.mdoc. "
+                          "Not with --aln, which gives the angles itself."),
         click.option("--xf", "xf", type=click.Path(dir_okay=False, path_type=Path),
                      help="IMOD .xf transforms (one line per raw view) applied on load."),
         click.option("--aln", "aln", type=click.Path(dir_okay=False, path_type=Path),
@@ -336,6 +337,11 @@ def _load(stack: Path, angles, xf, aln, apply_aln, exclude_views, binning,
     from .io import load_tilt_series
     from .io.angles import AngleWarning, looks_like_radians
 
+    if angles is not None and aln is not None and not _same_file(angles, aln):
+        raise InputError(f"--angles {angles} and --aln {aln} both give tilt angles; pass "
+                         f"only one: --aln alone uses the .aln's TILT column (AreTomo's "
+                         f"refined angles and the views it kept), --angles alone uses that "
+                         f"file's angles without the .aln")
     start = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -364,6 +370,13 @@ def _load(stack: Path, angles, xf, aln, apply_aln, exclude_views, binning,
         if path:
             prov.add_input(role, path)
     return series, messages
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return Path(a) == Path(b)
 
 
 def _probe_writable(folder: Path, path: Path) -> None:

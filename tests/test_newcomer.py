@@ -72,3 +72,27 @@ def test_radian_angles_are_refused_unless_forced(small_stack, capsys):
     code, _, err = _run(["wbp", small_stack, "--angles", radians, "--thickness", 4,
                          "-o", out_path, "--arch", "cpu", "--force"], capsys)
     assert code == 0 and "look like radians" in err
+
+
+# -- 3. --angles and --aln together are refused --
+
+
+def _aln_file(path, tilts):
+    rows = "\n".join(f"{i:5d}    0.00    1.00000    0.00    0.00    1.00    1.00    1.00"
+                     f"    0.00  {t:8.2f}" for i, t in enumerate(tilts))
+    path.write_text(f"# AreTomo Alignment / Priism bprmMn\n# RawSize = 12 8 {len(tilts)}\n"
+                    f"# SEC ROT GMAG TX TY SMEAN SFIT SCALE BASE TILT\n{rows}\n")
+    return path
+
+
+def test_angles_and_aln_together_are_refused(small_stack, capsys):
+    aln = _aln_file(small_stack.with_name("ts.aln"), TILTS + 0.5)
+    code, out, err = _run(["info", small_stack, "--angles", small_stack.with_name("ts.tlt"),
+                           "--aln", aln], capsys)
+    assert code == 2
+    assert err.startswith("error:") and err.count("\n") == 1, err
+    assert "--angles" in err and "--aln" in err and "only one" in err
+    code, out, _ = _run(["info", small_stack, "--aln", aln], capsys)
+    assert code == 0 and "-59.50" in out  # the .aln's angles
+    code, _, _ = _run(["info", small_stack, "--angles", aln, "--aln", aln], capsys)
+    assert code == 0  # the same file twice says one thing
