@@ -6,7 +6,7 @@ Simulates the preset's dataset (or reuses it from bench/data/<preset>/), runs WB
 with the SIRT-like filter, SIRT at several iteration counts, the Gaussian reconstruction
 once it exists, and (when ``astra-toolbox`` is installed) ASTRA's CPU FBP and SIRT slice by
 slice as an external reference. Records quality (PSNR, SSIM, correlation, FSC
-resolutions, missing-wedge FSC), wall time and peak memory per method. Writes
+resolutions, missing-wedge FSC, band FSCs), wall time and peak memory per method. Writes
 bench/results/<preset>.json, <preset>.md (a table) and <preset>.png (slices, FSC curves).
 """
 
@@ -126,6 +126,13 @@ def gaussian_method(views: np.ndarray, tilts_deg: np.ndarray, nz: int) -> np.nda
     return run.tomogram()
 
 
+def _cell(metrics: dict, key: str, fmt: str) -> str:
+    """A table cell; "n/a" for a metric the result does not hold (e.g. a specimen score
+    of a result rescored from its stored curves, see rescore.py) or holds as null."""
+    value = metrics.get(key)
+    return "n/a" if value is None else format(float(value), fmt)
+
+
 def markdown_table(preset: str, report: dict) -> str:
     lines = [f"# Benchmark `{preset}`", "",
              f"Data: {report['data']['shape_zyx']} (z, y, x) at "
@@ -134,16 +141,24 @@ def markdown_table(preset: str, report: dict) -> str:
              f" (SNR {report['data']['snr']}), isolated: {report['data']['isolated']}. "
              f"Machine: {report['machine']['cpu_count']} CPUs, arch {report['arch']}.", "",
              "| method | time (s) | peak RSS (MiB) | PSNR (dB) | SSIM | correlation | "
-             "FSC 0.5 (A) | FSC 0.143 (A) | wedge FSC |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "FSC 0.5 (A) | FSC 0.143 (A) | wedge FSC | band FSC | wedge band FSC | "
+             "specimen band FSC |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, r in report["methods"].items():
         m = r["metrics"]
         lines.append(f"| {name} | {r['seconds']:.1f} | {r['peak_rss_mib']:.0f} | "
                      f"{m['psnr']:.2f} | {m['ssim']:.3f} | {m['correlation']:.3f} | "
                      f"{m['fsc05_resolution_A']:.1f} | {m['fsc0143_resolution_A']:.1f} | "
-                     f"{m['wedge_fsc']:.3f} |")
+                     f"{_cell(m, 'wedge_fsc', '.3f')} | {_cell(m, 'band_fsc', '.3f')} | "
+                     f"{_cell(m, 'wedge_band_fsc', '.3f')} | "
+                     f"{_cell(m, 'specimen_band_fsc', '.3f')} |")
     lines += ["", "Metrics: `taichi_etgs.metrics.evaluate` (each reconstruction is fitted "
-              "affinely to the ground truth first; see its docstring)."]
+              "affinely to the ground truth first; see its docstring). Band FSCs: the mean "
+              "FSC (and missing-wedge FSC) over the shells of 1/400-1/32 per A (features "
+              "of 32-400 A); specimen: the same after removing each XY plane's mean (the "
+              "ice slab's z-profile) from both volumes."]
+    if report.get("rescored"):
+        lines += ["", report["rescored"]["note"]]
     return "\n".join(lines) + "\n"
 
 
@@ -190,7 +205,8 @@ def main() -> None:
         report["methods"][name] = {"seconds": seconds, "peak_rss_mib": peak, "metrics": metrics}
         print(f"{name:<16} {seconds:7.1f} s  PSNR {metrics['psnr']:6.2f}  SSIM "
               f"{metrics['ssim']:.3f}  FSC0.5 {metrics['fsc05_resolution_A']:6.1f} A  "
-              f"wedge {metrics['wedge_fsc']:.3f}", flush=True)
+              f"wedge {metrics['wedge_fsc']:.3f}  band {metrics['band_fsc']:.3f}  "
+              f"specimen band {metrics['specimen_band_fsc']:.3f}", flush=True)
     results = HERE / "results"
     results.mkdir(exist_ok=True)
     (results / f"{args.preset}.json").write_text(json.dumps(json_safe(report), indent=1))

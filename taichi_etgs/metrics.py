@@ -17,10 +17,35 @@ Fourier shell correlation
 -------------------------
 Shells of width ``1 / (N voxel)`` (``N`` the largest dimension) from 0 to Nyquist, shell
 ``i`` holding the frequencies ``|k|`` that round to ``i / N``; frequencies in 1/A. Shell 0
-is the DC term. No mask or apodisation. The resolution at a threshold is the first
-crossing below it (shells from 1 on), interpolated linearly in frequency; a curve that
-never crosses gives the Nyquist resolution ``2 * voxel``. A shell where one volume has
-no power (below 1e-12 of the other's) scores 0; one where neither has is NaN.
+is the DC term. No mask or apodisation. A shell where one volume has no power (below
+1e-12 of the other's) scores 0; one where neither has is NaN.
+
+The resolution at a threshold (:func:`resolution_at`) is the first crossing below it,
+searched from shell 1 (the first shell after DC) and interpolated linearly in frequency
+between shells >= 1 only. DC is never used: after the affine fit it is exactly 1, and
+interpolating between it and a low shell 1 gave resolutions coarser than the box itself
+(about 17,000 A for WBP in the 5,120 A box of the paper benchmark). So the result is
+never coarser than the box (``1 / freq[1] = N * voxel``): a curve already below the
+threshold at shell 1 reports exactly that, and a curve that never crosses reports
+Nyquist (``2 * voxel``).
+
+Band FSC
+--------
+A resolution is one crossing of a noisy curve; at low SNR it jumps between shells. The
+band FSC is the mean FSC over the shells whose frequency lies in a feature band,
+by default ``[1/400, 1/32]`` per A (features of 32-400 A: membranes, filaments,
+ribosome-sized particles), NaN shells skipped (:func:`band_average`). A box too small or a
+voxel too coarse for the band to hold any shell uses the nearest shell on each side of
+the band instead. ``wedge_band_fsc`` is the same mean over the missing-wedge FSC.
+
+Specimen scores
+---------------
+In a tomogram of a slab the ice layer's z-profile (the mean density of each XY plane)
+carries most of the power at low ``kz`` with ``kx = ky = 0``, and so dominates the low
+shells, and the missing wedge, whatever the specimen inside looks like. The
+``specimen_*`` scores of :func:`evaluate` remove each XY plane's mean from both
+normalised volumes before the FFT (this zeroes the ``kx = ky = 0`` line), so that they
+score the specimen's structure rather than the slab.
 
 Missing-wedge FSC
 -----------------
@@ -35,6 +60,13 @@ voxels are NaN.
 The scalar ``wedge_fsc`` of :func:`evaluate` is the mean of that curve over the shells
 from the first non-DC shell up to half the Nyquist frequency, where the wedge has
 enough voxels and the signal is strong enough for the number to mean something.
+
+Half maps
+---------
+:func:`half_map_fsc` is the FSC of two independent reconstructions of the same
+specimen (e.g. from the even and odd tilts), for data without a ground truth. No fit is
+needed: the FSC is invariant to each volume's gain, and the offset only changes DC,
+which no score uses.
 
 JSON
 ----
@@ -55,10 +87,13 @@ from ._atomic import write_text_atomic
 from .errors import InputError
 
 __all__ = [
+    "DEFAULT_BAND_PER_A",
     "affine_fit",
+    "band_average",
     "correlation",
     "evaluate",
     "fsc",
+    "half_map_fsc",
     "json_safe",
     "metrics_to_json",
     "normalise_to_reference",
@@ -73,25 +108,30 @@ _MIN_WEDGE_VOXELS = 8
 _EMPTY_POWER = 1e-12
 _SSIM_BAND_VOXELS = 4_000_000
 _WEDGE_SUMMARY_FRACTION = 0.5  # of Nyquist
+# Features of 32-400 A (module notes, "Band FSC").
+DEFAULT_BAND_PER_A: tuple[float, float] = (1 / 400, 1 / 32)
 
 
 def _shape_text(shape: tuple[int, ...]) -> str:
     return "x".join(str(n) for n in shape)
 
 
-def _check_pair(recon: np.ndarray, reference: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _check_pair(recon: np.ndarray, reference: np.ndarray,
+                names: tuple[str, str] = ("reconstruction", "reference"),
+                advice: str = "reconstruct with the reference's thickness and width",
+                ) -> tuple[np.ndarray, np.ndarray]:
     recon = np.asarray(recon)
     reference = np.asarray(reference)
-    for name, vol in (("reconstruction", recon), ("reference", reference)):
+    for name, vol in zip(names, (recon, reference)):
         if vol.ndim != 3:
             raise InputError(f"the {name} must be a 3D volume (z, y, x), got shape "
                              f"{vol.shape}")
     if recon.shape != reference.shape:
         raise InputError(
-            f"reconstruction is {_shape_text(recon.shape)} (z,y,x) but the reference is "
+            f"{names[0]} is {_shape_text(recon.shape)} (z,y,x) but the {names[1]} is "
             f"{_shape_text(reference.shape)} (z,y,x); both must have the same shape "
-            f"(reconstruct with the reference's thickness and width)")
-    for name, vol in (("reconstruction", recon), ("reference", reference)):
+            f"({advice})")
+    for name, vol in zip(names, (recon, reference)):
         if not np.isfinite(vol).all():
             raise InputError(f"the {name} contains NaN or Inf values")
     return recon, reference
@@ -270,6 +310,16 @@ def _spectral_curves(a: np.ndarray, b: np.ndarray, max_tilt_deg: float | None,
     return np.arange(n_shells) * dk, curve, wedge
 
 
+def _check_band(band_per_A: tuple[float, float]) -> None:
+    try:
+        low, high = (float(v) for v in band_per_A)
+    except (TypeError, ValueError):
+        raise InputError(f"the band must be two frequencies (low, high) in 1/A, got "
+                         f"{band_per_A!r}") from None
+    if not 0 < low <= high < math.inf:
+        raise InputError(f"the band must satisfy 0 < low <= high (1/A), got {band_per_A!r}")
+
+
 def _check_tilt(max_tilt_deg: float) -> None:
     if not 0.0 <= max_tilt_deg < 90.0:
         raise InputError(f"the maximum tilt must be in [0, 90) degrees, got {max_tilt_deg}")
@@ -320,32 +370,149 @@ def wedge_fsc(a: np.ndarray, b: np.ndarray, max_tilt_deg: float, voxel_size_A: f
 def resolution_at(freq_per_A: np.ndarray, fsc_curve: np.ndarray, threshold: float) -> float:
     """Resolution (A) where an FSC curve first drops below ``threshold``.
 
-    The crossing is searched from shell 1 on (shell 0 is DC), skipping NaN shells, and
-    interpolated linearly in frequency between the shells on either side. A curve that
-    never drops below gives the resolution of the last shell (Nyquist: 2 voxels). A
-    crossing right after a DC shell above the threshold can give a very coarse value;
-    one at frequency 0 gives ``inf``.
+    Parameters
+    ----------
+    freq_per_A: shell frequencies, 1/A, from DC (shell 0) to Nyquist (the last shell).
+        [n_shells]
+    fsc_curve: FSC per shell; NaN for empty shells. [n_shells]
+    threshold: e.g. 0.5 or 0.143.
+
+    Returns
+    -------
+    float, A. The crossing is searched from shell 1 on, skipping NaN shells, and
+    interpolated linearly in frequency between the last shell >= 1 at or above the
+    threshold and the first below it. Shell 0 (DC) is never used: it is 1 after the
+    affine fit and would put the crossing below the box's own frequency. Hence the
+    result is at most ``1 / freq[1]`` (the box size): that is the value when no shell
+    from 1 on reaches the threshold before the curve is below it (the first non-NaN shell
+    >= 1 is already below). A curve that never drops below gives Nyquist,
+    ``1 / freq[-1]`` (2 voxels). NaN when every shell from 1 on is NaN.
+
+    Raises
+    ------
+    ValueError: the arrays differ in length, hold fewer than 2 shells, or shell 1's
+        frequency is not positive.
     """
     freq = np.asarray(freq_per_A, dtype=np.float64)
     curve = np.asarray(fsc_curve, dtype=np.float64)
-    valid = np.flatnonzero(np.isfinite(curve))
-    if valid.size == 0:
+    if freq.shape != curve.shape or freq.ndim != 1 or freq.size < 2:
+        raise ValueError(f"need two 1D arrays of one length >= 2, got {freq.shape} and "
+                         f"{curve.shape}")
+    if not freq[1] > 0:
+        raise ValueError(f"shell 1 must have a positive frequency, got {freq[1]}")
+    valid = [i for i in range(1, freq.size) if np.isfinite(curve[i])]
+    if not valid:
         return float("nan")
-    prev = None
+    prev = None  # last valid shell >= 1 at or above the threshold
     for i in valid:
-        if i >= 1 and curve[i] < threshold:
-            if prev is None or curve[prev] < threshold:
-                f = freq[i]
-            else:
-                t = (curve[prev] - threshold) / (curve[prev] - curve[i])
-                f = freq[prev] + t * (freq[i] - freq[prev])
-            return float(1.0 / f) if f > 0 else float("inf")
+        if curve[i] < threshold:
+            if prev is None:
+                # Below from the first measured shell on: nothing resolved beyond the box.
+                return float(1.0 / freq[1])
+            t = (curve[prev] - threshold) / (curve[prev] - curve[i])
+            return float(1.0 / (freq[prev] + t * (freq[i] - freq[prev])))
         prev = i
-    return float(1.0 / freq[valid[-1]]) if freq[valid[-1]] > 0 else float("inf")
+    return float(1.0 / freq[-1])
+
+
+def band_average(freq_per_A: np.ndarray, curve: np.ndarray,
+                 band_per_A: tuple[float, float] = DEFAULT_BAND_PER_A) -> float:
+    """Mean of an FSC curve over the shells whose frequency lies in ``band_per_A``.
+
+    Parameters
+    ----------
+    freq_per_A: shell frequencies, 1/A. [n_shells]
+    curve: FSC (or missing-wedge FSC) per shell; NaN shells are skipped. [n_shells]
+    band_per_A: (low, high) frequency, 1/A, both included; default ``(1/400, 1/32)``.
+
+    Returns
+    -------
+    float. DC (frequency 0) is never used. When no non-NaN shell lies in the band (a box
+    too small or a voxel too coarse for it), the mean of the nearest non-NaN shell below
+    the band and the nearest above it (whichever exist) is returned instead, so that a
+    number is always reported; NaN only when no shell beyond DC is finite.
+
+    Raises
+    ------
+    ValueError: the band is not ``0 < low <= high`` or the arrays differ in length.
+    """
+    freq = np.asarray(freq_per_A, dtype=np.float64)
+    values = np.asarray(curve, dtype=np.float64)
+    if freq.shape != values.shape:
+        raise ValueError(f"frequencies {freq.shape} and curve {values.shape} differ")
+    low, high = (float(v) for v in band_per_A)
+    if not 0 < low <= high:
+        raise ValueError(f"the band must satisfy 0 < low <= high, got {band_per_A}")
+    usable = (freq > 0) & np.isfinite(values)
+    # A relative margin so that shells computed as k / (N voxel) sit inside a band edge
+    # given as the same number written differently (1/32 vs 0.03125).
+    eps = 1e-9 * high
+    inside = usable & (freq >= low - eps) & (freq <= high + eps)
+    if inside.any():
+        return float(np.mean(values[inside]))
+    below = np.flatnonzero(usable & (freq < low))
+    above = np.flatnonzero(usable & (freq > high))
+    chosen = [idx for idx in (below[-1:], above[:1]) if idx.size]
+    if not chosen:
+        return float("nan")
+    return float(np.mean(values[np.concatenate(chosen)]))
+
+
+def _remove_plane_means(volume: np.ndarray) -> np.ndarray:
+    """``volume`` minus the mean of each XY plane (the slab's z-profile), float64."""
+    v = np.asarray(volume, dtype=np.float64)
+    return v - v.mean(axis=(1, 2), keepdims=True)
+
+
+def half_map_fsc(half1: np.ndarray, half2: np.ndarray, voxel_size_A: float,
+                 band_per_A: tuple[float, float] = DEFAULT_BAND_PER_A) -> dict:
+    """FSC of two half maps (independent reconstructions of the same specimen).
+
+    No affine fit: the FSC does not depend on either map's gain, and an offset only
+    changes DC, which no score uses (module notes). Any two tomograms of one shape from
+    any program can be compared.
+
+    Parameters
+    ----------
+    half1, half2: the two half maps. [nz, ny, nx]
+    voxel_size_A: voxel size, A.
+    band_per_A: (low, high) frequency band of ``band_fsc``, 1/A.
+
+    Returns
+    -------
+    dict with ``freq_per_A`` and ``fsc`` (lists, shells 0..Nyquist),
+    ``fsc0143_resolution_A``, ``fsc05_resolution_A`` (:func:`resolution_at`),
+    ``band_fsc`` (:func:`band_average` over ``band_per_A``), ``band_per_A``,
+    ``voxel_size_A`` and ``shape_zyx``.
+
+    Raises
+    ------
+    InputError: shapes differ, a map is not 3D or holds NaN/Inf, or the voxel size or
+        band is impossible.
+    """
+    half1, half2 = _check_pair(half1, half2, names=("half map 1", "half map 2"),
+                               advice="both halves must come from one reconstruction "
+                                      "geometry")
+    if not voxel_size_A > 0:
+        raise InputError(f"voxel size must be positive, got {voxel_size_A}")
+    _check_band(band_per_A)
+    freq, curve, _ = _spectral_curves(half1, half2, None, None)
+    freq = freq / voxel_size_A
+    return {
+        "freq_per_A": freq.tolist(),
+        "fsc": curve.tolist(),
+        "fsc0143_resolution_A": resolution_at(freq, curve, 0.143),
+        "fsc05_resolution_A": resolution_at(freq, curve, 0.5),
+        "band_fsc": band_average(freq, curve, band_per_A),
+        "band_per_A": [float(v) for v in band_per_A],
+        "voxel_size_A": float(voxel_size_A),
+        "shape_zyx": list(half1.shape),
+    }
 
 
 def evaluate(recon: np.ndarray, reference: np.ndarray, voxel_size_A: float,
-             max_tilt_deg: float = 60.0) -> dict:
+             max_tilt_deg: float = 60.0,
+             band_per_A: tuple[float, float] = DEFAULT_BAND_PER_A) -> dict:
     """Every metric of a reconstruction against a reference.
 
     Parameters
@@ -354,20 +521,27 @@ def evaluate(recon: np.ndarray, reference: np.ndarray, voxel_size_A: float,
     reference: ground truth. [nz, ny, nx]
     voxel_size_A: voxel size, A.
     max_tilt_deg: largest |tilt| of the series, for the missing-wedge FSC.
+    band_per_A: (low, high) frequency band of the band FSCs, 1/A; default
+        ``(1/400, 1/32)``, features of 32-400 A.
 
     Returns
     -------
     dict with ``psnr`` (dB; ``inf`` for a perfect match), ``ssim``, ``correlation``,
     ``fsc05_resolution_A``, ``fsc0143_resolution_A``, ``wedge_fsc`` (scalar summary),
-    ``contrast_inverted``, ``fit_gain``, ``fit_offset``, ``normalisation``,
-    ``voxel_size_A``, ``max_tilt_deg``, ``shape_zyx`` and ``curves``
-    (``{"fsc": {"freq_per_A": [...], "fsc": [...]}, "wedge_fsc": {...}}``).
+    ``band_fsc`` and ``wedge_band_fsc`` (mean FSC and missing-wedge FSC over the band;
+    module notes, "Band FSC"), ``specimen_band_fsc`` and ``specimen_wedge_band_fsc``
+    (the same after removing each XY plane's mean from both volumes, so the ice layer's
+    z-profile does not dominate the low kz frequencies; module notes, "Specimen
+    scores"), ``band_per_A``, ``contrast_inverted``, ``fit_gain``, ``fit_offset``,
+    ``normalisation``, ``voxel_size_A``, ``max_tilt_deg``, ``shape_zyx`` and ``curves``
+    (``{"fsc": {"freq_per_A": [...], "fsc": [...]}, "wedge_fsc": {...},
+    "specimen_fsc": {...}, "specimen_wedge_fsc": {...}}``).
     All metrics use the normalised reconstruction (module notes).
 
     Raises
     ------
     InputError: shapes differ, a volume is not 3D or not finite, the reference is
-        constant, or the voxel size / tilt is impossible.
+        constant, or the voxel size / tilt / band is impossible.
     """
     recon, reference = _check_pair(recon, reference)
     if not voxel_size_A > 0:
@@ -377,6 +551,7 @@ def evaluate(recon: np.ndarray, reference: np.ndarray, voxel_size_A: float,
     if not data_range > 0:
         raise InputError("the reference volume is constant; nothing to compare against")
     _check_tilt(max_tilt_deg)
+    _check_band(band_per_A)
     gain, offset = affine_fit(recon, ref)
     norm = gain * np.asarray(recon, dtype=np.float64) + offset
     freq, curve, wcurve = _spectral_curves(norm, ref, max_tilt_deg, None)
@@ -386,6 +561,9 @@ def evaluate(recon: np.ndarray, reference: np.ndarray, voxel_size_A: float,
     band = (wfreq > 0) & (wfreq <= _WEDGE_SUMMARY_FRACTION * nyquist + 1e-12) \
         & np.isfinite(wcurve)
     wedge_summary = float(np.mean(wcurve[band])) if band.any() else float("nan")
+    # Specimen scores: one more pair of FFTs, on the volumes without their z-profile.
+    _, scurve, swcurve = _spectral_curves(_remove_plane_means(norm), _remove_plane_means(ref),
+                                          max_tilt_deg, None)
     return {
         "psnr": psnr(norm, ref, data_range),
         "ssim": ssim3d(norm, ref, data_range),
@@ -393,6 +571,11 @@ def evaluate(recon: np.ndarray, reference: np.ndarray, voxel_size_A: float,
         "fsc05_resolution_A": resolution_at(freq, curve, 0.5),
         "fsc0143_resolution_A": resolution_at(freq, curve, 0.143),
         "wedge_fsc": wedge_summary,
+        "band_fsc": band_average(freq, curve, band_per_A),
+        "wedge_band_fsc": band_average(wfreq, wcurve, band_per_A),
+        "specimen_band_fsc": band_average(freq, scurve, band_per_A),
+        "specimen_wedge_band_fsc": band_average(wfreq, swcurve, band_per_A),
+        "band_per_A": [float(v) for v in band_per_A],
         "contrast_inverted": bool(gain < 0),
         "fit_gain": gain,
         "fit_offset": offset,
@@ -404,6 +587,8 @@ def evaluate(recon: np.ndarray, reference: np.ndarray, voxel_size_A: float,
         "curves": {
             "fsc": {"freq_per_A": freq.tolist(), "fsc": curve.tolist()},
             "wedge_fsc": {"freq_per_A": wfreq.tolist(), "fsc": wcurve.tolist()},
+            "specimen_fsc": {"freq_per_A": freq.tolist(), "fsc": scurve.tolist()},
+            "specimen_wedge_fsc": {"freq_per_A": wfreq.tolist(), "fsc": swcurve.tolist()},
         },
     }
 
