@@ -218,8 +218,23 @@ def _write_sidecar(path: Path, result: dict) -> None:
 # -- shared options --
 
 
+_STACK_META = "taichi_etgs.stack_options"
+# Largest angle (degrees) between an .mdoc's tilt axis and the image Y axis (or -Y) at
+# which a stack is reconstructed as it is.
+_AXIS_TOLERANCE_DEG = 5.0
+
+
 def _stack_options(func):
-    """Options that say how to read a tilt series (every command that takes a STACK)."""
+    """Options that say how to read a tilt series (every command that takes a STACK).
+
+    ``--aligned`` is not passed to the command: :func:`_load` reads it from the context.
+    """
+
+    @functools.wraps(func)
+    def wrapper(*args, aligned: bool = False, **kwargs):
+        click.get_current_context().meta[_STACK_META] = {"aligned": aligned}
+        return func(*args, **kwargs)
+
     decorators = [
         click.argument("stack", type=click.Path(dir_okay=False, path_type=Path)),
         click.option("--angles", "angles", type=click.Path(dir_okay=False, path_type=Path),
@@ -233,6 +248,9 @@ def _stack_options(func):
         click.option("--apply-aln", is_flag=True,
                      help="Also apply the .aln's rotation (ROT) and shifts (TX, TY): for a raw, "
                           "unaligned stack."),
+        click.option("--aligned", is_flag=True,
+                     help="STACK is aligned (tilt axis along Y) although its SerialEM .mdoc "
+                          "gives a tilt axis away from Y: reconstruct it as it is."),
         click.option("--exclude-views", default=None, metavar="LIST",
                      help="Views to leave out, 0-based indices into STACK: '0,1,40' or '0-2,40'."),
         click.option("--binning", type=click.IntRange(min=1), default=1, show_default=True,
@@ -244,8 +262,48 @@ def _stack_options(func):
                      help="How density looks in the images: dark (raw cryo-EM) or bright."),
     ]
     for decorator in reversed(decorators):
-        func = decorator(func)
-    return func
+        wrapper = decorator(wrapper)
+    return wrapper
+
+
+def _stack_meta() -> dict:
+    ctx = click.get_current_context(silent=True)
+    return ctx.meta.get(_STACK_META, {}) if ctx is not None else {}
+
+
+def _check_alignment(stack: Path, angles, xf, aln, refuse: bool) -> None:
+    """Refuse (or, for ``info``, warn about) a stack whose SerialEM .mdoc puts the tilt
+    axis away from Y when no alignment (--xf, --aln) is given and --aligned is not set."""
+    from .io import read_mdoc
+    from .io.tilt_series import stack_mdoc
+
+    if xf is not None or aln is not None or _stack_meta().get("aligned"):
+        return
+    if stack.suffix.lower() == ".ali":  # IMOD's aligned stack
+        return
+    mdoc = stack_mdoc(stack, angles)
+    if mdoc is None:
+        return
+    try:
+        axis = read_mdoc(mdoc)["tilt_axis_deg"]
+    except InputError:
+        if angles is not None and _same_file(mdoc, angles):
+            raise
+        return  # a sibling .mdoc not used for the angles: nothing to learn from it
+    if axis is None:
+        return
+    off = abs((axis + 90.0) % 180.0 - 90.0)  # from the Y axis or -Y
+    if off <= _AXIS_TOLERANCE_DEG:
+        return
+    message = (f"its SerialEM {mdoc.name} puts the tilt axis at {axis:g} degrees, "
+               f"{off:.1f} degrees from the image Y axis: the stack looks unaligned and "
+               f"would reconstruct as a blur; "
+               f"align it first and pass the alignment (IMOD: --xf {stack.stem}.xf; AreTomo: "
+               f"--aln {stack.stem}.aln --apply-aln), or pass --aligned if the tilt axis is "
+               f"already along Y")
+    if refuse:
+        raise InputError(message, stack)
+    _warn(f"{stack}: {message}")
 
 
 def _volume_options(func):
@@ -342,6 +400,7 @@ def _load(stack: Path, angles, xf, aln, apply_aln, exclude_views, binning,
                          f"only one: --aln alone uses the .aln's TILT column (AreTomo's "
                          f"refined angles and the views it kept), --angles alone uses that "
                          f"file's angles without the .aln")
+    _check_alignment(stack, angles, xf, aln, refuse=force is not None)
     start = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -96,3 +96,71 @@ def test_angles_and_aln_together_are_refused(small_stack, capsys):
     assert code == 0 and "-59.50" in out  # the .aln's angles
     code, _, _ = _run(["info", small_stack, "--angles", aln, "--aln", aln], capsys)
     assert code == 0  # the same file twice says one thing
+
+
+# -- 4. a raw stack whose .mdoc puts the tilt axis away from Y is refused --
+
+
+def _mdoc(path, tilts, rotation=None, title_axis=None, pixel=None):
+    head = [] if pixel is None else [f"PixelSpacing = {pixel}"]
+    if title_axis is not None:
+        head.append(f"[T = SerialEM: Krios   Tilt axis angle = {title_axis}, binning = 1  "
+                    f"spot = 8  camera = 0]")
+    sections = []
+    for z, t in enumerate(tilts):
+        sections += ["", f"[ZValue = {z}]", f"TiltAngle = {t:.2f}"]
+        if rotation is not None:
+            sections.append(f"RotationAngle = {rotation}")
+    path.write_text("\n".join(head + sections) + "\n")
+    return path
+
+
+@pytest.fixture
+def raw_st(small_stack):
+    """ts.st (no .tlt) with a SerialEM ts.st.mdoc whose tilt axis is at -94.6 degrees."""
+    st = small_stack.with_name("ts.st")
+    small_stack.rename(st)
+    small_stack.with_name("ts.tlt").unlink()
+    _mdoc(st.with_name("ts.st.mdoc"), TILTS, rotation=-94.6)
+    return st
+
+
+def test_mdoc_tilt_axis_is_read(tmp_path):
+    from taichi_etgs.io import read_mdoc
+
+    assert read_mdoc(_mdoc(tmp_path / "a.mdoc", TILTS, rotation=-94.6))["tilt_axis_deg"] \
+        == pytest.approx(-94.6)
+    assert read_mdoc(_mdoc(tmp_path / "b.mdoc", TILTS, title_axis=85.3))["tilt_axis_deg"] \
+        == pytest.approx(85.3)
+    assert read_mdoc(_mdoc(tmp_path / "c.mdoc", TILTS))["tilt_axis_deg"] is None
+
+
+def test_unaligned_stack_from_the_mdoc_is_refused(raw_st, capsys):
+    out_path = raw_st.with_name("tomo.mrc")
+    args = ["wbp", raw_st, "--thickness", 4, "-o", out_path, "--arch", "cpu"]
+    code, _, err = _run(args, capsys)
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 2 and len(errors) == 1, err
+    err = errors[0]
+    for words in ("ts.st.mdoc", "-94.6", "unaligned", "--xf", "--aln", "--aligned"):
+        assert words in err
+    assert not out_path.exists()
+    code, _, err = _run([*args, "--aligned"], capsys)
+    assert code == 0, err
+    # info reports it without refusing
+    code, out, err = _run(["info", raw_st], capsys)
+    assert code == 0 and "warning:" in err and "--aligned" in err
+
+
+def test_tilt_axis_along_y_or_an_alignment_is_not_refused(raw_st, capsys):
+    out_path = raw_st.with_name("tomo.mrc")
+    _mdoc(raw_st.with_name("ts.st.mdoc"), TILTS, rotation=178.0)
+    code, _, err = _run(["wbp", raw_st, "--thickness", 4, "-o", out_path, "--arch", "cpu"],
+                        capsys)
+    assert code == 0, err
+    _mdoc(raw_st.with_name("ts.st.mdoc"), TILTS, rotation=-94.6)
+    xf = raw_st.with_name("ts.xf")
+    xf.write_text("".join("0 -1 1 0 0 0\n" for _ in TILTS))
+    code, _, err = _run(["wbp", raw_st, "--xf", xf, "--thickness", 4, "-o", out_path,
+                         "--arch", "cpu", "--force"], capsys)
+    assert code == 0, err

@@ -19,6 +19,8 @@ __all__ = ["AngleWarning", "check_tilt_angles", "looks_like_radians", "read_mdoc
 # Below this largest |angle| (degrees) a tilt series is almost surely given in radians.
 _RADIANS_SUSPICION_DEG = 2.0
 _ZVALUE = re.compile(r"\[\s*ZValue\s*=\s*([^\]]*?)\s*\]")
+# SerialEM's title line: [T = ... Tilt axis angle = 85.3, binning = 1 ...]
+_TITLE_AXIS = re.compile(r"Tilt\s+axis\s+angle\s*=\s*([-+0-9.eE]+)", re.IGNORECASE)
 
 
 class AngleWarning(UserWarning):
@@ -53,6 +55,9 @@ def _read_one_per_line(path: str | PathLike) -> tuple[Path, np.ndarray, np.ndarr
 def _parse_mdoc(path: str | PathLike) -> tuple[Path, dict, np.ndarray]:
     p, lines = read_text_lines(path, "a SerialEM .mdoc file")
     global_spacing: float | None = None
+    global_axis: float | None = None
+    title_axis: float | None = None
+    section_axes: list[float] = []
     sections: dict[int, dict] = {}
     current: dict | None = None
     for number, raw in enumerate(lines, start=1):
@@ -63,6 +68,9 @@ def _parse_mdoc(path: str | PathLike) -> tuple[Path, dict, np.ndarray]:
             match = _ZVALUE.fullmatch(text)
             if match is None:
                 current = None  # [T = ...] titles or other section types: not tilts
+                axis = _TITLE_AXIS.search(text)
+                if axis is not None and title_axis is None:
+                    title_axis = parse_float(axis.group(1))
                 continue
             z = parse_float(match.group(1))
             if z is None or not float(z).is_integer() or z < 0:
@@ -87,6 +95,14 @@ def _parse_mdoc(path: str | PathLike) -> tuple[Path, dict, np.ndarray]:
                 global_spacing = spacing if global_spacing is None else global_spacing
             else:
                 current["spacing"] = spacing
+        elif key in ("RotationAngle", "TiltAxisAngle"):
+            axis = parse_float(value.split()[0]) if value.split() else None
+            if axis is None:
+                raise InputError(f"{key} '{value}' is not a number", p, number)
+            if current is not None:
+                section_axes.append(axis)
+            elif global_axis is None:
+                global_axis = axis
         elif key == "TiltAngle" and current is not None:
             tilt = parse_float(value.split()[0]) if value.split() else None
             if tilt is None:
@@ -107,10 +123,15 @@ def _parse_mdoc(path: str | PathLike) -> tuple[Path, dict, np.ndarray]:
     if global_spacing is None:
         global_spacing = next((sections[z]["spacing"] for z in z_values
                                if sections[z]["spacing"] is not None), None)
+    if section_axes:
+        tilt_axis = float(np.median(section_axes))
+    else:
+        tilt_axis = global_axis if global_axis is not None else title_axis
     result = {
         "tilt_angles_deg": np.array([sections[z]["tilt"] for z in z_values], np.float64),
         "pixel_spacing_A": global_spacing,
         "z_values": np.array(z_values, dtype=np.int64),
+        "tilt_axis_deg": tilt_axis,
     }
     lines_of_tilts = np.array([sections[z]["tilt_line"] for z in z_values], dtype=np.int64)
     return p, result, lines_of_tilts
@@ -131,6 +152,10 @@ def read_mdoc(path: str | PathLike) -> dict:
         ``pixel_spacing_A``: ``PixelSpacing`` (Angstrom) from the file header, else from
         the first section that has one, else None.
         ``z_values``: the ZValues, ``0 .. n-1``. [n]
+        ``tilt_axis_deg``: the tilt-axis angle in the images (degrees from the Y axis,
+        IMOD's convention): the median of the sections' ``RotationAngle`` (or
+        ``TiltAxisAngle``), else the file header's ``TiltAxisAngle``, else the ``Tilt
+        axis angle`` of the ``[T = ...]`` title; None when the file gives none.
 
     Raises
     ------

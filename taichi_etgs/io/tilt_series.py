@@ -18,7 +18,8 @@ from .mrc import StackWarning, read_stack
 from .transforms import aln_to_xf, apply_xf_image, read_xf
 from .views import check_view_indices, parse_view_list
 
-__all__ = ["SIBLING_ANGLE_SUFFIXES", "TiltSeries", "load_tilt_series", "stack_summary"]
+__all__ = ["SIBLING_ANGLE_SUFFIXES", "TiltSeries", "load_tilt_series", "stack_mdoc",
+           "stack_summary"]
 
 #: Angle files looked for next to the stack, in this order, when none is given:
 #: ``<stem>.tlt`` (IMOD refined angles), ``<stem>.rawtlt``, ``<stem>.mdoc`` and
@@ -73,6 +74,17 @@ class TiltSeries:
 def _sibling_angle_file(stack: Path) -> Path | None:
     candidates = [stack.with_suffix(s) for s in SIBLING_ANGLE_SUFFIXES]
     candidates.append(stack.with_name(stack.name + ".mdoc"))
+    return next((c for c in candidates if c.is_file()), None)
+
+
+def stack_mdoc(stack: str | PathLike, angles_source: str | PathLike | None = None
+               ) -> Path | None:
+    """The SerialEM ``.mdoc`` of a stack: the angles file if it is one, else
+    ``<stem>.mdoc`` or ``<name>.mdoc`` next to the stack; None when there is none."""
+    if angles_source and Path(angles_source).suffix.lower() == ".mdoc":
+        return Path(angles_source)
+    stack = Path(stack)
+    candidates = (stack.with_suffix(".mdoc"), stack.with_name(stack.name + ".mdoc"))
     return next((c for c in candidates if c.is_file()), None)
 
 
