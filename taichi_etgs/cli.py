@@ -227,12 +227,14 @@ _AXIS_TOLERANCE_DEG = 5.0
 def _stack_options(func):
     """Options that say how to read a tilt series (every command that takes a STACK).
 
-    ``--aligned`` is not passed to the command: :func:`_load` reads it from the context.
+    ``--aligned`` and ``--pixel-size`` are not passed to the command: :func:`_load` reads
+    them from the context.
     """
 
     @functools.wraps(func)
-    def wrapper(*args, aligned: bool = False, **kwargs):
-        click.get_current_context().meta[_STACK_META] = {"aligned": aligned}
+    def wrapper(*args, aligned: bool = False, pixel_size: float | None = None, **kwargs):
+        click.get_current_context().meta[_STACK_META] = {"aligned": aligned,
+                                                         "pixel_size": pixel_size}
         return func(*args, **kwargs)
 
     decorators = [
@@ -257,6 +259,10 @@ def _stack_options(func):
                      metavar="B",
                      help="Average-bin the images by this factor in X and Y on load "
                           "(reconstruct binned first: 10-20 A voxels)."),
+        click.option("--pixel-size", "pixel_size", metavar="A", default=None,
+                     type=click.FloatRange(min=0, min_open=True, max=1e6),
+                     help="Pixel size of STACK in A, before --binning [default: the MRC "
+                          "header's, else the .mdoc's PixelSpacing]."),
         click.option("--contrast", type=click.Choice(["dark", "bright"]), default="dark",
                      show_default=True,
                      help="How density looks in the images: dark (raw cryo-EM) or bright."),
@@ -415,6 +421,14 @@ def _load(stack: Path, angles, xf, aln, apply_aln, exclude_views, binning,
                          f"(radians x 57.2958), or pass --force to use them as degrees",
                          series.angles_source or None)
     messages = _echo_warnings(caught)
+    pixel_option = _stack_meta().get("pixel_size")
+    if pixel_option is not None:
+        given = series.pixel_size_A / binning
+        if series.pixel_size_A > 0 and abs(given - pixel_option) > 1e-3 * pixel_option:
+            _warn(f"{series.source}: the {series.pixel_size_source or 'file'} says {given:g} A "
+                  f"per pixel; using --pixel-size {pixel_option:g}")
+        series.pixel_size_A = float(pixel_option) * binning
+        series.pixel_size_source = "--pixel-size"
     n, ny, nx = series.data.shape
     tilts = np.asarray(series.tilts_deg)
     log.info("read %s in %.1f s: %d views of %d x %d pixels (X x Y, binning %d), pixel size "
@@ -762,7 +776,7 @@ def info(stack, angles, xf, aln, apply_aln, exclude_views, binning, contrast):
                   f"{_ranges(series.kept_views)})"),
         ("image size", f"{summary['nx']} x {summary['ny']} pixels (X x Y)"
                        + (f", binned {binning}" if binning > 1 else "")),
-        ("pixel size", f"{pixel:g} A" if pixel > 0 else "unknown"),
+        ("pixel size", _pixel_text(pixel, series.pixel_size_source)),
         ("tilt range", f"{summary['tilt_min_deg']:.2f} to {summary['tilt_max_deg']:.2f} deg, "
                        f"mean step {summary['mean_step_deg']:.2f} deg"),
         ("tilt order", order),
@@ -785,6 +799,16 @@ def info(stack, angles, xf, aln, apply_aln, exclude_views, binning, contrast):
                 "radians" in message and "radians" in said):
             continue
         _echo(f"warning: {message}", level=logging.WARNING)
+
+
+def _pixel_text(pixel: float, source: str) -> str:
+    """``7.5 A (from the header)``: the pixel size and where it came from."""
+    if not pixel > 0:
+        return "unknown (1.0 A assumed; give it with --pixel-size)"
+    if source.startswith("mdoc "):
+        source = source[len("mdoc "):]
+    return f"{pixel:g} A (from {source or 'the files'})".replace("from header",
+                                                                  "from the header")
 
 
 def _size_text(n: int) -> str:

@@ -164,3 +164,42 @@ def test_tilt_axis_along_y_or_an_alignment_is_not_refused(raw_st, capsys):
     code, _, err = _run(["wbp", raw_st, "--xf", xf, "--thickness", 4, "-o", out_path,
                          "--arch", "cpu", "--force"], capsys)
     assert code == 0, err
+
+
+# -- 5. --pixel-size, and info says where the pixel size came from --
+
+
+def _no_pixel_size(path):
+    import mrcfile
+
+    with mrcfile.open(path, mode="r+") as mrc:
+        mrc.header.cella = (0.0, 0.0, 0.0)
+
+
+def _info_line(out, key):
+    return next(line for line in out.splitlines() if line.startswith(key))
+
+
+def test_pixel_size_option_and_its_source(small_stack, capsys):
+    import mrcfile
+
+    code, out, _ = _run(["info", small_stack], capsys)
+    assert code == 0 and "5 A (from the header)" in _info_line(out, "pixel size")
+    _no_pixel_size(small_stack)
+    code, out, err = _run(["info", small_stack], capsys)
+    assert code == 0 and "unknown" in _info_line(out, "pixel size") and "--pixel-size" in out
+    code, out, _ = _run(["info", small_stack, "--pixel-size", 2.5, "--binning", 2], capsys)
+    assert code == 0 and "5 A (from --pixel-size)" in _info_line(out, "pixel size")
+    out_path = small_stack.with_name("tomo.mrc")
+    code, _, err = _run(["wbp", small_stack, "--pixel-size", 2.5, "--thickness", 4,
+                         "-o", out_path, "--arch", "cpu"], capsys)
+    assert code == 0, err
+    with mrcfile.open(out_path) as mrc:
+        assert float(mrc.voxel_size.x) == pytest.approx(2.5)
+    code, _, err = _run(["info", small_stack, "--pixel-size", 0], capsys)
+    assert code == 2 and "--pixel-size" in err
+    # From the .mdoc when the header has none
+    _mdoc(small_stack.with_name("ts.mdoc"), TILTS, pixel=3.25)
+    code, out, _ = _run(["info", small_stack, "--angles", small_stack.with_name("ts.mdoc")],
+                        capsys)
+    assert code == 0 and "3.25 A (from " in out and "ts.mdoc)" in _info_line(out, "pixel size")

@@ -49,6 +49,9 @@ class TiltSeries:
         0-based index of each image in the raw stack. [n_tilts]
     angles_source
         Where the angles came from (a file path).
+    pixel_size_source
+        Where the pixel size came from: ``"header"`` (the stack's), ``"mdoc <path>"``,
+        or ``""`` when unknown (callers that set it otherwise say so here).
     """
 
     data: np.ndarray
@@ -57,6 +60,7 @@ class TiltSeries:
     source: str
     kept_views: np.ndarray
     angles_source: str = ""
+    pixel_size_source: str = ""
 
     def __post_init__(self) -> None:
         if self.data.ndim != 3:
@@ -192,6 +196,7 @@ def load_tilt_series(
     if aln is not None:
         aln_sections, aln_scale = _aln_sections(aln, n_raw, ny, nx, stack)
 
+    pixel_source = "header" if pixel_size > 0 else ""
     raw_angles = np.full(n_raw, np.nan)
     angles_file = Path(angles_path) if angles_path is not None else None
     if angles_file is None and aln is None:
@@ -214,6 +219,7 @@ def load_tilt_series(
         angles_source = str(angles_file)
         if angles_file.suffix.lower() == ".mdoc" and pixel_size <= 0:
             pixel_size = float(read_mdoc(angles_file)["pixel_spacing_A"] or 0.0)
+            pixel_source = f"mdoc {angles_file}" if pixel_size > 0 else ""
 
     excluded = _excluded_views(exclude_views, n_raw)
     usable = np.isfinite(raw_angles)
@@ -269,7 +275,7 @@ def load_tilt_series(
 
     return TiltSeries(data=out, tilts_deg=tilts, pixel_size_A=float(pixel_size) * b,
                       source=str(stack), kept_views=np.array(kept, dtype=np.int64),
-                      angles_source=angles_source)
+                      angles_source=angles_source, pixel_size_source=pixel_source)
 
 
 def _only_denormals(data: np.ndarray, kept: list[int]) -> bool:
@@ -357,7 +363,8 @@ def stack_summary(series: TiltSeries) -> dict:
     if t_min > 0 or t_max < 0:
         notes.append(f"the tilts ({t_min:g} to {t_max:g} degrees) do not bracket 0")
     if series.pixel_size_A <= 0:
-        notes.append("pixel size unknown (the header gives none); 1.0 A is assumed")
+        notes.append("pixel size unknown (the header gives none); 1.0 A is assumed: give "
+                     "it with --pixel-size")
     return {
         "source": series.source,
         "angles_source": series.angles_source,
