@@ -358,8 +358,9 @@ def _export_format(path: Path, fmt: str | None) -> str:
     if fmt is None:
         fmt = path.suffix.lower().lstrip(".")
         if fmt not in EXPORT_FORMATS:
-            raise InputError(f"cannot tell the export format from the extension "
-                             f"{path.suffix!r}; use .csv or .ply, or give the format", path)
+            ext = f"the extension {path.suffix!r}" if path.suffix else "a name without extension"
+            raise InputError(f"cannot tell the export format from {ext}: name the file .ply "
+                             f"(3D Gaussian splatting viewers) or .csv (a table)", path)
         return fmt
     f = str(fmt).lower().lstrip(".")
     if f not in EXPORT_FORMATS:

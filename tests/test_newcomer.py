@@ -203,3 +203,25 @@ def test_pixel_size_option_and_its_source(small_stack, capsys):
     code, out, _ = _run(["info", small_stack, "--angles", small_stack.with_name("ts.mdoc")],
                         capsys)
     assert code == 0 and "3.25 A (from " in out and "ts.mdoc)" in _info_line(out, "pixel size")
+
+
+# -- 6. export's message about the format names no option that does not exist --
+
+
+def test_export_to_an_unknown_extension_says_what_to_do(tmp_path, capsys):
+    from taichi_etgs.gaussians import GaussianParams
+    from taichi_etgs.state import save_state
+
+    rng = np.random.default_rng(0)
+    params = GaussianParams.from_activated(
+        means_xyz=rng.uniform(-4, 4, (3, 3)), scales=np.ones((3, 3)),
+        densities=np.ones(3), quats_wxyz=np.tile([1.0, 0, 0, 0], (3, 1)))
+    state = tmp_path / "m.state.h5"
+    save_state(state, params, None, 0, np.random.default_rng(0).bit_generator.state, {},
+               {"shape_zyx": [8, 8, 8], "pixel_size_A": 10.0}, "0")
+    code, _, err = _run(["export", state, "-o", tmp_path / "x.txt"], capsys)
+    assert code == 2 and err.startswith("error:") and err.count("\n") == 1, err
+    assert "'.txt'" in err and ".ply" in err and ".csv" in err
+    assert "give the format" not in err and "--format" not in err
+    code, _, err = _run(["export", state, "-o", tmp_path / "x.csv"], capsys)
+    assert code == 0, err
