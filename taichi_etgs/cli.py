@@ -896,8 +896,9 @@ def _ranges(indices) -> str:
               help="Tomogram (and ground truth) size in voxels.")
 @click.option("--pixel-size", type=float, default=10.0, show_default=True,
               help="Voxel and detector pixel size in A.")
-@click.option("--tilt-range", default="-60,60,3", show_default=True, metavar="MIN,MAX,STEP",
-              help="Tilt range and step in degrees.")
+@click.option("--tilt-range", default="-60:60:3", show_default=True, metavar="START:STOP:STEP",
+              help="Tilt range and step in degrees, STOP included (as `project --angles`; "
+                   "the former MIN,MAX,STEP still works).")
 @click.option("--dose-symmetric", is_flag=True,
               help="Acquire in the dose-symmetric order (dose accumulates accordingly).")
 @click.option("--dose", type=float, default=120.0, show_default=True,
@@ -937,7 +938,7 @@ def simulate(output_dir, shape, pixel_size, tilt_range, dose_symmetric, dose, no
 
     \b
     Example:
-      taichi-etgs simulate -o sim --shape 64,256,256 --tilt-range -60,60,3
+      taichi-etgs simulate -o sim --shape 64,256,256 --tilt-range -60:60:3
       taichi-etgs wbp sim/tilts.mrc --thickness 64 -o sim/wbp.mrc
       taichi-etgs evaluate sim/wbp.mrc --reference sim/ground_truth.mrc
     """
@@ -945,10 +946,7 @@ def simulate(output_dir, shape, pixel_size, tilt_range, dose_symmetric, dose, no
     from .specimen import PlacementWarning
 
     shape_zyx = _int_triple(shape, "--shape")
-    try:
-        t_min, t_max, t_step = (float(v) for v in tilt_range.split(","))
-    except ValueError:
-        raise InputError(f"--tilt-range {tilt_range!r}: expected MIN,MAX,STEP") from None
+    t_min, t_max, t_step = _parse_tilt_range(tilt_range, "--tilt-range", old_commas=True)
     config = SimulationConfig(shape_zyx=shape_zyx, pixel_size_A=pixel_size, tilt_min_deg=t_min,
                               tilt_max_deg=t_max, tilt_step_deg=t_step,
                               dose_symmetric=dose_symmetric, total_dose_e_per_A2=dose,
@@ -1350,6 +1348,10 @@ def project(state_path, angles, output, size, contrast, force):
     """Synthesise projections of a fitted model at any tilts, measured or not.
 
     \b
+    The angles are written beside the stack (OUTPUT with .tlt), one per line, as IMOD
+    and this tool read them.
+
+    \b
     Example:
       taichi-etgs project TS_01_gs.state.h5 --angles -90:90:2 -o TS_01_full_range.mrc
     """
@@ -1358,6 +1360,11 @@ def project(state_path, angles, output, size, contrast, force):
     from .state import load_state
 
     _check_output(output, force)
+    tlt_path = output.with_suffix(".tlt")
+    if tlt_path == output:
+        raise InputError("is the name of the .tlt written beside the views; name the stack "
+                         ".mrc", output)
+    _check_output(tlt_path, force)
     state = load_state(state_path)
     _provenance().add_input("state", state_path)
     shape, pixel = _state_geometry(state, state_path)
@@ -1389,27 +1396,43 @@ def project(state_path, angles, output, size, contrast, force):
     _write_sidecar(output, {"what": "synthetic views", "n_views": len(tilts),
                             "tilts_deg": np.asarray(tilts), "size_xy": [width, height],
                             "pixel_size_A": pixel, "contrast": contrast,
-                            "n_gaussians": state.params.n})
+                            "n_gaussians": state.params.n, "angles_file": str(tlt_path)})
+    from ._atomic import write_text_atomic
+
+    write_text_atomic(tlt_path, "".join(f"{a:.4f}\n" for a in np.asarray(tilts, float)))
     _echo(f"wrote {output} ({len(tilts)} views of {width} x {height}; "
-          f"{len(tilts) / max(seconds, 1e-9):.0f} views/s for {state.params.n} Gaussians)")
+          f"{len(tilts) / max(seconds, 1e-9):.0f} views/s for {state.params.n} Gaussians) "
+          f"and its angles {tlt_path}")
 
 
 def _parse_angles(text: str, read_file):
-    import numpy as np
-
     if Path(text).exists() or ":" not in text:
         return read_file(text)
-    try:
-        start, stop, step = (float(v) for v in text.split(":"))
-    except ValueError:
-        raise InputError(f"--angles {text!r}: expected a file or START:STOP:STEP") from None
-    if not all(np.isfinite(v) for v in (start, stop, step)):
-        raise InputError(f"--angles {text!r}: START, STOP and STEP must be finite")
-    if step <= 0 or stop < start:
-        raise InputError(f"--angles {text!r}: STEP must be positive and STOP >= START")
-    if (stop - start) / step > 100_000:
-        raise InputError(f"--angles {text!r}: more than 100000 views; use a larger STEP")
+    start, stop, step = _parse_tilt_range(text, "--angles", "a file or ")
     return np.arange(start, stop + step / 2, step)
+
+
+def _parse_tilt_range(text: str, option: str, alternative: str = "",
+                      old_commas: bool = False) -> tuple[float, float, float]:
+    """``START:STOP:STEP`` in degrees (STOP included), the one range syntax of every
+    command; with ``old_commas`` the former ``MIN,MAX,STEP`` still works, with a note."""
+    separator = ":"
+    if old_commas and ":" not in text and "," in text:
+        separator = ","
+        _warn(f"{option} {text}: MIN,MAX,STEP is deprecated; write START:STOP:STEP "
+              f"({text.replace(',', ':')}), as everywhere else")
+    try:
+        start, stop, step = (float(v) for v in text.split(separator))
+    except ValueError:
+        raise InputError(f"{option} {text!r}: expected {alternative}START:STOP:STEP in "
+                         f"degrees, e.g. -60:60:3") from None
+    if not all(np.isfinite(v) for v in (start, stop, step)):
+        raise InputError(f"{option} {text!r}: START, STOP and STEP must be finite")
+    if step <= 0 or stop < start:
+        raise InputError(f"{option} {text!r}: STEP must be positive and STOP >= START")
+    if (stop - start) / step > 100_000:
+        raise InputError(f"{option} {text!r}: more than 100000 views; use a larger STEP")
+    return start, stop, step
 
 
 @cli.command()

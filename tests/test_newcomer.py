@@ -208,7 +208,9 @@ def test_pixel_size_option_and_its_source(small_stack, capsys):
 # -- 6. export's message about the format names no option that does not exist --
 
 
-def test_export_to_an_unknown_extension_says_what_to_do(tmp_path, capsys):
+@pytest.fixture
+def state(tmp_path):
+    """A saved model of three Gaussians in an 8 x 8 x 8 tomogram of 10 A voxels."""
     from taichi_etgs.gaussians import GaussianParams
     from taichi_etgs.state import save_state
 
@@ -216,12 +218,54 @@ def test_export_to_an_unknown_extension_says_what_to_do(tmp_path, capsys):
     params = GaussianParams.from_activated(
         means_xyz=rng.uniform(-4, 4, (3, 3)), scales=np.ones((3, 3)),
         densities=np.ones(3), quats_wxyz=np.tile([1.0, 0, 0, 0], (3, 1)))
-    state = tmp_path / "m.state.h5"
-    save_state(state, params, None, 0, np.random.default_rng(0).bit_generator.state, {},
+    path = tmp_path / "m.state.h5"
+    save_state(path, params, None, 0, np.random.default_rng(0).bit_generator.state, {},
                {"shape_zyx": [8, 8, 8], "pixel_size_A": 10.0}, "0")
+    return path
+
+
+def test_export_to_an_unknown_extension_says_what_to_do(tmp_path, capsys, state):
     code, _, err = _run(["export", state, "-o", tmp_path / "x.txt"], capsys)
     assert code == 2 and err.startswith("error:") and err.count("\n") == 1, err
     assert "'.txt'" in err and ".ply" in err and ".csv" in err
     assert "give the format" not in err and "--format" not in err
     code, _, err = _run(["export", state, "-o", tmp_path / "x.csv"], capsys)
     assert code == 0, err
+
+
+# -- 7. one range syntax, START:STOP:STEP; project writes a .tlt beside its stack --
+
+
+def test_project_writes_its_angles_beside_the_stack(tmp_path, capsys, state, taichi_cpu):
+    from taichi_etgs.io import read_tilt_angles
+
+    out_path = tmp_path / "views.mrc"
+    code, out, err = _run(["project", state, "--angles", "-30:30:15", "-o", out_path,
+                           "--arch", "cpu"], capsys)
+    assert code == 0, err
+    assert "views.tlt" in out
+    np.testing.assert_allclose(read_tilt_angles(tmp_path / "views.tlt"),
+                               [-30, -15, 0, 15, 30])
+    # The .tlt is an output like the stack: not overwritten without --force.
+    out_path.unlink()
+    code, _, err = _run(["project", state, "--angles", "-30:30:15", "-o", out_path,
+                         "--arch", "cpu"], capsys)
+    assert code == 2 and "views.tlt" in err and "--force" in err
+
+
+def test_simulate_takes_the_same_range_syntax(tmp_path, capsys):
+    from taichi_etgs.io import read_tilt_angles
+
+    base = ["simulate", "--shape", "8,32,32", "--noise", "none", "--arch", "cpu"]
+    code, _, err = _run([*base, "-o", tmp_path / "a", "--tilt-range", "-30:30:15"], capsys)
+    assert code == 0, err
+    assert "deprecated" not in err
+    np.testing.assert_allclose(read_tilt_angles(tmp_path / "a" / "tilts.tlt"),
+                               [-30, -15, 0, 15, 30])
+    code, _, err = _run([*base, "-o", tmp_path / "b", "--tilt-range", "-30,30,15"], capsys)
+    assert code == 0, err
+    assert "deprecated" in err and "-30:30:15" in err  # the old syntax still works
+    np.testing.assert_allclose(read_tilt_angles(tmp_path / "b" / "tilts.tlt"),
+                               [-30, -15, 0, 15, 30])
+    code, _, err = _run([*base, "-o", tmp_path / "c", "--tilt-range", "-30:30"], capsys)
+    assert code == 2 and "START:STOP:STEP" in err
