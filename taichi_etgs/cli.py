@@ -1347,7 +1347,6 @@ def _state_geometry(state, path: Path) -> tuple[tuple[int, int, int], float]:
 def project(state_path, angles, output, size, contrast, force):
     """Synthesise projections of a fitted model at any tilts, measured or not.
 
-    \b
     The angles are written beside the stack (OUTPUT with .tlt), one per line, as IMOD
     and this tool read them.
 
