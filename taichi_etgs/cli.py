@@ -458,8 +458,17 @@ def _probe_writable(folder: Path, path: Path) -> None:
     try:
         fd, name = tempfile.mkstemp(prefix=".taichi-etgs-probe-", dir=folder)
     except OSError as exc:
-        raise InputError(f"cannot be written: the folder {folder} is not writable "
-                         f"({exc.strerror or exc})", path) from None
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            why = "you have no permission to create files there"
+        elif exc.errno == errno.EROFS:
+            why = "it is on a read-only file system"
+        elif exc.errno == errno.ENOSPC:
+            why = "the disk is full"
+        elif exc.errno == errno.ENOENT:  # the folder exists: a virtual one, such as /proc
+            why = "it does not accept new files (a system or virtual folder?)"
+        else:
+            why = f"creating a file there fails: {exc.strerror or exc}"
+        raise InputError(f"cannot be written in the folder {folder}: {why}", path) from None
     os.close(fd)
     os.unlink(name)
 
@@ -761,10 +770,11 @@ def info(stack, angles, xf, aln, apply_aln, exclude_views, binning, contrast):
     size = stack.stat().st_size
     tilts = np.asarray(series.tilts_deg, dtype=np.float64)
     steps = np.diff(tilts)
-    if tilts.size > 2 and (steps > 0).all():
-        order = "ascending"
-    elif tilts.size > 2 and (steps < 0).all():
-        order = "descending"
+    repeated = " (with repeated angles)" if (steps == 0).any() else ""
+    if tilts.size > 2 and (steps >= 0).all():
+        order = "ascending" + repeated
+    elif tilts.size > 2 and (steps <= 0).all():
+        order = "descending" + repeated
     else:
         order = "not sorted (dose-symmetric?)" if tilts.size > 2 else "-"
     lines = [

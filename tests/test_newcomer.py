@@ -269,3 +269,40 @@ def test_simulate_takes_the_same_range_syntax(tmp_path, capsys):
                                [-30, -15, 0, 15, 30])
     code, _, err = _run([*base, "-o", tmp_path / "c", "--tilt-range", "-30:30"], capsys)
     assert code == 2 and "START:STOP:STEP" in err
+
+
+# -- 8. messages without Python names or contradictions; a repeat is not "not sorted" --
+
+
+def test_apply_aln_without_an_aln_names_the_options(small_stack, capsys):
+    code, _, err = _run(["info", small_stack, "--apply-aln"], capsys)
+    assert code == 2 and err.startswith("error:"), err
+    assert "--apply-aln" in err and "--aln" in err and "apply_aln" not in err
+
+
+def test_unwritable_folder_message_does_not_contradict_itself(small_stack, capsys,
+                                                              monkeypatch):
+    import errno
+    import tempfile
+
+    def no_such_file(*args, **kwargs):
+        raise FileNotFoundError(errno.ENOENT, "No such file or directory")
+
+    monkeypatch.setattr(tempfile, "mkstemp", no_such_file)  # what /proc answers
+    code, _, err = _run(["wbp", small_stack, "--thickness", 4, "-o",
+                         small_stack.with_name("tomo.mrc"), "--arch", "cpu"], capsys)
+    assert code == 2 and "cannot be written" in err
+    assert "No such file or directory" not in err and "not writable" not in err, err
+    assert "does not accept new files" in err
+
+
+def test_info_calls_a_repeated_angle_a_repeat_not_unsorted(small_stack, capsys):
+    tilts = TILTS.copy()
+    tilts[7] = tilts[6]  # 0, 0
+    np.savetxt(small_stack.with_name("ts.tlt"), tilts, fmt="%.2f")
+    code, out, err = _run(["info", small_stack], capsys)
+    assert code == 0
+    order = _info_line(out, "tilt order")
+    assert "ascending (with repeated angles)" in order
+    assert "not sorted" not in out + err and "sorted order" not in out + err
+    assert "more than once" in err  # the repeat itself is still reported

@@ -239,7 +239,7 @@ def load_tilt_series(
     elif apply_aln:
         source_aln = aln if aln is not None else angle_aln
         if source_aln is None:
-            raise InputError("apply_aln needs an AreTomo .aln file (--aln)")
+            raise InputError("--apply-aln needs AreTomo's .aln file: give it with --aln")
         sections = aln_sections if aln is not None else angle_sections
         scale = aln_scale if aln is not None else angle_scale
         per_row = aln_to_xf(source_aln, shift_scale=scale)
@@ -341,7 +341,7 @@ def stack_summary(series: TiltSeries) -> dict:
     t_min, t_max = float(tilts.min()), float(tilts.max())
     notes: list[str] = []
     steps_in_order = np.diff(tilts)
-    if n > 2 and not ((steps_in_order > 0).all() or (steps_in_order < 0).all()):
+    if n > 2 and not ((steps_in_order >= 0).all() or (steps_in_order <= 0).all()):
         notes.append("tilt angles are not in sorted order (dose-symmetric acquisition?); "
                      "that is fine for reconstruction")
     values, counts = np.unique(tilts, return_counts=True)
