@@ -29,6 +29,7 @@ import os
 import platform
 import shlex
 import sys
+import textwrap
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -133,8 +134,9 @@ def mrc_labels(version: str, command: str, what: str, command_line: Sequence[str
     """The ten MRC header labels (80 printable ASCII characters each) of an output.
 
     Label 0: ``taichi-etgs <version> <command> <time>``; label 1: what the data are
-    (``what``); the rest: the command line, cut into 80-character pieces, the last one
-    ending in ``...`` when it does not fit (the sidecar has it whole).
+    (``what``); the rest: the command line in pieces of at most 80 characters, cut at
+    spaces (a word longer than a label is cut where it must), the last one ending in
+    ``...`` when it does not fit (the sidecar has it whole).
     """
     when = when or _now()
     labels = [f"taichi-etgs {version} {command} {when.strftime('%Y-%m-%d %H:%M:%S %z')}"]
@@ -143,7 +145,8 @@ def mrc_labels(version: str, command: str, what: str, command_line: Sequence[str
     text = shlex.join(list(command_line))
     text = "".join(c if " " <= c <= "~" else "?" for c in text)
     room = _MAX_LABELS - len(labels)
-    pieces = [text[i:i + _LABEL_CHARS] for i in range(0, len(text), _LABEL_CHARS)]
+    pieces = textwrap.wrap(text, _LABEL_CHARS, break_long_words=True,
+                           break_on_hyphens=False)
     if len(pieces) > room:
         pieces = pieces[:room]
         pieces[-1] = pieces[-1][:_LABEL_CHARS - 3] + "..."

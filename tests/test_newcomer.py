@@ -306,3 +306,22 @@ def test_info_calls_a_repeated_angle_a_repeat_not_unsorted(small_stack, capsys):
     assert "ascending (with repeated angles)" in order
     assert "not sorted" not in out + err and "sorted order" not in out + err
     assert "more than once" in err  # the repeat itself is still reported
+
+
+# -- 9. the command line in the MRC labels is split at spaces --
+
+
+def test_mrc_labels_split_the_command_line_at_spaces():
+    from taichi_etgs.provenance import mrc_labels
+
+    words = ["taichi-etgs", "reconstruct", "/data/project/TS_01/TS_01.st", "--angles",
+             "/data/project/TS_01/TS_01.tlt", "--binning", "4", "--thickness", "300", "-o",
+             "/data/project/TS_01/reconstructions/TS_01_gaussians_bin4.mrc", "--iterations",
+             "600", "--max-gaussians", "60000"]
+    labels = mrc_labels("0.1", "reconstruct", "gaussians", words)
+    pieces = labels[2:]
+    assert all(len(label) <= 80 for label in labels)
+    assert " ".join(pieces) == " ".join(words)  # nothing lost, no word cut in two
+    assert all(not piece.startswith(" ") and not piece.endswith(" ") for piece in pieces)
+    for piece in pieces:
+        assert set(piece.split()) <= set(words), piece
