@@ -256,6 +256,12 @@ def run_point(point: str, data: dict, args) -> dict:
         record(name, volume, time.perf_counter() - start)
 
     overrides = {} if args.iterations is None else {"iterations": args.iterations}
+    if sim.get("noise") == "physical":
+        # What a user passes with --defocus (and the header's pixel size): the CTF's
+        # constants are known from the acquisition, not fitted.
+        overrides.update(defocus_um=float(sim["defocus_um"]), pixel_size_A=float(voxel),
+                         voltage_kV=float(sim["voltage_kV"]), cs_mm=float(sim["cs_mm"]),
+                         amplitude_contrast=float(sim["amplitude_contrast"]))
     config = ReconstructConfig(**overrides)
     start = time.perf_counter()
     run = GaussianReconstruction(views, tilts, nz, config)

@@ -35,7 +35,7 @@ from .gaussians import GaussianParams, density_raw_from_densities
 from .geometry import fov_padding
 
 __all__ = ["ReconstructConfig", "ReconstructResult", "Progress", "GaussianReconstruction",
-           "normalised_views"]
+           "heldout_views", "normalised_views", "reconstruct_halves", "robust_range", "robust_scale"]
 
 
 @dataclass
@@ -53,13 +53,31 @@ class ReconstructConfig:
     lambda_dssim: weight of D-SSIM against L1.
     densify_every, densify_from: densification period and first iteration.
     densify_until: fraction of the run after which the model stops growing.
-    densify_quantile: Gaussians whose mean view-gradient is in this top fraction are
-        densified (a scale-free threshold: the absolute level depends on data and loss).
+    densify_max_fraction: at most this fraction of the model is cloned or split at once
+        (those pulled most consistently; :mod:`taichi_etgs.densify`).
     min_density_fraction: prune Gaussians whose density falls below this fraction of the
         initial model's median density.
     extend_fov: model the specimen on a grid widened in X by
         :func:`~taichi_etgs.geometry.fov_padding`, so that what the high tilts see outside
         the tomogram's box is explained there instead of at the box's sides.
+    background: "slab" (an ice slab with soft faces and ends, fitted to the data and then
+        jointly with the Gaussians: :mod:`taichi_etgs.background`) or "offset" (a per-view
+        offset only).
+    fit_gain: fit a per-view gain (exposure drift, thickness attenuation), mean 1.
+    heldout_every: one view in this many (in tilt order) is held out of the fit and only
+        scored; the model of the best held-out score is the result (early stop). 0: none.
+    validate_every: iterations between two scorings of the held-out views.
+    patience: stop when the held-out score has not improved for this many iterations.
+    min_scale: floor on every Gaussian's scales, voxels (no sub-voxel needles fitting
+        single noisy pixels).
+    tv_weight: weight of the 3D total variation of a random voxelised sub-volume per step
+        (:mod:`taichi_etgs.regularize`), relative to the data term, for volumes in units of
+        the seed volume's spread.
+    tv_patch: side of that sub-volume, voxels.
+    defocus_um: underfocus of the series, micrometres (> 0 puts the CTF in the forward
+        model, :mod:`taichi_etgs.transfer`; 0: views are taken as projections).
+    pixel_size_A, voltage_kV, cs_mm, amplitude_contrast: the rest of the CTF's constants
+        (the pixel size is needed with a defocus).
     lr_scale: multiplies every learning rate (the rollback after a NaN halves it).
     seed: seeds the initialisation, the view order and densification.
     """
@@ -74,10 +92,23 @@ class ReconstructConfig:
     lambda_dssim: float = 0.2
     densify_every: int = 100
     densify_from: int = 100
-    densify_until: float = 0.6
-    densify_quantile: float = 0.05
+    densify_until: float = 0.5
+    densify_max_fraction: float = 0.05
     min_density_fraction: float = 0.01
     extend_fov: bool = True
+    background: str = "slab"
+    fit_gain: bool = True
+    heldout_every: int = 10
+    validate_every: int = 20
+    patience: int = 200
+    min_scale: float = 0.5
+    tv_weight: float = 0.0
+    tv_patch: int = 32
+    defocus_um: float = 0.0
+    pixel_size_A: float = 0.0
+    voltage_kV: float = 300.0
+    cs_mm: float = 2.7
+    amplitude_contrast: float = 0.07
     lr_scale: float = 1.0
     seed: int = 0
 
@@ -91,9 +122,20 @@ class ReconstructConfig:
             (self.init in ("sirt", "wbp"), f"unknown init {self.init!r}; expected sirt or wbp"),
             (self.densify_every >= 1, "densify-every must be >= 1"),
             (0.0 <= self.densify_until <= 1.0, "densify-until is a fraction in [0, 1]"),
-            (0.0 < self.densify_quantile < 1.0, "densify quantile must be in (0, 1)"),
             (self.lambda_dssim >= 0 and self.lambda_dssim <= 1, "lambda D-SSIM must be in [0, 1]"),
             (self.lr_scale > 0, "lr scale must be positive"),
+            (self.background in ("slab", "offset"),
+             f"unknown background {self.background!r}; expected slab or offset"),
+            (self.heldout_every == 0 or self.heldout_every >= 3,
+             "held-out views: one in heldout_every >= 3 views, or 0 for none"),
+            (self.validate_every >= 1, "validate-every must be >= 1"),
+            (self.patience >= 1, "patience must be >= 1 iteration"),
+            (self.min_scale > 0, "the scale floor must be positive"),
+            (self.tv_weight >= 0, "the TV weight must be >= 0"),
+            (self.tv_patch >= 4, "the TV patch must be >= 4 voxels"),
+            (self.defocus_um >= 0, "the defocus is an underfocus in micrometres, >= 0"),
+            (self.defocus_um == 0 or self.pixel_size_A > 0,
+             "a CTF (defocus) needs the pixel size"),
         ]
         for ok, message in checks:
             if not ok:
@@ -101,6 +143,15 @@ class ReconstructConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def densify_config(self):
+        """The densification settings (:class:`taichi_etgs.densify.DensifyConfig`)."""
+        from .densify import DensifyConfig
+
+        return DensifyConfig(every=self.densify_every, start=self.densify_from,
+                             stop_fraction=self.densify_until,
+                             max_fraction=self.densify_max_fraction,
+                             min_density_fraction=self.min_density_fraction)
 
 
 @dataclass
@@ -124,12 +175,51 @@ class ReconstructResult:
     seconds: float = 0.0
 
 
-def normalised_views(views: np.ndarray) -> tuple[np.ndarray, float]:
-    """Views divided by their overall standard deviation, and that factor."""
-    scale = float(np.std(views, dtype=np.float64))
+def robust_scale(views: np.ndarray) -> float:
+    """Standard deviation of the views with their 0.1 % tails clipped.
+
+    A few gold beads, hot pixels or a slab's edges must not set the units the
+    reconstruction works in (nor its learning rates).
+    """
+    sample = np.asarray(views, dtype=np.float64).reshape(-1)
+    if sample.size > 2_000_000:  # a strided sample is plenty for percentiles
+        sample = sample[:: sample.size // 1_000_000]
+    lo, hi = np.percentile(sample, [0.1, 99.9])
+    scale = float(np.std(np.clip(sample, lo, hi)))
+    if not np.isfinite(scale) or scale <= 0:
+        scale = float(np.std(sample))
     if not np.isfinite(scale) or scale <= 0:
         raise InputError("the views contain no signal (zero variance)")
-    return (views / scale).astype(np.float32), scale
+    return scale
+
+
+def robust_range(views: np.ndarray) -> float:
+    """Range between the 0.1 % and 99.9 % percentiles: the SSIM data range ``L``."""
+    sample = np.asarray(views, dtype=np.float64).reshape(-1)
+    if sample.size > 2_000_000:
+        sample = sample[:: sample.size // 1_000_000]
+    lo, hi = np.percentile(sample, [0.1, 99.9])
+    value = float(hi - lo)
+    return value if value > 0 else float(np.ptp(sample)) or 1.0
+
+
+def normalised_views(views: np.ndarray) -> tuple[np.ndarray, float]:
+    """Views divided by their robust standard deviation (:func:`robust_scale`), and it."""
+    scale = robust_scale(views)
+    return (np.asarray(views) / scale).astype(np.float32), scale
+
+
+def heldout_views(tilts_deg: np.ndarray, every: int) -> np.ndarray:
+    """Indices of the views held out for validation: one in ``every`` in tilt order.
+
+    The held-out views sit between fitted ones (never the first or last tilt), so that
+    predicting them tests how the model interpolates between views. [n_heldout]
+    """
+    n = len(tilts_deg)
+    if every <= 0 or n < every:
+        return np.zeros(0, dtype=np.int64)
+    rank = np.argsort(np.argsort(np.asarray(tilts_deg), kind="stable"), kind="stable")
+    return np.flatnonzero(rank % every == every // 2).astype(np.int64)
 
 
 def _view_order(seed: int, epoch: int, n_views: int) -> np.ndarray:
@@ -137,8 +227,32 @@ def _view_order(seed: int, epoch: int, n_views: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(n_views)
 
 
+class _SlabAdam:
+    """Adam on the slab's six parameters (numpy: six numbers need no kernel)."""
+
+    # Step sizes: density relative to its start, faces and ends in voxels, angle in rad.
+    def __init__(self, density0: float) -> None:
+        self.lr = np.array([0.02 * max(density0, 1e-6), 0.05, 0.05, 0.05, 0.05, 1e-3])
+        self.m = np.zeros(6)
+        self.v = np.zeros(6)
+        self.t = 0
+
+    def step(self, vec: np.ndarray, grad: np.ndarray, factor: float) -> np.ndarray:
+        self.t += 1
+        self.m = 0.9 * self.m + 0.1 * grad
+        self.v = 0.999 * self.v + 0.001 * grad * grad
+        m_hat = self.m / (1 - 0.9 ** self.t)
+        v_hat = self.v / (1 - 0.999 ** self.t)
+        return vec - factor * self.lr * m_hat / (np.sqrt(v_hat) + 1e-30)
+
+
 class GaussianReconstruction:
-    """A Gaussian reconstruction in progress: model, optimiser and statistics.
+    """A Gaussian reconstruction in progress: model, image model, optimiser, validation.
+
+    The image model (docs/method.md): view ``t`` is predicted as
+    ``gain_t * (P_t[Gaussians] + P_t[slab]) + offset_t``; the Gaussians carry the specimen,
+    the slab (:mod:`taichi_etgs.background`) the ice it sits in, ``gain_t`` exposure and
+    attenuation, ``offset_t`` (matched to the view's mean) the unknown level.
 
     Parameters
     ----------
@@ -161,7 +275,8 @@ class GaussianReconstruction:
                  initial_volume: np.ndarray | None = None,
                  params: GaussianParams | None = None,
                  params_view_scale: float | None = None) -> None:
-        from .loss import default_data_range, tilt_weights
+        from .background import SlabBackground, fit_slab
+        from .loss import tilt_weights
 
         self.config = config or ReconstructConfig()
         views = np.asarray(views)
@@ -170,33 +285,76 @@ class GaussianReconstruction:
         self.tilts_deg = np.asarray(tilts_deg, dtype=np.float64)
         if self.tilts_deg.shape != (views.shape[0],):
             raise InputError(f"{self.tilts_deg.size} tilt angles for {views.shape[0]} views")
-        self.measured, self.scale = normalised_views(views)
-        n_tilts, ny, nu = self.measured.shape
+        n_tilts, ny, nu = views.shape
         self.shape_zyx = (int(thickness), ny, nu if width is None else int(width))
         self.pad_x = (fov_padding(self.shape_zyx[0], self.tilts_deg)
                       if self.config.extend_fov else 0)
         # The model lives on the widened grid; the tomogram is its central box.
         self.model_shape_zyx = (self.shape_zyx[0], ny, self.shape_zyx[2] + 2 * self.pad_x)
+        self.heldout = heldout_views(self.tilts_deg, self.config.heldout_every)
+        self.train = np.setdiff1d(np.arange(n_tilts), self.heldout)
+        # The slab is found in the row averages before anything else, so that the units,
+        # the SSIM range and the seed volume are those of the specimen, not of slab edges.
+        self.ctf = None
+        if self.config.defocus_um > 0:
+            from .transfer import Microscope, ViewFilter
+
+            c = self.config
+            self.ctf = ViewFilter(Microscope(c.defocus_um, c.pixel_size_A, c.voltage_kV,
+                                             c.cs_mm, c.amplitude_contrast), (ny, nu))
+        row_means = np.stack([np.asarray(v, dtype=np.float64).mean(axis=0) for v in views])
+        if self.config.background == "slab":
+            self.slab, self.slab_explained = fit_slab(
+                row_means[self.train], self.tilts_deg[self.train], self.shape_zyx[0],
+                self.shape_zyx[2], transfer=None if self.ctf is None else self.ctf.apply_rows)
+        else:
+            self.slab, self.slab_explained = SlabBackground(0.0, 0.0, 0.0, 0.0, 0.0), 0.0
+        slab_views = self._slab_profiles(np.arange(n_tilts))
+        if self.ctf is not None:
+            slab_views = self.ctf.apply_rows(slab_views)
+        specimen = np.asarray(views, dtype=np.float32) - slab_views[:, None, :]
+        specimen -= specimen.mean(axis=(1, 2), keepdims=True)
+        self.scale = robust_scale(specimen[self.train])
+        self.measured = (np.asarray(views) / self.scale).astype(np.float32)
+        self.slab.density /= self.scale
+        self.data_range = robust_range(specimen[self.train] / self.scale)
         self.weights = tilt_weights(self.tilts_deg, self.config.tilt_weight)
-        self.data_range = default_data_range(self.measured)
+        self.gains = np.ones(n_tilts)
         self.iteration = 0
         self.losses: list[float] = []
+        self.validation: dict = {"iteration": [], "heldout_loss": []}
+        self.best_iteration = 0
+        self.stopped_early = False
         self.rng = np.random.default_rng(self.config.seed)
         if params is None:
-            params = self._seed_model(initial_volume)
+            seed_views = specimen if self.ctf is None else self.ctf.phase_flip(specimen)
+            params = self._seed_model(initial_volume, seed_views / self.scale)
         elif params_view_scale is not None:
             params = params.copy()
             params.density_raw = density_raw_from_densities(
                 params.densities() * (params_view_scale / self.scale))
+        del specimen
         self._start(params)
 
     # -- set-up ---------------------------------------------------------------------------
 
-    def _seed_model(self, initial_volume: np.ndarray | None) -> GaussianParams:
+    def _slab_profiles(self, index: np.ndarray, jacobian: bool = False):
+        """The slab's projections for the views ``index``. [len(index), nu]"""
+        if self.slab.density == 0.0 and not jacobian:
+            return np.zeros((len(index), self.model_nu))
+        p, jac = self.slab.profiles(self.tilts_deg[index], self.model_nu, jacobian)
+        return (p, jac) if jacobian else p
+
+    @property
+    def model_nu(self) -> int:
+        return self.measured.shape[2] if hasattr(self, "measured") else self.shape_zyx[2]
+
+    def _seed_model(self, initial_volume: np.ndarray | None,
+                    specimen_views: np.ndarray) -> GaussianParams:
         from .init import init_from_volume
 
         if initial_volume is None:
-            initial_volume = self.classical_reconstruction()
+            initial_volume = self.classical_reconstruction(specimen_views)
         else:
             initial_volume = np.asarray(initial_volume, dtype=np.float32) / self.scale
             if initial_volume.shape != self.shape_zyx:
@@ -208,18 +366,19 @@ class GaussianReconstruction:
         n_init = self.config.init_gaussians or max(1, self.config.max_gaussians // 2)
         return init_from_volume(initial_volume, n_init, seed=self.config.seed).astype(np.float32)
 
-    def classical_reconstruction(self) -> np.ndarray:
-        """The initial volume: SIRT or WBP of the normalised views on the model's grid.
-
-        [nz, ny, nx + 2 pad_x]; the widened grid already holds every ray's whole path.
+    def classical_reconstruction(self, specimen_views: np.ndarray | None = None) -> np.ndarray:
+        """The initial volume: SIRT or WBP of the fitted views, slab removed, on the model's
+        grid. [nz, ny, nx + 2 pad_x]; the widened grid already holds every ray's whole path.
         """
         from .sirt import sirt
         from .wbp import weighted_back_projection
 
+        views = self.measured if specimen_views is None else specimen_views
+        views, tilts = views[self.train], self.tilts_deg[self.train]
         nz, _, nx = self.model_shape_zyx
         if self.config.init == "wbp":
-            return weighted_back_projection(self.measured, self.tilts_deg, nz, width=nx)
-        return sirt(self.measured, self.tilts_deg, nz, width=nx, extend_fov=False,
+            return weighted_back_projection(views, tilts, nz, width=nx)
+        return sirt(views, tilts, nz, width=nx, extend_fov=False,
                     iterations=self.config.init_sirt_iterations).volume
 
     def _start(self, params: GaussianParams) -> None:
@@ -227,57 +386,123 @@ class GaussianReconstruction:
         from .optim import Adam, learning_rates, scene_extent_vox
 
         self.params = params.astype(np.float32)
+        self._clamp_scales()
         self.extent = scene_extent_vox(self.model_shape_zyx)
         self.adam = Adam(self.params, learning_rates(0, self.config.iterations, self.extent))
+        self.slab_adam = _SlabAdam(self.slab.density)
+        # TV's unit: the spread of the seed model's density (a scale-free weight), and its
+        # own generator so that the view order does not depend on whether TV is on.
+        self.tv_unit = float(np.percentile(self.params.densities(), 90)) or 1.0
+        self.tv_rng = np.random.default_rng([self.config.seed, 7])
         self.stats = DensifyStats(self.params.n)
-        self.min_density = self.config.min_density_fraction * float(
-            np.median(self.params.densities()))
+        self.min_density = self.config.densify_config().min_density(self.params)
         self._snapshot = None
         self._take_snapshot()
+        self._best = None
+
+    def _clamp_scales(self) -> None:
+        floor = np.float32(np.log(self.config.min_scale))
+        ceiling = np.float32(np.log(max(self.config.min_scale, 0.5 * max(self.shape_zyx))))
+        np.clip(self.params.log_scales, floor, ceiling, out=self.params.log_scales)
+
+    # -- the image model ------------------------------------------------------------------
+
+    def predict(self, index: np.ndarray, params: GaussianParams | None = None,
+                filtered: bool = True) -> np.ndarray:
+        """Model views ``CTF * (P[Gaussians] + P[slab])`` (before gain and offset; the CTF
+        only when one is set and ``filtered``). [n, ny, nu]"""
+        from .kernels.gaussian_projector import project_gaussians
+
+        params = self.params if params is None else params
+        _, ny, nu = self.measured.shape
+        rendered = project_gaussians(params, self.tilts_deg[index], ny, nu)
+        if self.slab.density != 0.0:
+            rendered += self._slab_profiles(index)[:, None, :].astype(rendered.dtype)
+        if self.ctf is not None and filtered:
+            rendered = self.ctf.apply(rendered)
+        return rendered
 
     # -- the loop -------------------------------------------------------------------------
 
     def views_for(self, iteration: int) -> np.ndarray:
         """Indices of the views rendered at ``iteration`` (0-based). [views_per_step]"""
-        n = self.measured.shape[0]
+        n = self.train.size
         k = min(self.config.views_per_step, n)
         positions = np.arange(iteration * k, iteration * k + k)
         epochs = positions // n
         order = {int(e): _view_order(self.config.seed, int(e), n) for e in np.unique(epochs)}
-        return np.array([order[int(e)][p % n] for e, p in zip(epochs, positions)])
+        return self.train[np.array([order[int(e)][p % n] for e, p in zip(epochs, positions)])]
 
     def loss_and_grad(self, selected: np.ndarray, params: GaussianParams | None = None):
-        """Loss of the selected views and the projector's backward result."""
-        from .kernels.gaussian_projector import project_gaussians, project_gaussians_backward
+        """Loss of the selected views, the projector's backward result and the gradient by
+        the slab's parameters (zero without a slab). [6]"""
+        from .kernels.gaussian_projector import project_gaussians_backward
         from .loss import view_loss
 
         params = self.params if params is None else params
-        _, ny, nu = self.measured.shape
         tilts = self.tilts_deg[selected]
         measured = self.measured[selected]
-        rendered = project_gaussians(params, tilts, ny, nu)
+        model = self.predict(selected, params)
+        gain = self.gains[selected][:, None, None].astype(model.dtype)
+        predicted = gain * model
         # Per-view offset: only the measured views' deviations from their mean are known.
-        shift = measured.mean(axis=(1, 2), keepdims=True) - rendered.mean(axis=(1, 2),
-                                                                        keepdims=True)
-        loss, grad = view_loss(rendered + shift, measured, self.weights[selected],
+        shift = measured.mean(axis=(1, 2), keepdims=True) - predicted.mean(axis=(1, 2),
+                                                                          keepdims=True)
+        loss, grad = view_loss(predicted + shift, measured, self.weights[selected],
                                lambda_dssim=self.config.lambda_dssim, data_range=self.data_range)
         # The offset depends on the rendering: d(r - mean r)/dr removes each view's mean.
-        grad = grad - grad.mean(axis=(1, 2), keepdims=True)
-        return float(loss), project_gaussians_backward(params, tilts, grad)
+        grad = (grad - grad.mean(axis=(1, 2), keepdims=True)) * gain
+        if self.ctf is not None:
+            grad = self.ctf.adjoint(grad)
+        slab_grad = np.zeros(6)
+        if self.slab.density != 0.0:
+            _, jac = self._slab_profiles(selected, jacobian=True)
+            slab_grad = np.einsum("tu,tup->p", grad.sum(axis=1, dtype=np.float64), jac)
+        if self.config.fit_gain:
+            self._update_gains(selected, model, measured)
+        return float(loss), project_gaussians_backward(params, tilts, grad), slab_grad
+
+    def _update_gains(self, selected: np.ndarray, model: np.ndarray,
+                      measured: np.ndarray) -> None:
+        """Move each view's gain towards its least-squares value (a running average: one
+        batch's estimate is noisy), keeping the mean gain at 1 (the density scale is
+        set by the Gaussians)."""
+        # The outermost columns are left out: where a slab's end meets the detector's edge
+        # (a box cut to the field of view) a half-pixel misfit there would set the gain.
+        edge = 4 if model.shape[2] > 32 else 0
+        r = model[:, :, edge:model.shape[2] - edge].reshape(model.shape[0], -1).astype(np.float64)
+        m = measured[:, :, edge:model.shape[2] - edge].reshape(model.shape[0], -1).astype(
+            np.float64)
+        r = r - r.mean(axis=1, keepdims=True)
+        var = np.einsum("ij,ij->i", r, r)
+        ok = var > 1e-12 * max(float(var.max()), 1e-300)
+        ls = np.where(ok, np.einsum("ij,ij->i", r, m) / np.where(ok, var, 1.0), 1.0)
+        ls = np.clip(ls / self.gains[self.train].mean(), 0.7, 1.4)
+        self.gains[selected] = 0.9 * self.gains[selected] + 0.1 * ls
+        self.gains[self.train] /= self.gains[self.train].mean()
 
     def step(self) -> Progress:
         """One optimisation step (and densification when due)."""
-        from .optim import learning_rates
+        from .background import SlabBackground
+        from .optim import DEFAULT_LR, learning_rates
 
         cfg = self.config
-        loss, back = self.loss_and_grad(self.views_for(self.iteration))
+        loss, back, slab_grad = self.loss_and_grad(self.views_for(self.iteration))
         message = ""
-        if not np.isfinite(loss) or not _finite(back.grads):
+        if not np.isfinite(loss) or not _finite(back.grads) or not np.all(np.isfinite(slab_grad)):
             return self._rollback(loss)
+        if cfg.tv_weight > 0:
+            self._add_tv_grads(back.grads)
         rates = learning_rates(self.iteration, cfg.iterations, self.extent)
         self.adam.set_lr({k: v * cfg.lr_scale for k, v in rates.items()})
         self.adam.step(self.params, back.grads)
-        self.stats.add(back.uv_grad_norm_sum, back.visible_views)
+        self._clamp_scales()
+        if self.config.background == "slab" and self.slab.density > 0:
+            decay = rates["means_xyz"] / (DEFAULT_LR["means_xyz"][0] * self.extent)
+            vec = self.slab_adam.step(self.slab.vector(), slab_grad, decay * cfg.lr_scale)
+            vec[0] = max(vec[0], 0.0)
+            self.slab = SlabBackground.from_vector(vec, self.slab.edge)
+        self.stats.add(back.grads.means_xyz, back.visible_views)
         self.iteration += 1
         self.losses.append(loss)
         if self._densify_due():
@@ -286,20 +511,64 @@ class GaussianReconstruction:
             self._take_snapshot()
         return Progress(self.iteration, cfg.iterations, loss, self.params.n, message)
 
+    def _add_tv_grads(self, grads: GaussianParams) -> None:
+        """Add the gradient of ``tv_weight * TV`` of a random sub-volume of the tomogram's
+        box to ``grads`` (in place)."""
+        from .kernels.voxelizer import voxelize_gaussians, voxelize_gaussians_backward
+        from .regularize import random_patch_origin, total_variation
+
+        patch = tuple(min(self.config.tv_patch, n) for n in self.shape_zyx)
+        origin = random_patch_origin(self.tv_rng, self.shape_zyx, patch)
+        volume = voxelize_gaussians(self.params, patch, origin_xyz=origin)
+        _, grad = total_variation(volume / self.tv_unit, eps=0.01)
+        back = voxelize_gaussians_backward(
+            self.params, (self.config.tv_weight / self.tv_unit) * grad, origin_xyz=origin)
+        for f in dataclasses.fields(grads):
+            getattr(grads, f.name)[...] += getattr(back, f.name)
+
+    # -- validation -----------------------------------------------------------------------
+
+    def heldout_loss(self, params: GaussianParams | None = None) -> float:
+        """Relative squared error of the held-out views after a per-view gain and offset.
+
+        ``sum |m - a r - b|^2 / sum |m - mean m|^2`` over the held-out views (a, b fitted
+        per view by least squares): 1 for a model that predicts nothing, the noise's share
+        of the views' variance for a perfect one. NaN without held-out views.
+        """
+        if self.heldout.size == 0:
+            return float("nan")
+        model = self.predict(self.heldout, params).astype(np.float64)
+        num = den = 0.0
+        for r, m in zip(model, self.measured[self.heldout].astype(np.float64)):
+            r = r - r.mean()
+            m = m - m.mean()
+            var = float(np.sum(r * r))
+            a = float(np.sum(r * m)) / var if var > 0 else 0.0
+            num += float(np.sum((m - a * r) ** 2))
+            den += float(np.sum(m * m))
+        return num / den if den > 0 else float("nan")
+
+    def validate(self) -> float:
+        """Score the held-out views now; remember the model if it is the best so far."""
+        value = self.heldout_loss()
+        self.validation["iteration"].append(int(self.iteration))
+        self.validation["heldout_loss"].append(value)
+        if self._best is None or value < self._best[0]:
+            self._best = (value, self.params.copy(), self.slab.vector(), self.gains.copy(),
+                          self.iteration)
+            self.best_iteration = self.iteration
+        return value
+
     def _densify_due(self) -> bool:
-        cfg = self.config
-        return (self.iteration >= cfg.densify_from
-                and self.iteration <= cfg.densify_until * cfg.iterations
-                and self.iteration % cfg.densify_every == 0)
+        return self.config.densify_config().is_due(self.iteration, self.config.iterations)
 
     def _densify(self) -> str:
-        from .densify import DensifyStats, densify_and_prune, quantile_grad_threshold
+        from .densify import DensifyStats, densify_and_prune
 
-        threshold = quantile_grad_threshold(self.stats, 1.0 - self.config.densify_quantile)
         result = densify_and_prune(self.params, self.stats, max_gaussians=self.config.max_gaussians,
                                    min_density=self.min_density,
                                    volume_shape_zyx=self.model_shape_zyx,
-                                   rng=self.rng, grad_threshold=threshold)
+                                   config=self.config.densify_config())
         self.params = result.params.astype(np.float32)
         self.adam.select(result.keep_mask)
         self.adam.append(result.n_appended)
@@ -309,13 +578,15 @@ class GaussianReconstruction:
 
     def _take_snapshot(self) -> None:
         self._snapshot = (self.params.copy(), self.adam.state(), self.iteration,
-                          self.rng.bit_generator.state, len(self.losses))
+                          self.rng.bit_generator.state, len(self.losses),
+                          self.slab.vector(), self.gains.copy())
 
     def _rollback(self, loss: float) -> Progress:
+        from .background import SlabBackground
         from .densify import DensifyStats
         from .optim import Adam
 
-        params, adam_state, iteration, rng_state, n_losses = self._snapshot
+        params, adam_state, iteration, rng_state, n_losses, slab, gains = self._snapshot
         self.config = dataclasses.replace(self.config, lr_scale=self.config.lr_scale * 0.5)
         if self.config.lr_scale < 1e-3:
             raise InputError("the loss kept becoming NaN/Inf even at 1/1000 of the learning "
@@ -324,6 +595,8 @@ class GaussianReconstruction:
         self.adam = Adam.from_state(adam_state)
         self.iteration = iteration
         self.rng.bit_generator.state = rng_state
+        self.slab = SlabBackground.from_vector(slab, self.slab.edge)
+        self.gains = gains.copy()
         del self.losses[n_losses:]
         self.stats = DensifyStats(self.params.n)
         return Progress(self.iteration, self.config.iterations, loss, self.params.n,
@@ -333,22 +606,67 @@ class GaussianReconstruction:
     def run(self, progress: Callable[[Progress], None] | None = None,
             checkpoint: Callable[[GaussianReconstruction], None] | None = None,
             save_every: int = 0) -> None:
-        """Iterate until ``config.iterations``; ``checkpoint`` every ``save_every`` steps."""
-        while self.iteration < self.config.iterations:
+        """Iterate until ``config.iterations`` or the early stop, then keep the best model.
+
+        The held-out views are scored every ``validate_every`` iterations (and before the
+        first); the run stops early once the score has not improved for ``patience``
+        iterations, and ends on the model of the best score. ``checkpoint`` is called every
+        ``save_every`` steps.
+        """
+        cfg = self.config
+        if self.heldout.size and self.iteration % cfg.validate_every == 0 \
+                and self.iteration not in self.validation["iteration"]:
+            self.validate()
+        while self.iteration < cfg.iterations:
             info = self.step()
+            if self.heldout.size and self.iteration % cfg.validate_every == 0:
+                value = self.validate()
+                info.message = (info.message + " " if info.message else "") + \
+                    f"held-out {value:.4f} (best {self._best[0]:.4f} at {self.best_iteration})"
             if progress is not None:
                 progress(info)
             if checkpoint is not None and save_every and self.iteration % save_every == 0:
                 checkpoint(self)
+            if self.heldout.size and self.iteration - self.best_iteration >= cfg.patience:
+                self.stopped_early = True
+                break
+        self.keep_best()
+
+    def keep_best(self) -> None:
+        """Make the model of the best held-out score the current one (no-op without one)."""
+        from .background import SlabBackground
+
+        if self._best is None or self._best[4] == self.iteration:
+            return
+        _, params, slab, gains, _ = self._best
+        self.params = params.copy()
+        self.slab = SlabBackground.from_vector(slab, self.slab.edge)
+        self.gains = gains.copy()
 
     def tomogram(self, voxel_size: float = 1.0, shape_zyx: tuple[int, int, int] | None = None
                  ) -> np.ndarray:
-        """The model voxelised on the tomogram grid, in the input views' units. [nz, ny, nx]"""
+        """The model (Gaussians and slab) voxelised on the tomogram grid, in the input views'
+        units. [nz, ny, nx]"""
         from .kernels.voxelizer import voxelize_gaussians
 
         shape = self.shape_zyx if shape_zyx is None else shape_zyx
         volume = voxelize_gaussians(self.params, shape, voxel_size=voxel_size)
+        if self.slab.density != 0.0:
+            volume += self.slab.volume(shape, voxel_size)
         return (volume * self.scale).astype(np.float32)
+
+    def validation_report(self) -> dict:
+        """What the run knows of its own quality (for the output's sidecar and the log)."""
+        return {"heldout_views": self.heldout.tolist(),
+                "heldout_loss": {"iteration": list(self.validation["iteration"]),
+                                 "value": list(self.validation["heldout_loss"])},
+                "best_iteration": int(self.best_iteration),
+                "best_heldout_loss": (float(self._best[0]) if self._best is not None
+                                      else None),
+                "stopped_early": bool(self.stopped_early),
+                "slab": self.slab.to_dict() | {"density": self.slab.density * self.scale},
+                "slab_explained_row_variance": float(self.slab_explained),
+                "gain_range": [float(self.gains.min()), float(self.gains.max())]}
 
     # -- state ----------------------------------------------------------------------------
 
@@ -362,14 +680,23 @@ class GaussianReconstruction:
         """Write everything a bit-for-bit resume needs (:func:`taichi_etgs.state.save_state`).
 
         Besides parameters, optimiser and RNG, the run-time quantities that are not settings
-        (densification statistics, the pruning level) go into the config under ``_`` keys.
+        (densification statistics, the pruning level, slab, gains, validation history and
+        the best model so far) go into the config under ``_`` keys.
         """
         from .state import save_state
 
         config = self.config.to_dict()
         config.update(_min_density=self.min_density, _losses=np.asarray(self.losses),
-                      _densify_grad_norm_sum=self.stats.grad_norm_sum,
-                      _densify_view_count=self.stats.view_count)
+                      **{f"_densify_{k}": v for k, v in self.stats.state().items()},
+                      _slab=self.slab.vector(), _slab_adam=[self.slab_adam.m, self.slab_adam.v,
+                                                           self.slab_adam.t],
+                      _gains=self.gains, _validation=self.validation,
+                      _stopped_early=self.stopped_early)
+        if self._best is not None:
+            value, params, slab, gains, iteration = self._best
+            config.update(_best=[value, slab, gains, iteration],
+                          _best_params=[params.means_xyz, params.log_scales,
+                                        params.quats_wxyz, params.density_raw])
         geometry = self.geometry()
         geometry.update(extra_geometry or {})
         save_state(path, self.params, self.adam.state(), self.iteration,
@@ -377,6 +704,7 @@ class GaussianReconstruction:
 
     def restore(self, state) -> None:
         """Continue from a saved state (:func:`taichi_etgs.state.load_state`)."""
+        from .background import SlabBackground
         from .densify import DensifyStats
         from .optim import Adam
 
@@ -387,14 +715,67 @@ class GaussianReconstruction:
         self.rng = state.rng()
         self.stats = DensifyStats(self.params.n)
         config = state.config
-        if "_densify_grad_norm_sum" in config:
-            self.stats.grad_norm_sum[:] = config["_densify_grad_norm_sum"]
-            self.stats.view_count[:] = config["_densify_view_count"]
+        if "_densify_grad_sum" in config:
+            self.stats = DensifyStats.from_state(
+                {k: config[f"_densify_{k}"] for k in ("grad_sum", "grad_sq_sum", "seen_steps")})
         self.min_density = float(config.get("_min_density", self.min_density))
         self.losses = [float(v) for v in config.get("_losses", [])]
+        if "_slab" in config:
+            self.slab = SlabBackground.from_vector(config["_slab"], self.slab.edge)
+            m, v, t = config["_slab_adam"]
+            self.slab_adam.m, self.slab_adam.v = np.asarray(m), np.asarray(v)
+            self.slab_adam.t = int(t)
+            self.gains = np.asarray(config["_gains"], dtype=np.float64)
+            self.validation = {k: list(v) for k, v in config["_validation"].items()}
+            self.stopped_early = bool(config.get("_stopped_early", False))
+        if "_best" in config:
+            value, slab, gains, iteration = config["_best"]
+            params = GaussianParams(*(np.asarray(a) for a in config["_best_params"]))
+            self._best = (float(value), params, np.asarray(slab), np.asarray(gains),
+                          int(iteration))
+            self.best_iteration = int(iteration)
         self._take_snapshot()
 
 
 def _finite(params: GaussianParams) -> bool:
     return all(np.isfinite(getattr(params, f.name)).all()
                for f in dataclasses.fields(params))
+
+
+def reconstruct_halves(views: np.ndarray, tilts_deg: np.ndarray, thickness: int,
+                       config: ReconstructConfig | None = None, *, width: int | None = None,
+                       progress: Callable[[int, Progress], None] | None = None
+                       ) -> tuple[GaussianReconstruction, GaussianReconstruction]:
+    """Two independent reconstructions, from the odd and from the even views in tilt order.
+
+    The gold-standard practice of RELION, cryoCARE and DeepDeWedge: their Fourier shell
+    correlation (:func:`taichi_etgs.metrics.half_map_fsc`) tells how far the tomogram is
+    reproducible from independent data, with no ground truth. Each half has its own seed,
+    held-out views and early stop.
+
+    Parameters
+    ----------
+    views: positive-density views. [n_tilts, ny, nx]
+    tilts_deg: tilt angles. [n_tilts]
+    thickness: tomogram thickness, voxels.
+    config: the settings of each half (its seed is offset by 1 and 2).
+    width: tomogram width (default: the views').
+    progress: called with (half 1 or 2, progress) after each iteration.
+
+    Returns
+    -------
+    The two finished runs (``.tomogram()`` voxelises each).
+    """
+    config = config or ReconstructConfig()
+    tilts = np.asarray(tilts_deg, dtype=np.float64)
+    if tilts.size < 4:
+        raise InputError(f"half reconstructions need at least 4 views; got {tilts.size}")
+    order = np.argsort(tilts, kind="stable")
+    runs = []
+    for k, index in enumerate((np.sort(order[0::2]), np.sort(order[1::2])), start=1):
+        run = GaussianReconstruction(np.asarray(views)[index], tilts[index], thickness,
+                                     dataclasses.replace(config, seed=config.seed + k),
+                                     width=width)
+        run.run(progress=None if progress is None else (lambda info, k=k: progress(k, info)))
+        runs.append(run)
+    return runs[0], runs[1]
