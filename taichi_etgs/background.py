@@ -237,16 +237,23 @@ def _refine(slab: SlabBackground, m: np.ndarray, tilts_deg: np.ndarray, nu: int,
         p, jac = model(cur, True)
         r = m - p
         cost = float(np.sum(r * r))
+        # Blurred by a wide edge, the faces trade off against the density (a thin dense
+        # sheet looks like a thick light slab): fit them, and the inclination, only once
+        # the edges are sharp, and never let the slab collapse to a sheet.
+        free = np.ones(6, dtype=bool)
+        if edge > 2.0:
+            free[[1, 2, 5]] = False
         for _ in range(iterations):
-            j = (jac - jac.mean(axis=1, keepdims=True)).reshape(-1, 6)
+            j = (jac - jac.mean(axis=1, keepdims=True)).reshape(-1, 6)[:, free]
             jtj = j.T @ j
             g = j.T @ r.reshape(-1)
             scale = np.sqrt(np.maximum(np.diag(jtj), 1e-30))
-            a = jtj / np.outer(scale, scale) + damping * np.eye(6)
-            step = np.linalg.solve(a, g / scale) / scale
+            a = jtj / np.outer(scale, scale) + damping * np.eye(int(free.sum()))
+            step = np.zeros(6)
+            step[free] = np.linalg.solve(a, g / scale) / scale
             trial = vec + step
             trial[0] = max(trial[0], 0.0)
-            if trial[2] < trial[1] or trial[4] < trial[3]:
+            if trial[2] - trial[1] < MIN_THICKNESS or trial[4] < trial[3]:
                 damping *= 10.0
                 continue
             cand = SlabBackground.from_vector(trial, edge)

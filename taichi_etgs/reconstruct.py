@@ -162,7 +162,8 @@ class Progress:
     total: int
     loss: float
     n_gaussians: int
-    message: str = ""  # a notable event (densification, rollback), else empty
+    message: str = ""  # a notable event (densification, rollback, early stop), else empty
+    heldout_loss: float | None = None  # the held-out views' score, when scored this step
 
 
 @dataclass
@@ -176,7 +177,7 @@ class ReconstructResult:
 
 
 def robust_scale(views: np.ndarray) -> float:
-    """Standard deviation of the views with their 0.1 % tails clipped.
+    """Standard deviation of the views with their 0.5 % tails clipped.
 
     A few gold beads, hot pixels or a slab's edges must not set the units the
     reconstruction works in (nor its learning rates).
@@ -184,7 +185,7 @@ def robust_scale(views: np.ndarray) -> float:
     sample = np.asarray(views, dtype=np.float64).reshape(-1)
     if sample.size > 2_000_000:  # a strided sample is plenty for percentiles
         sample = sample[:: sample.size // 1_000_000]
-    lo, hi = np.percentile(sample, [0.1, 99.9])
+    lo, hi = np.percentile(sample, [0.5, 99.5])
     scale = float(np.std(np.clip(sample, lo, hi)))
     if not np.isfinite(scale) or scale <= 0:
         scale = float(np.std(sample))
@@ -194,11 +195,11 @@ def robust_scale(views: np.ndarray) -> float:
 
 
 def robust_range(views: np.ndarray) -> float:
-    """Range between the 0.1 % and 99.9 % percentiles: the SSIM data range ``L``."""
+    """Range between the 0.5 % and 99.5 % percentiles: the SSIM data range ``L``."""
     sample = np.asarray(views, dtype=np.float64).reshape(-1)
     if sample.size > 2_000_000:
         sample = sample[:: sample.size // 1_000_000]
-    lo, hi = np.percentile(sample, [0.1, 99.9])
+    lo, hi = np.percentile(sample, [0.5, 99.5])
     value = float(hi - lo)
     return value if value > 0 else float(np.ptp(sample)) or 1.0
 
@@ -614,20 +615,26 @@ class GaussianReconstruction:
         ``save_every`` steps.
         """
         cfg = self.config
+        if self.stopped_early:  # a resumed run that had already stopped: nothing to fit
+            self.keep_best()
+            return
         if self.heldout.size and self.iteration % cfg.validate_every == 0 \
                 and self.iteration not in self.validation["iteration"]:
             self.validate()
         while self.iteration < cfg.iterations:
             info = self.step()
             if self.heldout.size and self.iteration % cfg.validate_every == 0:
-                value = self.validate()
-                info.message = (info.message + " " if info.message else "") + \
-                    f"held-out {value:.4f} (best {self._best[0]:.4f} at {self.best_iteration})"
+                info.heldout_loss = self.validate()
+            stop = bool(self.heldout.size) and self.iteration - self.best_iteration >= cfg.patience
+            if stop:
+                info.message = (f"{info.message}; " if info.message else "") + (
+                    f"the held-out views have not improved for {cfg.patience} iterations: "
+                    f"stopping, the model of iteration {self.best_iteration} is kept")
             if progress is not None:
                 progress(info)
             if checkpoint is not None and save_every and self.iteration % save_every == 0:
                 checkpoint(self)
-            if self.heldout.size and self.iteration - self.best_iteration >= cfg.patience:
+            if stop:
                 self.stopped_early = True
                 break
         self.keep_best()

@@ -91,8 +91,8 @@ def test_non_finite_loss_rolls_back_with_a_lower_learning_rate(problem, monkeypa
 
     def poisoned(selected, params=None):
         calls["n"] += 1
-        loss, back = original(selected, params)
-        return (float("nan") if calls["n"] == 2 else loss), back
+        loss, back, slab = original(selected, params)
+        return (float("nan") if calls["n"] == 2 else loss), back, slab
 
     monkeypatch.setattr(run, "loss_and_grad", poisoned)
     run.step()
