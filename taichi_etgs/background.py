@@ -203,8 +203,10 @@ def fit_slab(profiles_measured: np.ndarray, tilts_deg: np.ndarray, thickness: in
     starts = [SlabBackground(0.0, -h, h, -0.5 * width, 0.5 * width),
               SlabBackground(0.0, -h, h, -far, far)]
     best, best_cost = None, np.inf
+    # Faces further than this from the centre are nonsense (and a long quadrature).
+    bounds = (2.0 * max(thickness, 8), far)
     for start in starts:
-        slab, cost = _refine(start, m, tilts_deg, nu, iterations, transfer)
+        slab, cost = _refine(start, m, tilts_deg, nu, iterations, transfer, bounds)
         if best is None or cost < best_cost * (1.0 - 1e-3):
             best, best_cost = slab, cost
     explained = 1.0 - best_cost / total if total > 0 else 0.0
@@ -214,8 +216,8 @@ def fit_slab(profiles_measured: np.ndarray, tilts_deg: np.ndarray, thickness: in
 
 
 def _refine(slab: SlabBackground, m: np.ndarray, tilts_deg: np.ndarray, nu: int,
-            iterations: int, transfer: Callable[[np.ndarray], np.ndarray] | None
-            ) -> tuple[SlabBackground, float]:
+            iterations: int, transfer: Callable[[np.ndarray], np.ndarray] | None,
+            bounds: tuple[float, float]) -> tuple[SlabBackground, float]:
     def model(s: SlabBackground, jacobian: bool):
         p, jac = s.profiles(tilts_deg, nu, with_jacobian=jacobian)
         if transfer is not None:
@@ -253,6 +255,8 @@ def _refine(slab: SlabBackground, m: np.ndarray, tilts_deg: np.ndarray, nu: int,
             step[free] = np.linalg.solve(a, g / scale) / scale
             trial = vec + step
             trial[0] = max(trial[0], 0.0)
+            trial[1:3] = np.clip(trial[1:3], -bounds[0], bounds[0])
+            trial[3:5] = np.clip(trial[3:5], -bounds[1], bounds[1])
             if trial[2] - trial[1] < MIN_THICKNESS or trial[4] < trial[3]:
                 damping *= 10.0
                 continue

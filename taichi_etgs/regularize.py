@@ -59,6 +59,6 @@ def random_patch_origin(rng: np.random.Generator, grid_zyx: tuple[int, int, int]
     """Centre ``(x, y, z)`` of a patch drawn uniformly inside a centred grid, voxels."""
     centre = []
     for n, p in zip(grid_zyx[::-1], patch_zyx[::-1]):
-        half_room = max(0.0, (n - p) / 2.0)
-        centre.append(float(np.round(rng.uniform(-half_room, half_room))) + (n - p) % 2 * 0.5)
+        first = int(rng.integers(0, max(0, n - p) + 1))  # the patch's first voxel
+        centre.append(first + p / 2.0 - n / 2.0)
     return tuple(centre)
