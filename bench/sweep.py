@@ -75,7 +75,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine  # noqa: E402
+from _common import machine
 
 HERE = Path(__file__).resolve().parent
 STRUCTURES = HERE.parent.parent / "shared" / "data" / "structures"
@@ -189,7 +189,7 @@ def score(volume: np.ndarray, truth: np.ndarray, voxel_A: float, max_tilt: float
 
     try:
         return evaluate(volume, truth, voxel_A, max_tilt)
-    except Exception as exc:  # noqa: BLE001 - one bad volume must not end a long sweep
+    except Exception as exc:
         return {"error": f"{type(exc).__name__}: {exc}"}
 
 
@@ -221,8 +221,11 @@ def full_map_estimate(half: dict) -> dict:
 def run_point(point: str, data: dict, args) -> dict:
     from taichi_etgs.metrics import half_map_fsc
     from taichi_etgs.preprocess import density_views
-    from taichi_etgs.reconstruct import (GaussianReconstruction, ReconstructConfig,
-                                         reconstruct_halves)
+    from taichi_etgs.reconstruct import (
+        GaussianReconstruction,
+        ReconstructConfig,
+        reconstruct_halves,
+    )
 
     series, truth, voxel = data["series"], data["truth"], data["voxel_size_A"]
     tilts = np.asarray(series.tilts_deg, dtype=np.float64)
@@ -464,7 +467,7 @@ def write_outputs(report: dict, out: Path, figure_too: bool) -> None:
     if figure_too:
         try:
             figure(report, out / "sweep.png")
-        except Exception as exc:  # noqa: BLE001 - the numbers matter more than the figure
+        except Exception as exc:
             print(f"  (figure not drawn: {type(exc).__name__}: {exc})", flush=True)
 
 

@@ -21,7 +21,7 @@ beam (design convention ``u = x cos(theta) + z sin(theta)``). With ``alpha = the
 the ray crosses the slab's normal coordinate ``zeta`` at ``xi = u / cos(alpha) - zeta
 tan(alpha)`` and ``ds = d zeta / cos(alpha)``, so
 
-    p(u) = 1 / cos(alpha) * integral density S(zeta; z) S(u / cos(alpha) - zeta tan(alpha); x) d zeta,
+    p(u) = 1 / cos(alpha) * integral density S(zeta; z) S(xi(u, zeta); x) d zeta,
 
 evaluated by the midpoint rule on a fixed ``zeta`` grid (0.25 voxel) that covers the faces
 with a margin of 8 edge widths, where the integrand has vanished. Derivatives with respect
@@ -116,7 +116,6 @@ class SlabBackground:
         s_lo = _sigmoid((zeta - self.z_lo) / e)
         s_hi = _sigmoid((self.z_hi - zeta) / e)
         s_z = s_lo * s_hi  # [K]
-        ds_z = (s_lo * (1 - s_lo) * s_hi - s_lo * s_hi * (1 - s_hi)) / e  # d S_z / d zeta
         out = np.empty((tilts.size, nu))
         jac = np.empty((tilts.size, nu, 6)) if with_jacobian else None
         for t, theta in enumerate(tilts):  # one view at a time: [nu, K] work arrays

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -34,8 +34,8 @@ from .errors import InputError
 from .gaussians import GaussianParams, density_raw_from_densities
 from .geometry import fov_padding
 
-__all__ = ["ReconstructConfig", "ReconstructResult", "Progress", "GaussianReconstruction",
-           "heldout_views", "normalised_views", "reconstruct_halves", "robust_range", "robust_scale"]
+__all__ = ["ReconstructConfig", "Progress", "GaussianReconstruction", "heldout_views",
+           "reconstruct_halves", "robust_range", "robust_scale"]
 
 
 @dataclass
@@ -166,14 +166,13 @@ class Progress:
     heldout_loss: float | None = None  # the held-out views' score, when scored this step
 
 
-@dataclass
-class ReconstructResult:
-    """The fitted model and the tomogram voxelised from it."""
-
-    params: GaussianParams
-    volume: np.ndarray  # [nz, ny, nx], in the input views' units (positive density)
-    losses: list[float] = field(default_factory=list)
-    seconds: float = 0.0
+def _clipped_tails(views: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """A sample of the views' values and their 0.5 % and 99.5 % percentiles."""
+    sample = np.asarray(views, dtype=np.float64).reshape(-1)
+    if sample.size > 2_000_000:  # a strided sample is plenty for percentiles
+        sample = sample[:: sample.size // 1_000_000]
+    lo, hi = np.percentile(sample, [0.5, 99.5])
+    return sample, float(lo), float(hi)
 
 
 def robust_scale(views: np.ndarray) -> float:
@@ -182,10 +181,7 @@ def robust_scale(views: np.ndarray) -> float:
     A few gold beads, hot pixels or a slab's edges must not set the units the
     reconstruction works in (nor its learning rates).
     """
-    sample = np.asarray(views, dtype=np.float64).reshape(-1)
-    if sample.size > 2_000_000:  # a strided sample is plenty for percentiles
-        sample = sample[:: sample.size // 1_000_000]
-    lo, hi = np.percentile(sample, [0.5, 99.5])
+    sample, lo, hi = _clipped_tails(views)
     scale = float(np.std(np.clip(sample, lo, hi)))
     if not np.isfinite(scale) or scale <= 0:
         scale = float(np.std(sample))
@@ -196,18 +192,8 @@ def robust_scale(views: np.ndarray) -> float:
 
 def robust_range(views: np.ndarray) -> float:
     """Range between the 0.5 % and 99.5 % percentiles: the SSIM data range ``L``."""
-    sample = np.asarray(views, dtype=np.float64).reshape(-1)
-    if sample.size > 2_000_000:
-        sample = sample[:: sample.size // 1_000_000]
-    lo, hi = np.percentile(sample, [0.5, 99.5])
-    value = float(hi - lo)
-    return value if value > 0 else float(np.ptp(sample)) or 1.0
-
-
-def normalised_views(views: np.ndarray) -> tuple[np.ndarray, float]:
-    """Views divided by their robust standard deviation (:func:`robust_scale`), and it."""
-    scale = robust_scale(views)
-    return (np.asarray(views) / scale).astype(np.float32), scale
+    sample, lo, hi = _clipped_tails(views)
+    return hi - lo if hi > lo else float(np.ptp(sample)) or 1.0
 
 
 def heldout_views(tilts_deg: np.ndarray, every: int) -> np.ndarray:
@@ -294,8 +280,7 @@ class GaussianReconstruction:
         self.model_shape_zyx = (self.shape_zyx[0], ny, self.shape_zyx[2] + 2 * self.pad_x)
         self.heldout = heldout_views(self.tilts_deg, self.config.heldout_every)
         self.train = np.setdiff1d(np.arange(n_tilts), self.heldout)
-        # The slab is found in the row averages before anything else, so that the units,
-        # the SSIM range and the seed volume are those of the specimen, not of slab edges.
+        self.nu = nu
         self.ctf = None
         if self.config.defocus_um > 0:
             from .transfer import Microscope, ViewFilter
@@ -303,6 +288,8 @@ class GaussianReconstruction:
             c = self.config
             self.ctf = ViewFilter(Microscope(c.defocus_um, c.pixel_size_A, c.voltage_kV,
                                              c.cs_mm, c.amplitude_contrast), (ny, nu))
+        # The slab is found in the row averages before anything else, so that the units,
+        # the SSIM range and the seed volume are those of the specimen, not of slab edges.
         row_means = np.stack([np.asarray(v, dtype=np.float64).mean(axis=0) for v in views])
         if self.config.background == "slab":
             self.slab, self.slab_explained = fit_slab(
@@ -339,16 +326,11 @@ class GaussianReconstruction:
 
     # -- set-up ---------------------------------------------------------------------------
 
-    def _slab_profiles(self, index: np.ndarray, jacobian: bool = False):
+    def _slab_profiles(self, index: np.ndarray) -> np.ndarray:
         """The slab's projections for the views ``index``. [len(index), nu]"""
-        if self.slab.density == 0.0 and not jacobian:
-            return np.zeros((len(index), self.model_nu))
-        p, jac = self.slab.profiles(self.tilts_deg[index], self.model_nu, jacobian)
-        return (p, jac) if jacobian else p
-
-    @property
-    def model_nu(self) -> int:
-        return self.measured.shape[2] if hasattr(self, "measured") else self.shape_zyx[2]
+        if self.slab.density == 0.0:
+            return np.zeros((len(index), self.nu))
+        return self.slab.profiles(self.tilts_deg[index], self.nu)[0]
 
     def _seed_model(self, initial_volume: np.ndarray | None,
                     specimen_views: np.ndarray) -> GaussianParams:
@@ -391,10 +373,8 @@ class GaussianReconstruction:
         self.extent = scene_extent_vox(self.model_shape_zyx)
         self.adam = Adam(self.params, learning_rates(0, self.config.iterations, self.extent))
         self.slab_adam = _SlabAdam(self.slab.density)
-        # TV's unit: the spread of the seed model's density (a scale-free weight), and its
-        # own generator so that the view order does not depend on whether TV is on.
+        # TV's unit: the spread of the seed model's density (a scale-free weight).
         self.tv_unit = float(np.percentile(self.params.densities(), 90)) or 1.0
-        self.tv_rng = np.random.default_rng([self.config.seed, 7])
         self.stats = DensifyStats(self.params.n)
         self.min_density = self.config.densify_config().min_density(self.params)
         self._snapshot = None
@@ -402,16 +382,16 @@ class GaussianReconstruction:
         self._best = None
 
     def _clamp_scales(self) -> None:
-        floor = np.float32(np.log(self.config.min_scale))
-        ceiling = np.float32(np.log(max(self.config.min_scale, 0.5 * max(self.shape_zyx))))
-        np.clip(self.params.log_scales, floor, ceiling, out=self.params.log_scales)
+        from .densify import clamp_scales
+
+        clamp_scales(self.params, self.config.min_scale,
+                     max(self.config.min_scale, 0.5 * max(self.shape_zyx)))
 
     # -- the image model ------------------------------------------------------------------
 
-    def predict(self, index: np.ndarray, params: GaussianParams | None = None,
-                filtered: bool = True) -> np.ndarray:
-        """Model views ``CTF * (P[Gaussians] + P[slab])`` (before gain and offset; the CTF
-        only when one is set and ``filtered``). [n, ny, nu]"""
+    def predict(self, index: np.ndarray, params: GaussianParams | None = None) -> np.ndarray:
+        """Model views ``CTF * (P[Gaussians] + P[slab])`` before gain and offset (the CTF
+        when one is set). [n, ny, nu]"""
         from .kernels.gaussian_projector import project_gaussians
 
         params = self.params if params is None else params
@@ -419,7 +399,7 @@ class GaussianReconstruction:
         rendered = project_gaussians(params, self.tilts_deg[index], ny, nu)
         if self.slab.density != 0.0:
             rendered += self._slab_profiles(index)[:, None, :].astype(rendered.dtype)
-        if self.ctf is not None and filtered:
+        if self.ctf is not None:
             rendered = self.ctf.apply(rendered)
         return rendered
 
@@ -457,7 +437,7 @@ class GaussianReconstruction:
             grad = self.ctf.adjoint(grad)
         slab_grad = np.zeros(6)
         if self.slab.density != 0.0:
-            _, jac = self._slab_profiles(selected, jacobian=True)
+            _, jac = self.slab.profiles(tilts, self.nu, with_jacobian=True)
             slab_grad = np.einsum("tu,tup->p", grad.sum(axis=1, dtype=np.float64), jac)
         if self.config.fit_gain:
             self._update_gains(selected, model, measured)
@@ -519,7 +499,7 @@ class GaussianReconstruction:
         from .regularize import random_patch_origin, total_variation
 
         patch = tuple(min(self.config.tv_patch, n) for n in self.shape_zyx)
-        origin = random_patch_origin(self.tv_rng, self.shape_zyx, patch)
+        origin = random_patch_origin(self.rng, self.shape_zyx, patch)
         volume = voxelize_gaussians(self.params, patch, origin_xyz=origin)
         _, grad = total_variation(volume / self.tv_unit, eps=0.01)
         back = voxelize_gaussians_backward(

@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from taichi_etgs.background import (MIN_EXPLAINED, SLAB_PARAMETERS, SlabBackground,
-                                    fit_slab)
+from taichi_etgs.background import MIN_EXPLAINED, SLAB_PARAMETERS, SlabBackground, fit_slab
 from taichi_etgs.transfer import Microscope, ViewFilter
 
 # Midpoint quadrature over a grid that ends 8 edge widths outside each face: the

@@ -14,18 +14,14 @@ from taichi_etgs.projector import forward_project
 from taichi_etgs.reconstruct import GaussianReconstruction, ReconstructConfig
 from taichi_etgs.state import input_checksum, load_state
 
+from .phantoms import gaussian_blobs
+
 TILTS = np.arange(-60.0, 61.0, 10.0)
 SHAPE = (12, 10, 24)
 
 
 def _blobs(seed: int = 3) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    z, y, x = np.meshgrid(*(np.arange(n) + 0.5 - n / 2 for n in SHAPE), indexing="ij")
-    volume = np.zeros(SHAPE)
-    for _ in range(5):
-        c = rng.uniform([-3, -3, -8], [3, 3, 8])
-        volume += np.exp(-((z - c[0]) ** 2 + (y - c[1]) ** 2 + (x - c[2]) ** 2) / (2 * 1.5**2))
-    return volume.astype(np.float32)
+    return gaussian_blobs(SHAPE, 5, 1.5, (3, 3, 8), seed)
 
 
 @pytest.fixture

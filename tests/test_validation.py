@@ -14,8 +14,16 @@ from taichi_etgs.cli import main
 from taichi_etgs.errors import InputError
 from taichi_etgs.io import write_stack
 from taichi_etgs.projector import forward_project
-from taichi_etgs.reconstruct import (GaussianReconstruction, ReconstructConfig, heldout_views,
-                                     reconstruct_halves, robust_range, robust_scale)
+from taichi_etgs.reconstruct import (
+    GaussianReconstruction,
+    ReconstructConfig,
+    heldout_views,
+    reconstruct_halves,
+    robust_range,
+    robust_scale,
+)
+
+from .phantoms import gaussian_blobs
 
 TILTS = np.arange(-60.0, 61.0, 5.0)  # 25 views: two held out
 SHAPE = (12, 10, 32)
@@ -24,13 +32,7 @@ CONFIG = ReconstructConfig(iterations=40, views_per_step=4, max_gaussians=800, i
 
 
 def _specimen(seed: int = 3) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    z, y, x = np.meshgrid(*(np.arange(n) + 0.5 - n / 2 for n in SHAPE), indexing="ij")
-    volume = np.zeros(SHAPE)
-    for _ in range(6):
-        c = rng.uniform([-3, -3, -10], [3, 3, 10])
-        volume += np.exp(-((z - c[0]) ** 2 + (y - c[1]) ** 2 + (x - c[2]) ** 2) / (2 * 1.2**2))
-    return volume.astype(np.float32)
+    return gaussian_blobs(SHAPE, 6, 1.2, (3, 3, 10), seed)
 
 
 @pytest.fixture
