@@ -34,7 +34,7 @@ and sets the half-map FSC, and the full-map estimate drawn from it
 (``sqrt(2 FSC_half / (1 + FSC_half))`` per shell, averaged over the band), beside the
 true band FSC of the full tomogram: does the ground-truth-free estimate tell the truth?
 
-Output (``--out``, default bench/results/sweep): ``sweep.json`` (everything, strict
+Output (``--out``, default bench/results): ``sweep.json`` (everything, strict
 JSON), ``sweep.md`` (one table: best classical vs Gaussians per point) and ``sweep.png``
 (band FSC and wedge band FSC per point). They are rewritten after every point, so an
 interrupted run keeps what it measured, and a run of some ``--points`` replaces those
@@ -504,7 +504,7 @@ def main() -> None:
     parser.add_argument("--halves", action="store_true",
                         help="also run the odd/even half reconstructions (half-map FSC)")
     parser.add_argument("--arch", choices=["cpu", "cuda"], default="cpu")
-    parser.add_argument("--out", type=Path, default=HERE / "results" / "sweep")
+    parser.add_argument("--out", type=Path, default=HERE / "results")
     parser.add_argument("--resimulate", action="store_true",
                         help="simulate again even when cached data match")
     parser.add_argument("--no-structures", action="store_true",
