@@ -35,7 +35,7 @@ from .gaussians import GaussianParams, density_raw_from_densities
 from .geometry import fov_padding
 
 __all__ = ["ReconstructConfig", "Progress", "GaussianReconstruction", "heldout_views",
-           "reconstruct_halves", "robust_range", "robust_scale"]
+           "halves_fsc", "reconstruct_halves", "robust_range", "robust_scale"]
 
 
 @dataclass
@@ -67,7 +67,8 @@ class ReconstructConfig:
     heldout_every: one view in this many (in tilt order) is held out of the fit and only
         scored; the model of the best held-out score is the result (early stop). 0: none.
     validate_every: iterations between two scorings of the held-out views.
-    patience: stop when the held-out score has not improved for this many iterations.
+    patience: stop when for this many iterations every held-out score has been worse than
+        the lowest beyond what the held-out views' noise explains.
     min_scale: floor on every Gaussian's scales, voxels (no sub-voxel needles fitting
         single noisy pixels).
     tv_weight: weight of the 3D total variation of a random voxelised sub-volume per step
@@ -380,6 +381,9 @@ class GaussianReconstruction:
         self._snapshot = None
         self._take_snapshot()
         self._best = None
+        # (lowest held-out loss, its fitted held-out views, their noise variance per view)
+        self._heldout_reference = None
+        self._heldout_energy = 1.0
 
     def _clamp_scales(self) -> None:
         from .densify import clamp_scales
@@ -516,28 +520,64 @@ class GaussianReconstruction:
         per view by least squares): 1 for a model that predicts nothing, the noise's share
         of the views' variance for a perfect one. NaN without held-out views.
         """
+        return self._heldout_fit(params)[0]
+
+    def _heldout_fit(self, params: GaussianParams | None = None
+                     ) -> tuple[float, np.ndarray | None]:
+        """The held-out loss and the fitted predictions ``a r + b`` of the held-out views."""
         if self.heldout.size == 0:
-            return float("nan")
+            return float("nan"), None
         model = self.predict(self.heldout, params).astype(np.float64)
+        fitted = np.empty(model.shape, dtype=np.float32)
         num = den = 0.0
-        for r, m in zip(model, self.measured[self.heldout].astype(np.float64)):
+        for k, (r, m) in enumerate(zip(model, self.measured[self.heldout].astype(np.float64))):
             r = r - r.mean()
-            m = m - m.mean()
+            m_mean = m.mean()
+            m = m - m_mean
             var = float(np.sum(r * r))
             a = float(np.sum(r * m)) / var if var > 0 else 0.0
+            fitted[k] = a * r + m_mean
             num += float(np.sum((m - a * r) ** 2))
             den += float(np.sum(m * m))
-        return num / den if den > 0 else float("nan")
+        return (num / den if den > 0 else float("nan")), fitted
+
+    def _worse_beyond_noise(self, value: float, fitted: np.ndarray) -> bool:
+        """Whether the held-out loss ``value`` exceeds the lowest so far by more than the
+        held-out views' own noise can explain.
+
+        Two models' held-out losses differ by their error on the signal plus a cross term
+        ``2 <noise, prediction difference>`` whose standard deviation is
+        ``2 sqrt(sum_v s_v^2 |d_v|^2)`` (``s_v^2``: the noise variance of view ``v``, at most
+        its residual variance under the best model; ``d_v``: the two predictions'
+        difference). At low dose that term alone moves the loss by more than fitting does,
+        so a loss within two of those standard deviations of the lowest is a tie, and a tie
+        goes to the later model: it has seen more of the data.
+        """
+        lowest, reference, noise_var = self._heldout_reference
+        diff = (fitted.astype(np.float64) - reference).reshape(len(noise_var), -1)
+        spread = 2.0 * np.sqrt(float(np.sum(noise_var * np.einsum("ij,ij->i", diff, diff))))
+        return value > lowest + 2.0 * spread / self._heldout_energy
 
     def validate(self) -> float:
-        """Score the held-out views now; remember the model if it is the best so far."""
-        value = self.heldout_loss()
+        """Score the held-out views now; the model becomes the one to keep unless its score
+        is worse than the lowest so far beyond the held-out views' noise."""
+        value, fitted = self._heldout_fit()
         self.validation["iteration"].append(int(self.iteration))
         self.validation["heldout_loss"].append(value)
-        if self._best is None or value < self._best[0]:
-            self._best = (value, self.params.copy(), self.slab.vector(), self.gains.copy(),
-                          self.iteration)
-            self.best_iteration = self.iteration
+        if not np.isfinite(value):
+            return value
+        if self._heldout_reference is None or value < self._heldout_reference[0]:
+            measured = self.measured[self.heldout].astype(np.float64)
+            residual = (measured - fitted).reshape(len(self.heldout), -1)
+            self._heldout_energy = float(np.sum(
+                (measured - measured.mean(axis=(1, 2), keepdims=True)) ** 2))
+            self._heldout_reference = (value, fitted.astype(np.float64),
+                                       np.mean(residual ** 2, axis=1))
+        elif self._worse_beyond_noise(value, fitted):
+            return value
+        self._best = (value, self.params.copy(), self.slab.vector(), self.gains.copy(),
+                      self.iteration)
+        self.best_iteration = self.iteration
         return value
 
     def _densify_due(self) -> bool:
@@ -590,8 +630,9 @@ class GaussianReconstruction:
         """Iterate until ``config.iterations`` or the early stop, then keep the best model.
 
         The held-out views are scored every ``validate_every`` iterations (and before the
-        first); the run stops early once the score has not improved for ``patience``
-        iterations, and ends on the model of the best score. ``checkpoint`` is called every
+        first); the run stops early once every score for ``patience`` iterations has been
+        worse than the lowest beyond the held-out views' noise, and ends on the last model
+        that was not (:meth:`validate`). ``checkpoint`` is called every
         ``save_every`` steps.
         """
         cfg = self.config
@@ -608,7 +649,7 @@ class GaussianReconstruction:
             stop = bool(self.heldout.size) and self.iteration - self.best_iteration >= cfg.patience
             if stop:
                 info.message = (f"{info.message}; " if info.message else "") + (
-                    f"the held-out views have not improved for {cfg.patience} iterations: "
+                    f"the held-out views have been worse than their best for {cfg.patience} iterations: "
                     f"stopping, the model of iteration {self.best_iteration} is kept")
             if progress is not None:
                 progress(info)
@@ -630,15 +671,15 @@ class GaussianReconstruction:
         self.slab = SlabBackground.from_vector(slab, self.slab.edge)
         self.gains = gains.copy()
 
-    def tomogram(self, voxel_size: float = 1.0, shape_zyx: tuple[int, int, int] | None = None
-                 ) -> np.ndarray:
-        """The model (Gaussians and slab) voxelised on the tomogram grid, in the input views'
-        units. [nz, ny, nx]"""
+    def tomogram(self, voxel_size: float = 1.0, shape_zyx: tuple[int, int, int] | None = None,
+                 include_slab: bool = True) -> np.ndarray:
+        """The model (Gaussians and, unless ``include_slab`` is false, the slab) voxelised
+        on the tomogram grid, in the input views' units. [nz, ny, nx]"""
         from .kernels.voxelizer import voxelize_gaussians
 
         shape = self.shape_zyx if shape_zyx is None else shape_zyx
         volume = voxelize_gaussians(self.params, shape, voxel_size=voxel_size)
-        if self.slab.density != 0.0:
+        if include_slab and self.slab.density != 0.0:
             volume += self.slab.volume(shape, voxel_size)
         return (volume * self.scale).astype(np.float32)
 
@@ -684,6 +725,10 @@ class GaussianReconstruction:
             config.update(_best=[value, slab, gains, iteration],
                           _best_params=[params.means_xyz, params.log_scales,
                                         params.quats_wxyz, params.density_raw])
+        if self._heldout_reference is not None:
+            lowest, fitted, noise_var = self._heldout_reference
+            config.update(_heldout_reference=[lowest, noise_var, self._heldout_energy],
+                          _heldout_reference_views=fitted.astype(np.float32))
         geometry = self.geometry()
         geometry.update(extra_geometry or {})
         save_state(path, self.params, self.adam.state(), self.iteration,
@@ -721,6 +766,12 @@ class GaussianReconstruction:
             self._best = (float(value), params, np.asarray(slab), np.asarray(gains),
                           int(iteration))
             self.best_iteration = int(iteration)
+        if "_heldout_reference" in config:
+            lowest, noise_var, energy = config["_heldout_reference"]
+            self._heldout_reference = (
+                float(lowest), np.asarray(config["_heldout_reference_views"], np.float64),
+                np.asarray(noise_var, dtype=np.float64))
+            self._heldout_energy = float(energy)
         self._take_snapshot()
 
 
@@ -766,3 +817,29 @@ def reconstruct_halves(views: np.ndarray, tilts_deg: np.ndarray, thickness: int,
         run.run(progress=None if progress is None else (lambda info, k=k: progress(k, info)))
         runs.append(run)
     return runs[0], runs[1]
+
+
+def halves_fsc(first: GaussianReconstruction, second: GaussianReconstruction,
+               pixel_size_A: float, voxel_size: float = 1.0,
+               shape_zyx: tuple[int, int, int] | None = None) -> dict:
+    """Half-map FSC of two half reconstructions' specimens (:func:`reconstruct_halves`).
+
+    Only the Gaussians are compared: both halves fit the same seven-parameter ice slab to
+    the same ice, and its faces and ends, hundreds of times the specimen's contrast, would
+    make any two halves agree however noisy their specimens are.
+
+    Parameters
+    ----------
+    first, second: the two finished half runs.
+    pixel_size_A: the views' pixel size, A.
+    voxel_size, shape_zyx: the tomogram grid, as for :meth:`GaussianReconstruction.tomogram`.
+
+    Returns
+    -------
+    :func:`taichi_etgs.metrics.half_map_fsc`'s dictionary.
+    """
+    from .metrics import half_map_fsc
+
+    volumes = [run.tomogram(voxel_size, shape_zyx, include_slab=False)
+               for run in (first, second)]
+    return half_map_fsc(volumes[0], volumes[1], pixel_size_A * voxel_size)
