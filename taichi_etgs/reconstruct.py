@@ -649,8 +649,8 @@ class GaussianReconstruction:
             stop = bool(self.heldout.size) and self.iteration - self.best_iteration >= cfg.patience
             if stop:
                 info.message = (f"{info.message}; " if info.message else "") + (
-                    f"the held-out views have been worse than their best for {cfg.patience} iterations: "
-                    f"stopping, the model of iteration {self.best_iteration} is kept")
+                    f"the held-out views have been worse than their best for {cfg.patience} "
+                    f"iterations: stopping, the model of iteration {self.best_iteration} is kept")
             if progress is not None:
                 progress(info)
             if checkpoint is not None and save_every and self.iteration % save_every == 0:
