@@ -2,12 +2,13 @@
 
     python bench/gpu_check.py [--shape 48,128,128] [--gaussian-iterations 60]
 
-Simulates a small tilt series, runs WBP, SIRT and a short Gaussian reconstruction with
-Taichi on the CPU and then on CUDA (same process, Taichi re-initialised), and prints the
-correlation between the two results and each one's wall time. WBP and SIRT are
-deterministic up to float32 summation order (correlation > 0.9999 expected); the Gaussian
-fit scatters with atomic adds whose order differs, and densification amplifies the
-difference (0.980 seen over 60 iterations), so it agrees less tightly (> 0.95).
+Simulates a small tilt series, runs WBP, SIRT and a short Gaussian reconstruction
+(through the commands' pipeline) with Taichi on the CPU and then on CUDA (same process,
+Taichi re-initialised), and prints the correlation between the two results and each
+one's wall time. WBP and SIRT are deterministic up to float32 summation order
+(correlation > 0.9999 expected); the Gaussian fit scatters with atomic adds whose order
+differs, and densification amplifies the difference (0.980 seen over 60 iterations), so
+it agrees less tightly (> 0.95).
 Exits non-zero when an agreement threshold is missed.
 """
 
@@ -20,17 +21,25 @@ import time
 import numpy as np
 
 
-def run_all(arch: str, views, tilts, nz: int, iterations: int) -> dict:
+def run_all(arch: str, series, nz: int, iterations: int) -> dict:
+    """WBP, SIRT and a short Gaussian fit on ``arch``, through the commands' pipeline."""
     from taichi_etgs import runtime
-    from taichi_etgs.sirt import sirt
-    from taichi_etgs.wbp import weighted_back_projection
+    from taichi_etgs.pipeline import Session, StackSource, VolumeTarget
+    from taichi_etgs.pipeline.classical import run_sirt, run_wbp
+    from taichi_etgs.pipeline.gaussian import GaussianSettings, run_reconstruct
+    from taichi_etgs.reconstruct import ReconstructConfig
 
     runtime.init(arch)
+    session = Session()  # keeps the Taichi just started
+    source, target = StackSource(series), VolumeTarget(nz)
+    config = ReconstructConfig(iterations=iterations, max_gaussians=20_000, densify_from=20,
+                               densify_every=20)
     out = {}
     steps = {
-        "wbp": lambda: weighted_back_projection(views, tilts, nz),
-        "sirt20": lambda: sirt(views, tilts, nz, iterations=20).volume,
-        "gaussians": lambda: _gaussians(views, tilts, nz, iterations),
+        "wbp": lambda: run_wbp(source, target, session=session).volume,
+        "sirt20": lambda: run_sirt(source, target, iterations=20, session=session).volume,
+        "gaussians": lambda: run_reconstruct(source, target, GaussianSettings(config=config),
+                                             session=session).volume,
     }
     for name, fn in steps.items():
         fn()  # warm-up: compiles the kernels
@@ -40,28 +49,19 @@ def run_all(arch: str, views, tilts, nz: int, iterations: int) -> dict:
     return out
 
 
-def _gaussians(views, tilts, nz, iterations):
-    from taichi_etgs.reconstruct import GaussianReconstruction, ReconstructConfig
-
-    run = GaussianReconstruction(views, tilts, nz, ReconstructConfig(
-        iterations=iterations, max_gaussians=20_000, densify_from=20, densify_every=20))
-    run.run()
-    return run.tomogram()
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", default="48,128,128")
     parser.add_argument("--gaussian-iterations", type=int, default=60)
     args = parser.parse_args()
 
-    from taichi_etgs.preprocess import density_views
+    from taichi_etgs.pipeline import StackSource
     from taichi_etgs.simulate import SimulationConfig, simulate_tilt_series
 
     shape = tuple(int(v) for v in args.shape.split(","))
     sim = simulate_tilt_series(SimulationConfig(shape_zyx=shape, seed=1))
-    views = density_views(sim.tilts, "dark")
-    results = {arch: run_all(arch, views, sim.tilts_deg, shape[0], args.gaussian_iterations)
+    series = StackSource.from_arrays(sim.tilts, sim.tilts_deg, sim.pixel_size_A).stack
+    results = {arch: run_all(arch, series, shape[0], args.gaussian_iterations)
                for arch in ("cpu", "cuda")}
     thresholds = {"wbp": 0.9999, "sirt20": 0.9999, "gaussians": 0.95}
     failed = False

@@ -3,8 +3,9 @@
     python bench/run.py --preset small|medium|paper [--arch cpu|cuda] [--methods ...]
 
 Simulates the preset's dataset (or reuses it from bench/data/<preset>/), runs WBP, WBP
-with the SIRT-like filter, SIRT at several iteration counts, the Gaussian reconstruction
-once it exists, and (when ``astra-toolbox`` is installed) ASTRA's CPU FBP and SIRT slice by
+with the SIRT-like filter, SIRT at several iteration counts and the Gaussian
+reconstruction through the same pipeline as the commands (:mod:`taichi_etgs.pipeline`),
+and (when ``astra-toolbox`` is installed) ASTRA's CPU FBP and SIRT slice by
 slice as an external reference. Records quality (PSNR, SSIM, correlation, FSC
 resolutions, missing-wedge FSC, band FSCs), wall time and peak memory per method. Writes
 bench/results/<preset>.json, <preset>.md (a table) and <preset>.png (slices, FSC curves).
@@ -91,39 +92,33 @@ def astra_methods(views: np.ndarray, tilts_deg: np.ndarray, nz: int) -> dict:
             "astra_sirt20": lambda: run("SIRT", 20)}
 
 
-def methods_for(views: np.ndarray, tilts_deg: np.ndarray, nz: int, with_astra: bool
-                ) -> dict[str, Callable[[], np.ndarray]]:
-    from taichi_etgs.sirt import sirt
-    from taichi_etgs.wbp import weighted_back_projection
+def methods_for(series, nz: int, with_astra: bool) -> dict[str, Callable[[], np.ndarray]]:
+    """Each method as the commands run it (the pipeline: the same views, checks and
+    scaling), returning the tomogram in positive density."""
+    from taichi_etgs.pipeline import Session, StackSource, VolumeTarget
+    from taichi_etgs.pipeline.classical import run_sirt, run_wbp
+    from taichi_etgs.pipeline.gaussian import GaussianSettings, run_reconstruct
 
+    session = Session(note=lambda line: print(f"    {line}", flush=True))
+    source = StackSource(series)
+    target = VolumeTarget(nz)
     methods: dict[str, Callable[[], np.ndarray]] = {
-        "wbp": lambda: weighted_back_projection(views, tilts_deg, nz),
-        "wbp_fakesirt20": lambda: weighted_back_projection(views, tilts_deg, nz,
-                                                           fake_sirt_iterations=20),
+        "wbp": lambda: run_wbp(source, target, session=session).volume,
+        "wbp_fakesirt20": lambda: run_wbp(source, target, fake_sirt=20,
+                                          session=session).volume,
     }
     for k in SIRT_ITERATIONS:
-        methods[f"sirt{k}"] = (lambda k=k: sirt(views, tilts_deg, nz, iterations=k).volume)
-    methods["gaussians"] = lambda: gaussian_method(views, tilts_deg, nz)
+        methods[f"sirt{k}"] = (lambda k=k: run_sirt(source, target, iterations=k,
+                                                    session=session).volume)
+    # The Gaussian reconstruction with the command's default settings.
+    methods["gaussians"] = lambda: run_reconstruct(source, target, GaussianSettings(),
+                                                   session=session).volume
     if with_astra:
-        methods.update(astra_methods(views, tilts_deg, nz))
+        from taichi_etgs.preprocess import density_views
+
+        views = density_views(series.data, "dark")
+        methods.update(astra_methods(views, series.tilts_deg, nz))
     return methods
-
-
-def gaussian_method(views: np.ndarray, tilts_deg: np.ndarray, nz: int) -> np.ndarray:
-    """The Gaussian reconstruction with the command's default settings."""
-    from taichi_etgs.reconstruct import GaussianReconstruction, ReconstructConfig
-
-    run = GaussianReconstruction(views, tilts_deg, nz, ReconstructConfig())
-    start = time.perf_counter()
-
-    def progress(info) -> None:
-        if info.iteration % 100 == 0 or info.message:
-            print(f"    {info.iteration}/{info.total} loss {info.loss:.4f} "
-                  f"{info.n_gaussians} Gaussians {time.perf_counter() - start:.0f} s "
-                  f"{info.message}", flush=True)
-
-    run.run(progress=progress)
-    return run.tomogram()
 
 
 def _cell(metrics: dict, key: str, fmt: str) -> str:
@@ -174,16 +169,15 @@ def main() -> None:
     args = parser.parse_args()
 
     from taichi_etgs import runtime
-    from taichi_etgs.metrics import evaluate, json_safe
-    from taichi_etgs.preprocess import density_views
+    from taichi_etgs.metrics import evaluate
+    from taichi_etgs.pipeline import jsonio
 
     runtime.init(args.arch)
     data = load_or_simulate(args.preset, args.resimulate)
     series, truth = data["series"], data["truth"]
-    views = density_views(series.data, "dark")
     nz = truth.shape[0]
     max_tilt = float(np.abs(series.tilts_deg).max())
-    methods = methods_for(views, series.tilts_deg, nz, not args.no_astra)
+    methods = methods_for(series, nz, not args.no_astra)
     if args.methods:
         wanted = args.methods.split(",")
         methods = {k: v for k, v in methods.items() if k in wanted}
@@ -209,7 +203,7 @@ def main() -> None:
               f"specimen band {metrics['specimen_band_fsc']:.3f}", flush=True)
     results = HERE / "results"
     results.mkdir(exist_ok=True)
-    (results / f"{args.preset}.json").write_text(json.dumps(json_safe(report), indent=1))
+    (results / f"{args.preset}.json").write_text(jsonio.dumps(report, indent=1))
     (results / f"{args.preset}.md").write_text(markdown_table(args.preset, report))
     if not args.no_figure:
         from taichi_etgs.figures import comparison_figure

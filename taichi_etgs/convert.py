@@ -106,6 +106,7 @@ import numpy as np
 from ._atomic import atomic_output
 from .errors import InputError
 from .gaussians import GaussianParams, density_raw_from_densities, normalize_quats
+from .pipeline.outputs import check_writable
 
 __all__ = [
     "CSV_COLUMNS",
@@ -496,10 +497,7 @@ def export_gaussians(params: GaussianParams, path: str | PathLike, *,
     if not _all_finite(params):
         raise InputError("the model has non-finite parameters; nothing written", p)
     pos_A = _positions_A(params.means_xyz, float(voxel_size_A), origin, shape_zyx)
-    if p.exists() and not force:
-        raise InputError("exists; use --force to overwrite", p)
-    if not p.parent.is_dir():
-        raise InputError(f"cannot be written: the folder {p.parent} does not exist", p)
+    check_writable(p, force)
 
     scales_A = params.scales().astype(np.float64) * voxel_size_A
     quats = normalize_quats(np.asarray(params.quats_wxyz, dtype=np.float64))

@@ -1,21 +1,21 @@
 """The built-in example: simulate a small tilt series, reconstruct it, compare with the truth.
 
-Runs anywhere (a procedural specimen, no input files) and exercises the same library
-calls as the commands: reading the written stack back, contrast handling, WBP, SIRT,
-evaluation against the ground truth.
+Runs anywhere (a procedural specimen, no input files) and goes through the same pipeline
+as the commands (:mod:`taichi_etgs.pipeline`): the simulated stack is written and read
+back as a user's would be, then reconstructed with WBP, SIRT and Gaussians, each tomogram
+written with its sidecar and scored against the ground truth.
 """
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
 
-import numpy as np
-
-__all__ = ["DemoResult", "run_demo", "DEMO_SHAPE_ZYX"]
+__all__ = ["DemoResult", "run_demo", "DEMO_SHAPE_ZYX", "metrics_table"]
 
 #: Small enough for the whole demo to take about two minutes on two CPU cores.
 DEMO_SHAPE_ZYX = (48, 128, 128)
@@ -33,12 +33,29 @@ class DemoResult:
     metrics: dict[str, dict] = field(default_factory=dict)  # method -> evaluate() output
     seconds: dict[str, float] = field(default_factory=dict)  # method -> wall time
 
+    def table(self) -> str:
+        """The methods' scores as a fixed-width table (:func:`metrics_table`)."""
+        return metrics_table(self.metrics, self.seconds)
+
+
+def metrics_table(metrics: dict[str, dict], seconds: dict[str, float]) -> str:
+    """Methods as rows, the headline metrics as columns (fixed-width text)."""
+    header = (f"{'method':<10} {'time (s)':>8} {'PSNR':>7} {'SSIM':>6} {'corr':>6} "
+              f"{'FSC 0.5 (A)':>11} {'wedge FSC':>9}")
+    rows = [header, "-" * len(header)]
+    for name, m in metrics.items():
+        rows.append(f"{name:<10} {seconds.get(name, float('nan')):>8.1f} {m['psnr']:>7.2f} "
+                    f"{m['ssim']:>6.3f} {m['correlation']:>6.3f} "
+                    f"{m['fsc05_resolution_A']:>11.1f} {m['wedge_fsc']:>9.3f}")
+    return "\n".join(rows)
+
 
 def run_demo(out_dir: str | PathLike, *, force: bool = False, seed: int = 0,
              shape_zyx: tuple[int, int, int] = DEMO_SHAPE_ZYX,
              gaussian_iterations: int = DEMO_GAUSSIAN_ITERATIONS,
              report: Callable[[str], None] = print,
-             progress: Callable[[object], None] | None = None) -> DemoResult:
+             progress: Callable[[object], None] | None = None,
+             session=None) -> DemoResult:
     """Simulate, reconstruct with WBP, SIRT and Gaussians, evaluate; write to ``out_dir``.
 
     Parameters
@@ -50,33 +67,44 @@ def run_demo(out_dir: str | PathLike, *, force: bool = False, seed: int = 0,
     gaussian_iterations: iterations of the Gaussian reconstruction.
     report: receives one line per stage.
     progress: receives the Gaussian reconstruction's :class:`~taichi_etgs.reconstruct.Progress`.
+    session: the pipeline :class:`~taichi_etgs.pipeline.session.Session` (messages,
+        provenance, compute device); default: logging, no sidecars.
 
     Raises
     ------
-    InputError: an output file exists and ``force`` is False.
+    InputError: an output file exists and ``force`` is False (checked before anything
+        is computed), or ``out_dir`` is a file.
     """
-    from .io import load_tilt_series, write_volume
+    from .errors import InputError
     from .metrics import evaluate
-    from .preprocess import density_views, to_output_polarity
-    from .simulate import SimulationConfig, simulate_tilt_series, write_simulation
-    from .sirt import sirt
-    from .wbp import weighted_back_projection
+    from .pipeline.classical import run_sirt, run_wbp
+    from .pipeline.gaussian import GaussianSettings, run_reconstruct
+    from .pipeline.inputs import StackSource
+    from .pipeline.outputs import check_writable
+    from .pipeline.session import Session
+    from .pipeline.simulation import run_simulate
+    from .pipeline.tomograms import VolumeTarget
+    from .simulate import OUTPUT_FILES, SimulationConfig
 
+    session = session or Session()
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    result = DemoResult()
+    if out.exists() and not out.is_dir():
+        raise InputError("exists and is not a folder", out)
     tomograms = {name: out / f"tomogram_{name}.mrc" for name in ("wbp", "sirt", "gaussians")}
-    if not force:
-        from .errors import InputError
-
-        for path in tomograms.values():
-            if path.exists():
-                raise InputError("exists; use --force to overwrite", path)
+    for path in [*tomograms.values(), *(out / name for name in OUTPUT_FILES)]:
+        check_writable(path, force, folder_must_exist=False)
+    config = SimulationConfig(shape_zyx=tuple(shape_zyx), seed=seed)
+    out.mkdir(parents=True, exist_ok=True)
+    session.start_compute()
+    # The stages' own "wrote ..." lines go to the log: the demo reports one line each.
+    quiet = copy.copy(session)
+    quiet.result = None
+    result = DemoResult()
 
     start = time.perf_counter()
-    config = SimulationConfig(shape_zyx=tuple(shape_zyx), seed=seed)
-    simulation = simulate_tilt_series(config)
-    result.files.update(write_simulation(simulation, out, force=force))
+    simulated = run_simulate(config, out, force=force, session=quiet)
+    simulation = simulated.result
+    result.files.update(simulated.files)
     result.seconds["simulate"] = time.perf_counter() - start
     nz = shape_zyx[0]
     report(f"simulated {simulation.tilts.shape[0]} tilts "
@@ -85,36 +113,26 @@ def run_demo(out_dir: str | PathLike, *, force: bool = False, seed: int = 0,
            f"in {result.seconds['simulate']:.1f} s")
 
     # Read back what was written, as a user's stack would be.
-    series = load_tilt_series(result.files["tilts.mrc"], result.files["tilts.tlt"])
-    views = density_views(series.data, "dark")
-    max_tilt = float(np.max(np.abs(series.tilts_deg)))
-    methods: dict[str, Callable[[], np.ndarray]] = {
-        "wbp": lambda: weighted_back_projection(views, series.tilts_deg, nz),
-        "sirt": lambda: sirt(views, series.tilts_deg, nz,
-                             iterations=DEMO_SIRT_ITERATIONS).volume,
-        "gaussians": lambda: _gaussians(views, series.tilts_deg, nz, seed,
-                                        gaussian_iterations, progress),
+    source = StackSource(result.files["tilts.mrc"], angles=result.files["tilts.tlt"])
+    max_tilt = float(abs(simulation.tilts_deg).max())
+    settings = GaussianSettings(iterations=gaussian_iterations,
+                                max_gaussians=DEMO_MAX_GAUSSIANS, seed=seed, save_state=False)
+    methods: dict[str, Callable] = {
+        "wbp": lambda target: run_wbp(source, target, session=quiet),
+        "sirt": lambda target: run_sirt(source, target, iterations=DEMO_SIRT_ITERATIONS,
+                                        session=quiet),
+        "gaussians": lambda target: run_reconstruct(source, target, settings, session=quiet,
+                                                    on_step=progress),
     }
-    for name, reconstruct in methods.items():
+    for name, method in methods.items():
         start = time.perf_counter()
-        volume = reconstruct()
+        tomogram = method(VolumeTarget(nz, tomograms[name], force=force))
         result.seconds[name] = time.perf_counter() - start
-        write_volume(tomograms[name], to_output_polarity(volume, "dark", "input"),
-                     series.pixel_size_A, force=force,
-                     labels=[f"taichi-etgs demo: {name}"])
         result.files[name] = tomograms[name]
-        result.metrics[name] = evaluate(volume, simulation.ground_truth, series.pixel_size_A,
-                                        max_tilt)
+        result.metrics[name] = evaluate(tomogram.volume, simulation.ground_truth,
+                                        tomogram.voxel_size_A, max_tilt)
+        quiet.write_sidecar(tomograms[name], {"what": f"demo {name}", **tomogram.info,
+                                              "metrics": result.metrics[name],
+                                              "seconds": result.seconds[name]})
         report(f"{name}: {result.seconds[name]:.1f} s -> {tomograms[name]}")
     return result
-
-
-def _gaussians(views: np.ndarray, tilts_deg: np.ndarray, thickness: int, seed: int,
-               iterations: int, progress) -> np.ndarray:
-    from .reconstruct import GaussianReconstruction, ReconstructConfig
-
-    config = ReconstructConfig(iterations=iterations, max_gaussians=DEMO_MAX_GAUSSIANS,
-                               seed=seed)
-    run = GaussianReconstruction(views, tilts_deg, thickness, config)
-    run.run(progress=progress)
-    return run.tomogram()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from os import PathLike
 
-__all__ = ["InputError"]
+__all__ = ["InputError", "RunFailure"]
 
 
 class InputError(ValueError):
@@ -23,3 +23,8 @@ class InputError(ValueError):
             where = self.path if line is None else f"{self.path}, line {line}"
             where += ": "
         super().__init__(where + message)
+
+
+class RunFailure(Exception):
+    """A run that could not finish for a reason outside the input (a full disk while
+    saving): the CLI prints ``error: <message>`` and exits with 1."""

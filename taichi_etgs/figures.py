@@ -18,6 +18,7 @@ import numpy as np
 
 from ._atomic import atomic_output
 from .errors import InputError
+from .pipeline.outputs import check_writable
 
 __all__ = ["comparison_figure", "evaluation_figure"]
 
@@ -131,12 +132,7 @@ def evaluation_figure(recon: np.ndarray, reference: np.ndarray, metrics: dict,
 
 
 def _check_target(path: str | PathLike, force: bool) -> Path:
-    p = Path(path)
-    if p.exists() and not force:
-        raise InputError("exists; use --force to overwrite", p)
-    if not p.parent.is_dir():
-        raise InputError(f"cannot be written: the folder {p.parent} does not exist", p)
-    return p
+    return check_writable(path, force)
 
 
 def _save(fig, p: Path) -> Path:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
-import math
 import os
 import platform
 import shlex
@@ -38,6 +37,8 @@ from pathlib import Path
 from typing import Any
 
 from ._atomic import write_text_atomic
+from .pipeline import jsonio
+from .pipeline.jsonio import to_jsonable
 
 __all__ = [
     "CHECKSUM_MAX_BYTES",
@@ -75,27 +76,6 @@ def sidecar_path(output: str | PathLike) -> Path:
     """The sidecar of an output: its name with ``.json`` appended. ``tomo.mrc.json``"""
     p = Path(output)
     return p.with_name(p.name + SIDECAR_SUFFIX)
-
-
-def _jsonable(value: Any) -> Any:
-    """Plain JSON values: paths as text, tuples as lists, numpy scalars and arrays as
-    numbers and lists, NaN and Inf as null (the sidecar is strict JSON)."""
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (str, bool)) or value is None:
-        return value
-    if isinstance(value, int):
-        return int(value)
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, PathLike):
-        return os.fspath(value)
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return [_jsonable(v) for v in value]
-    tolist = getattr(value, "tolist", None)  # numpy scalars and arrays
-    if callable(tolist):
-        return _jsonable(tolist())
-    return str(value)
 
 
 def file_record(path: str | PathLike, role: str, *,
@@ -160,7 +140,7 @@ def write_sidecar(output: str | PathLike, record: Mapping) -> Path:
     OSError when the folder refuses the write (the previous sidecar, if any, is kept).
     """
     path = sidecar_path(output)
-    text = json.dumps(_jsonable(record), indent=1, allow_nan=False) + "\n"
+    text = jsonio.dumps(record, indent=1) + "\n"
     write_text_atomic(path, text)
     return path
 
@@ -255,9 +235,9 @@ class Provenance:
             "command_line": list(self.command_line),
             "command_line_text": shlex.join(list(self.command_line)),
             "working_directory": _cwd(),
-            "parameters": _jsonable(self.parameters),
+            "parameters": to_jsonable(self.parameters),
             "inputs": list(self.inputs),
-            "result": _jsonable(dict(result or {})),
+            "result": to_jsonable(dict(result or {})),
             "started": _iso(self.started),
             "finished": _iso(finished),
             "seconds": round(time.perf_counter() - self._clock, 3),

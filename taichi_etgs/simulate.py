@@ -36,7 +36,6 @@ so changing the noise model keeps the specimen.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -47,6 +46,8 @@ import numpy as np
 
 from ._atomic import write_text_atomic
 from .errors import InputError
+from .pipeline import jsonio
+from .pipeline.outputs import check_writable
 from .specimen import (
     Grid,
     Specimen,
@@ -490,10 +491,8 @@ def write_simulation(result: SimulationResult, out_dir: str | PathLike, force: b
     if out.exists() and not out.is_dir():
         raise InputError("exists and is not a folder", out)
     paths = {name: out / name for name in OUTPUT_FILES}
-    existing = [str(p) for p in paths.values() if p.exists()]
-    if existing and not force:
-        raise InputError(f"{', '.join(existing)} exist{'s' if len(existing) == 1 else ''}; "
-                         f"use --force to overwrite")
+    for path in paths.values():
+        check_writable(path, force, folder_must_exist=False)
     out.mkdir(parents=True, exist_ok=True)
     cfg = result.config
     label = (f"taichi-etgs {__version__} simulate seed={cfg.get('seed')} "
@@ -509,6 +508,5 @@ def write_simulation(result: SimulationResult, out_dir: str | PathLike, force: b
                 "shape_zyx": list(result.ground_truth.shape),
                 "tilts_deg": np.asarray(result.tilts_deg).tolist(),
                 "config": cfg, "derived": result.info}
-    write_text_atomic(paths["simulation.json"],
-                       json.dumps(document, indent=1, allow_nan=False) + "\n")
+    write_text_atomic(paths["simulation.json"], jsonio.dumps(document, indent=1) + "\n")
     return paths

@@ -39,8 +39,6 @@ a hidden ``.<name>.<random>.tmp`` next to the state, harmless and safe to delete
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 from dataclasses import dataclass, field, fields
 from os import PathLike
 from pathlib import Path
@@ -52,6 +50,8 @@ from ._atomic import atomic_output
 from .errors import InputError
 from .gaussians import GaussianParams
 from .optim import GROUPS, AdamState
+from .pipeline import jsonio
+from .pipeline.outputs import check_writable
 
 __all__ = [
     "FORMAT_NAME",
@@ -99,35 +99,15 @@ def input_checksum(array: np.ndarray) -> str:
 
 
 # ----------------------------------------------------------------------------------------
-# JSON with numpy values
+# JSON with numpy values (the package's one encoder, in its exact mode)
 # ----------------------------------------------------------------------------------------
 
-_ND_TAG = "__ndarray__"
-
-
-def _to_jsonable(obj: Any) -> Any:
-    if isinstance(obj, np.ndarray):
-        return {_ND_TAG: obj.tolist(), "dtype": obj.dtype.str, "shape": list(obj.shape)}
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, PathLike):
-        return os.fspath(obj)
-    raise TypeError(f"cannot store a value of type {type(obj).__name__} in a state file "
-                    f"(JSON numbers, strings, lists, dicts and numpy arrays only)")
-
-
-def _from_jsonable(obj: dict) -> Any:
-    if _ND_TAG in obj and set(obj) == {_ND_TAG, "dtype", "shape"}:
-        return np.array(obj[_ND_TAG], dtype=np.dtype(obj["dtype"])).reshape(obj["shape"])
-    return obj
-
-
 def _dumps(obj: Any) -> str:
-    return json.dumps(obj, default=_to_jsonable, allow_nan=True)
+    return jsonio.dumps(obj, exact=True)
 
 
 def _loads(text: str) -> Any:
-    return json.loads(text, object_hook=_from_jsonable)
+    return jsonio.loads(text)
 
 
 # ----------------------------------------------------------------------------------------
@@ -236,14 +216,7 @@ def save_state(path: str | PathLike, params: GaussianParams, adam_state: AdamSta
 
     from . import __version__
 
-    p = Path(path)
-    folder = p.parent
-    if not folder.is_dir():
-        raise InputError(f"cannot be written: the folder {folder} does not exist", p)
-    if p.is_dir():
-        raise InputError("is a folder; give a file name for the state", p)
-    if p.exists() and not force:
-        raise InputError("exists; use --force to overwrite", p)
+    p = check_writable(path, force, what="state")
     if adam_state is not None and not (adam_state.exp_avg.n == adam_state.exp_avg_sq.n
                                        == params.n):
         raise ValueError(f"Adam moments are for {adam_state.exp_avg.n} Gaussians, the "

@@ -22,6 +22,7 @@ import numpy as np
 
 from .._atomic import atomic_output
 from ..errors import InputError
+from ..pipeline.outputs import check_writable
 from ._files import existing_file
 
 __all__ = [
@@ -266,13 +267,7 @@ def _write_mrc(path: str | PathLike, array: np.ndarray, spacing_A: float, *, for
         raise ValueError(f"voxel size must be a positive number of Angstrom, got {spacing_A}")
     if isinstance(labels, str):
         labels = [labels]
-    folder = p.parent
-    if not folder.is_dir():
-        raise InputError(f"cannot be written: the folder {folder} does not exist", p)
-    if p.is_dir():
-        raise InputError("is a folder; give a file name for the output", p)
-    if p.exists() and not force:
-        raise InputError("exists; use --force to overwrite", p)
+    check_writable(p, force)
     data = np.ascontiguousarray(array, dtype=np.float32)
     for k in range(data.shape[0]):
         if not np.isfinite(data[k]).all():

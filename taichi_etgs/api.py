@@ -1,0 +1,168 @@
+"""The Python API: what the commands do, as functions.
+
+Each function is the command of the same name with its options as keyword arguments, and
+goes through the same pipeline (:mod:`taichi_etgs.pipeline`): the same checks, the same
+tomogram (written with its provenance sidecar when ``output`` is given), and a result
+object instead of printed lines. They are available from the package itself::
+
+    import taichi_etgs
+
+    tomo = taichi_etgs.reconstruct("TS_01.mrc", "TS_01.tlt", thickness=300, binning=4,
+                                   output="TS_01_gs.mrc")
+    tomo.volume            # (z, y, x) float32, positive density
+    quick = taichi_etgs.wbp(images, angles_deg, thickness=64)   # arrays work too
+
+A tilt series is given as a stack file with its angles file (``angles=None``: the
+stack's sibling ``.tlt``/``.rawtlt``/``.mdoc``), as images ``[n, ny, nx]`` with their
+angles in degrees, or as a :class:`~taichi_etgs.io.TiltSeries`. Messages go to
+logging (the ``taichi_etgs`` logger) and warnings are Python warnings. ``arch`` and
+``threads`` start Taichi as ``--arch``/``--threads`` do; ``arch=None`` keeps the running
+Taichi (or starts ``auto``). Importing :mod:`taichi_etgs` imports none of this until
+one of the functions is used.
+"""
+
+from __future__ import annotations
+
+from os import PathLike
+from typing import Any
+
+__all__ = ["evaluate", "reconstruct", "simulate", "sirt", "wbp"]
+
+
+def _source(stack, angles, pixel_size, contrast, read: dict):
+    from .io import TiltSeries
+    from .pipeline.inputs import StackSource
+
+    if isinstance(stack, (str, PathLike)):
+        return StackSource(stack, angles=angles, pixel_size=pixel_size, contrast=contrast,
+                           **read)
+    if isinstance(stack, TiltSeries):
+        return StackSource(stack, contrast=contrast)
+    if angles is None:
+        from .errors import InputError
+
+        raise InputError("images given as an array need their tilt angles (degrees)")
+    return StackSource.from_arrays(stack, angles, pixel_size or 0.0, contrast)
+
+
+def _session(command: str, parameters: dict, arch, threads):
+    from .pipeline.session import Session
+
+    return Session.for_python(command, parameters, arch=arch, threads=threads)
+
+
+def _target(thickness, output, width, output_contrast, force):
+    from .pipeline.tomograms import VolumeTarget
+
+    return VolumeTarget(thickness, output, width=width, output_contrast=output_contrast,
+                        force=force)
+
+
+def wbp(stack, angles=None, *, thickness: int, output=None, width: int | None = None,
+        binning: int = 1, contrast: str = "dark", output_contrast: str = "input",
+        pixel_size: float | None = None, radial: tuple[float, float] = (0.35, 0.035),
+        fake_sirt: int = 0, force: bool = False, arch: str | None = None,
+        threads: int | None = None, **read: Any):
+    """Weighted back-projection (``taichi-etgs wbp``).
+
+    stack, angles: the tilt series (see the module docstring).
+    thickness, width: the tomogram's NZ and NX in (binned) voxels.
+    output: the MRC to write (None: returned only).
+    binning, contrast, output_contrast, pixel_size, force: as the command's options.
+    radial, fake_sirt: the filter (IMOD's radial cutoff and falloff; FakeSIRTiterations).
+    read: more reading options (``xf``, ``aln``, ``apply_aln``, ``aligned``,
+        ``exclude_views``).
+
+    Returns a :class:`~taichi_etgs.pipeline.tomograms.TomogramResult` (``.volume``).
+    """
+    from .pipeline.classical import run_wbp
+
+    session = _session("wbp", locals(), arch, threads)
+    return run_wbp(_source(stack, angles, pixel_size, contrast, dict(read, binning=binning)),
+                   _target(thickness, output, width, output_contrast, force),
+                   radial=radial, fake_sirt=fake_sirt, session=session)
+
+
+def sirt(stack, angles=None, *, thickness: int, output=None, iterations: int = 20,
+         relaxation: float = 1.0, positivity: bool = False, width: int | None = None,
+         binning: int = 1, contrast: str = "dark", output_contrast: str = "input",
+         pixel_size: float | None = None, force: bool = False, arch: str | None = None,
+         threads: int | None = None, **read: Any):
+    """SIRT (``taichi-etgs sirt``); arguments as :func:`wbp`, and ``iterations``,
+    ``relaxation`` (in (0, 2)) and ``positivity``.
+
+    Returns a :class:`~taichi_etgs.pipeline.tomograms.TomogramResult`.
+    """
+    from .pipeline.classical import run_sirt
+
+    session = _session("sirt", locals(), arch, threads)
+    return run_sirt(_source(stack, angles, pixel_size, contrast, dict(read, binning=binning)),
+                    _target(thickness, output, width, output_contrast, force),
+                    iterations=iterations, relaxation=relaxation, positivity=positivity,
+                    session=session)
+
+
+def reconstruct(stack, angles=None, *, thickness: int, output=None,
+                width: int | None = None, binning: int = 1, contrast: str = "dark",
+                output_contrast: str = "input", pixel_size: float | None = None,
+                force: bool = False, arch: str | None = None, threads: int | None = None,
+                read: dict | None = None, **settings: Any):
+    """The Gaussian reconstruction (``taichi-etgs reconstruct``).
+
+    stack, angles, thickness, output, width, binning, contrast, output_contrast,
+    pixel_size, force, arch, threads: as :func:`wbp`.
+    read: more reading options (``xf``, ``aln``, ``apply_aln``, ``aligned``,
+        ``exclude_views``).
+    settings: :class:`~taichi_etgs.pipeline.gaussian.GaussianSettings` fields:
+        ``iterations``, ``max_gaussians``, ``views_per_step``, ``init``, ``tilt_weight``,
+        ``seed``, ``heldout_every``, ``defocus_um`` (and ``voltage_kV``, ``cs_mm``,
+        ``amplitude_contrast``), ``voxel_size``, ``halves``, ``state`` (default with an
+        output: OUTPUT.state.h5), ``save_every``, ``resume``, or ``config`` (a whole
+        :class:`~taichi_etgs.reconstruct.ReconstructConfig`).
+
+    Returns a :class:`~taichi_etgs.pipeline.gaussian.ReconstructResult` (``.volume``,
+    ``.run`` with the model, ``.validation``).
+    """
+    from .pipeline.gaussian import GaussianSettings, run_reconstruct
+
+    session = _session("reconstruct", locals(), arch, threads)
+    return run_reconstruct(
+        _source(stack, angles, pixel_size, contrast, dict(read or {}, binning=binning)),
+        _target(thickness, output, width, output_contrast, force),
+        GaussianSettings(**settings), session=session)
+
+
+def simulate(output_dir=None, *, force: bool = False, arch: str | None = None,
+             threads: int | None = None, **config: Any):
+    """Simulate a tilt series with its ground truth (``taichi-etgs simulate``).
+
+    output_dir: where to write ``tilts.mrc``, ``tilts.tlt``, ``ground_truth.mrc`` and
+        ``simulation.json`` (None: nothing is written).
+    config: :class:`~taichi_etgs.simulate.SimulationConfig` fields (``shape_zyx``,
+        ``pixel_size_A``, ``tilt_min_deg``, ``noise``, ``snr``, ``seed``, ...).
+
+    Returns a :class:`~taichi_etgs.pipeline.simulation.Simulated` (``.result.tilts``,
+    ``.result.tilts_deg``, ``.result.ground_truth``, ``.files``).
+    """
+    from .pipeline.simulation import run_simulate
+    from .simulate import SimulationConfig
+
+    session = _session("simulate", locals(), arch, threads)
+    return run_simulate(SimulationConfig(**config), output_dir, force=force, session=session)
+
+
+def evaluate(recon, reference=None, *, half2=None, voxel_size: float | None = None,
+             max_tilt: float | None = None, angles=None, json_path=None, figure_path=None,
+             force: bool = False):
+    """Score a tomogram (``taichi-etgs evaluate``): against a reference (PSNR, SSIM, FSC,
+    missing-wedge FSC) or, with ``half2``, a half-map FSC. Volumes are MRC files or
+    arrays (z, y, x).
+
+    Returns a :class:`~taichi_etgs.pipeline.simulation.Evaluation` (``.metrics``).
+    """
+    from .pipeline.simulation import run_evaluate
+
+    session = _session("evaluate", locals(), None, None)
+    return run_evaluate(recon, reference, half2=half2, voxel_size=voxel_size,
+                        max_tilt=max_tilt, angles=angles, json_path=json_path,
+                        figure_path=figure_path, force=force, session=session)

@@ -1,0 +1,70 @@
+"""``wbp`` and ``sirt``: the classical reconstructions."""
+
+from __future__ import annotations
+
+import click
+
+from ..pipeline.classical import run_sirt, run_wbp
+from .app import cli, command, session
+from .options import parse_radial, runtime_options, stack_options, volume_options
+
+
+@cli.command()
+@command
+@stack_options
+@volume_options
+@click.option("--radial", default="0.35,0.035", show_default=True, metavar="CUTOFF,FALLOFF",
+              help="IMOD radial filter: the ramp is flat to CUTOFF, then falls as a Gaussian "
+                   "of width FALLOFF (both cycles/pixel, Nyquist = 0.5).")
+@click.option("--fake-sirt", "fake_sirt", type=click.IntRange(min=0), default=0, metavar="N",
+              show_default=True,
+              help="Shape the filter like N SIRT iterations (IMOD's FakeSIRTiterations): "
+                   "smoother, higher-contrast tomograms. 0 = plain weighted back-projection.")
+@runtime_options
+def wbp(source, target, radial, fake_sirt):
+    """Weighted back-projection of STACK into a tomogram (fast; the classical baseline).
+
+    STACK is an MRC tilt series (.mrc, .st, .ali; one view per section) with the tilt
+    axis along Y: aligned (IMOD .ali) or aligned on load with --xf or --aln --apply-aln.
+
+    Each view is filtered with the ramp times IMOD's radial low-pass, then smeared back
+    through the volume. Seconds to minutes; sharp but noisy and streaky along the
+    missing wedge. The memory it needs is checked before it starts (-v shows the estimate).
+
+    \b
+    Example:
+      taichi-etgs wbp TS_01.ali --angles TS_01.tlt --binning 4 --thickness 300 -o TS_01_wbp.mrc
+    """
+    run_wbp(source, target, radial=parse_radial(radial), fake_sirt=fake_sirt,
+            session=session())
+
+
+@cli.command()
+@command
+@stack_options
+@volume_options
+@click.option("--iterations", type=click.IntRange(min=1), metavar="N", default=20,
+              show_default=True,
+              help="SIRT iterations: more sharpens detail and noise alike (10-30 is usual).")
+@click.option("--relaxation", type=float, default=1.0, show_default=True,
+              help="Step size lambda, in (0, 2).")
+@click.option("--positivity", is_flag=True,
+              help="Clamp negative density to zero each iteration (only meaningful when the "
+                   "background is zero, e.g. isolated simulated specimens).")
+@runtime_options
+def sirt(source, target, iterations, relaxation, positivity):
+    """SIRT reconstruction of STACK (row- and column-normalised, from zero).
+
+    STACK is an MRC tilt series with the tilt axis along Y, as for wbp.
+
+    Iterative: each iteration projects the volume, compares with the views and
+    back-projects the difference. Smoother and higher in contrast than WBP, at
+    about two WBPs per iteration. Shows a progress bar with the residual.
+
+    \b
+    Example:
+      taichi-etgs sirt TS_01.ali --angles TS_01.tlt --binning 4 --thickness 300 \\
+          --iterations 20 -o TS_01_sirt.mrc
+    """
+    run_sirt(source, target, iterations=iterations, relaxation=relaxation,
+             positivity=positivity, session=session())

@@ -1,0 +1,101 @@
+"""``reconstruct``: the Gaussian reconstruction (the CryoETGS method)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..pipeline.gaussian import GaussianSettings, run_reconstruct
+from .app import cli, command, session
+from .options import runtime_options, stack_options, volume_options
+
+
+@cli.command()
+@command
+@stack_options
+@volume_options
+@click.option("--iterations", type=click.IntRange(min=1), metavar="N", default=None,
+              help="Optimisation steps [default: 600; with --resume: the saved run's].")
+@click.option("--max-gaussians", type=click.IntRange(min=1), default=60_000, show_default=True,
+              metavar="N",
+              help="Upper bound on the model's size (memory and time grow with it).")
+@click.option("--views-per-step", type=click.IntRange(min=1), default=8, show_default=True,
+              metavar="N",
+              help="Tilt views rendered and compared per step.")
+@click.option("--init", "init", default="sirt", show_default=True, metavar="sirt|wbp|FILE",
+              help="What seeds the model: a SIRT or WBP reconstruction of the same data, a "
+                   "tomogram (.mrc, same size and polarity as the output), or a state file "
+                   "(.h5) to refine with new settings or data.")
+@click.option("--tilt-weight", type=click.Choice(["cos", "uniform", "etgs"]), default="cos",
+              show_default=True,
+              help="Per-view weight of the loss: high tilts are thicker and noisier.")
+@click.option("--seed", type=int, default=0, show_default=True, metavar="N",
+              help="Seeds initialisation, view order and densification.")
+@click.option("--state", "state_path", type=click.Path(dir_okay=False, path_type=Path),
+              default=None,
+              help="HDF5 state file, saved every --save-every steps, at the end and on Ctrl-C "
+                   "[default: OUTPUT with .state.h5].")
+@click.option("--save-every", type=click.IntRange(min=0), default=100, show_default=True,
+              metavar="N",
+              help="Save the state every N steps (0: only at the end).")
+@click.option("--resume", "resume_path", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, help="Continue an interrupted run from its state file.")
+@click.option("--voxel-size", type=float, default=None, metavar="A",
+              help="Voxel size of the written tomogram in A [default: the stack's pixel size].")
+@click.option("--halves", is_flag=True,
+              help="Also reconstruct the odd and the even tilts independently: writes "
+                   "OUTPUT_half1.mrc and OUTPUT_half2.mrc and their Fourier shell correlation "
+                   "(in the log and the JSON sidecar), to judge the tomogram without a ground "
+                   "truth or to feed a denoiser. About twice the time.")
+@click.option("--heldout-every", type=click.IntRange(min=0), default=10, show_default=True,
+              metavar="N",
+              help="Hold one view in N (in tilt order) out of the fit to validate it: the "
+                   "model that predicts them best is written (early stop). 0: fit all views.")
+@click.option("--defocus", "defocus_um", type=click.FloatRange(min=0), default=0.0,
+              metavar="UM",
+              help="Underfocus of the series in micrometres (positive): puts the CTF in the "
+                   "model, so that it fits the specimen's potential, not a CTF-filtered image "
+                   "[default: none, for phase-flipped or CTF-corrected stacks].")
+@click.option("--voltage", "voltage_kV", type=click.FloatRange(min=1), default=300.0,
+              show_default=True, metavar="KV", help="Acceleration voltage (with --defocus).")
+@click.option("--cs", "cs_mm", type=click.FloatRange(min=0), default=2.7, show_default=True,
+              metavar="MM", help="Spherical aberration (with --defocus).")
+@click.option("--amplitude-contrast", type=click.FloatRange(min=0, max=0.99), default=0.07,
+              show_default=True, metavar="W", help="Amplitude contrast (with --defocus).")
+@runtime_options
+def reconstruct(source, target, iterations, max_gaussians, views_per_step, init, tilt_weight,
+                seed, state_path, save_every, resume_path, voxel_size, halves, heldout_every,
+                defocus_um, voltage_kV, cs_mm, amplitude_contrast):
+    """Reconstruct STACK as adaptive 3D Gaussians (the CryoETGS method).
+
+    STACK is an MRC tilt series with the tilt axis along Y, as for wbp.
+
+    The model is seeded from a classical reconstruction, then fitted to the views through a
+    differentiable projector (tilt-weighted L1 + D-SSIM), growing where the fit needs it.
+    An ice slab (faces and ends fitted to the data), per-view gain and offset, and with
+    --defocus the CTF, carry what is not specimen. One view in --heldout-every is kept out
+    of the fit: the model that predicts those views best is written, so a noisy series is
+    not over-fitted; the held-out scores go to the log and to OUTPUT.json. The tomogram is
+    the model voxelised at the stack's pixel size (or --voxel-size).
+
+    The run's state (model, optimiser, random generator) is saved to OUTPUT.state.h5
+    every --save-every steps, at the end, and on Ctrl-C or SIGTERM (exit codes 130 and
+    143); continue with --resume. The state never replaces an earlier run's without
+    --force. Memory and disk are checked before any work: a run that will not fit is
+    refused with the option that makes it fit.
+
+    \b
+    Example:
+      taichi-etgs reconstruct TS_01.ali --angles TS_01.tlt --binning 4 --thickness 300 \\
+          -o TS_01_gs.mrc
+      taichi-etgs reconstruct TS_01.ali --angles TS_01.tlt --binning 4 --thickness 300 \\
+          -o TS_01_gs.mrc --resume TS_01_gs.state.h5        # after an interruption
+    """
+    settings = GaussianSettings(
+        iterations=iterations, max_gaussians=max_gaussians, views_per_step=views_per_step,
+        init=init, tilt_weight=tilt_weight, seed=seed, heldout_every=heldout_every,
+        defocus_um=defocus_um, voltage_kV=voltage_kV, cs_mm=cs_mm,
+        amplitude_contrast=amplitude_contrast, voxel_size=voxel_size, halves=halves,
+        state=state_path, save_every=save_every, resume=resume_path)
+    run_reconstruct(source, target, settings, session=session())

@@ -1,0 +1,193 @@
+"""Options several commands share, and the parsers of option texts.
+
+Shared options become pipeline objects before the command sees them: the STACK options
+a :class:`~taichi_etgs.pipeline.inputs.StackSource` (``source``), the tomogram options
+a :class:`~taichi_etgs.pipeline.tomograms.VolumeTarget` (``target``), and ``--arch`` and
+``--threads`` start the session's compute device.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import click
+import numpy as np
+
+from ..errors import InputError
+from .app import session, warn
+
+__all__ = ["parse_angles", "parse_int_triple", "parse_radial", "parse_size",
+           "parse_tilt_range", "runtime_options", "stack_options", "volume_options"]
+
+STACK_NAMES = ("stack", "angles", "xf", "aln", "apply_aln", "aligned", "exclude_views",
+               "binning", "pixel_size", "contrast")
+VOLUME_NAMES = ("output", "thickness", "width", "output_contrast", "force")
+
+
+def stack_options(func=None, *, required: bool = True):
+    """Options that say how to read a tilt series (every command that takes a STACK);
+    the command receives them as ``source`` (None when STACK is not given)."""
+    if func is None:
+        return functools.partial(stack_options, required=required)
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        values = {name: kwargs.pop(name) for name in STACK_NAMES}
+        from ..pipeline.inputs import StackSource
+
+        source = None if values["stack"] is None else StackSource(**values)
+        return func(*args, source=source, **kwargs)
+
+    decorators = [
+        click.argument("stack", type=click.Path(dir_okay=False, path_type=Path),
+                       required=required),
+        click.option("--angles", "angles", type=click.Path(dir_okay=False, path_type=Path),
+                     help="Tilt angles: .tlt/.rawtlt (one per line, degrees), SerialEM .mdoc "
+                          "or AreTomo .aln. Default: STACK's sibling .tlt/.rawtlt/.mdoc. "
+                          "Not with --aln, which gives the angles itself."),
+        click.option("--xf", "xf", type=click.Path(dir_okay=False, path_type=Path),
+                     help="IMOD .xf transforms (one line per raw view) applied on load."),
+        click.option("--aln", "aln", type=click.Path(dir_okay=False, path_type=Path),
+                     help="AreTomo .aln: tilt angles and the sections it kept."),
+        click.option("--apply-aln", is_flag=True,
+                     help="Also apply the .aln's rotation (ROT) and shifts (TX, TY): for a raw, "
+                          "unaligned stack."),
+        click.option("--aligned", is_flag=True,
+                     help="STACK is aligned (tilt axis along Y) although its SerialEM .mdoc "
+                          "gives a tilt axis away from Y: reconstruct it as it is."),
+        click.option("--exclude-views", default=None, metavar="LIST",
+                     help="Views to leave out, 0-based indices into STACK: '0,1,40' or '0-2,40'."),
+        click.option("--binning", type=click.IntRange(min=1), default=1, show_default=True,
+                     metavar="B",
+                     help="Average-bin the images by this factor in X and Y on load "
+                          "(reconstruct binned first: 10-20 A voxels)."),
+        click.option("--pixel-size", "pixel_size", metavar="A", default=None,
+                     type=click.FloatRange(min=0, min_open=True, max=1e6),
+                     help="Pixel size of STACK in A, before --binning [default: the MRC "
+                          "header's, else the .mdoc's PixelSpacing]."),
+        click.option("--contrast", type=click.Choice(["dark", "bright"]), default="dark",
+                     show_default=True,
+                     help="How density looks in the images: dark (raw cryo-EM) or bright."),
+    ]
+    for decorator in reversed(decorators):
+        wrapper = decorator(wrapper)
+    return wrapper
+
+
+def volume_options(func=None, *, required: bool = True, note: str = ""):
+    """The tomogram's size, file and polarity; the command receives them as ``target``
+    (None when the output or the thickness is not given)."""
+    if func is None:
+        return functools.partial(volume_options, required=required, note=note)
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        values = {name: kwargs.pop(name) for name in VOLUME_NAMES}
+        from ..pipeline.tomograms import VolumeTarget
+
+        target = (None if values["output"] is None or values["thickness"] is None
+                  else VolumeTarget(**values))
+        return func(*args, target=target, **kwargs)
+
+    decorators = [
+        click.option("-o", "--output", required=required,
+                     type=click.Path(dir_okay=False, path_type=Path),
+                     help="Tomogram to write (MRC, Z Y X), with its sidecar OUTPUT.json."
+                          + note),
+        click.option("--thickness", required=required, type=click.IntRange(min=1),
+                     metavar="NZ", help="Tomogram thickness NZ in (binned) voxels." + note),
+        click.option("--width", type=click.IntRange(min=1), default=None, metavar="NX",
+                     help="Tomogram width NX in voxels (default: the image width)."),
+        click.option("--output-contrast", type=click.Choice(["input", "bright", "dark"]),
+                     default="input", show_default=True,
+                     help="Polarity of the tomogram: like the input images, or as asked."),
+        click.option("--force", is_flag=True,
+                     help="Overwrite the output if it exists; also accept tilt angles that "
+                          "look like radians (all under 2 degrees) as degrees."),
+    ]
+    for decorator in reversed(decorators):
+        wrapper = decorator(wrapper)
+    return wrapper
+
+
+def runtime_options(func):
+    """--arch and --threads: the session's compute device, started here."""
+
+    @click.option("--arch", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
+                  show_default=True, help="Compute device: auto picks CUDA when a GPU is usable.")
+    @click.option("--threads", type=click.IntRange(min=1), default=None, metavar="N",
+                  help="CPU threads (default: all cores).")
+    @functools.wraps(func)
+    def wrapper(*args, arch: str, threads: int | None, **kwargs):
+        current = session()
+        current.arch, current.threads = arch, threads
+        current.start_compute()
+        return func(*args, **kwargs)
+
+    return wrapper
+
+
+# -- option texts --
+
+
+def parse_tilt_range(text: str, option: str, alternative: str = "",
+                     old_commas: bool = False) -> tuple[float, float, float]:
+    """``START:STOP:STEP`` in degrees (STOP included), the one range syntax of every
+    command; with ``old_commas`` the former ``MIN,MAX,STEP`` still works, with a note."""
+    separator = ":"
+    if old_commas and ":" not in text and "," in text:
+        separator = ","
+        warn(f"{option} {text}: MIN,MAX,STEP is deprecated; write START:STOP:STEP "
+             f"({text.replace(',', ':')}), as everywhere else")
+    try:
+        start, stop, step = (float(v) for v in text.split(separator))
+    except ValueError:
+        raise InputError(f"{option} {text!r}: expected {alternative}START:STOP:STEP in "
+                         f"degrees, e.g. -60:60:3") from None
+    if not all(np.isfinite(v) for v in (start, stop, step)):
+        raise InputError(f"{option} {text!r}: START, STOP and STEP must be finite")
+    if step <= 0 or stop < start:
+        raise InputError(f"{option} {text!r}: STEP must be positive and STOP >= START")
+    if (stop - start) / step > 100_000:
+        raise InputError(f"{option} {text!r}: more than 100000 views; use a larger STEP")
+    return start, stop, step
+
+
+def parse_angles(text: str):
+    """``--angles`` of ``project``: an angles file (returned as a Path) or a range
+    ``START:STOP:STEP`` (returned as the tilts)."""
+    if Path(text).exists() or ":" not in text:
+        return Path(text)
+    start, stop, step = parse_tilt_range(text, "--angles", "a file or ")
+    return np.arange(start, stop + step / 2, step)
+
+
+def parse_radial(text: str) -> tuple[float, float]:
+    try:
+        cutoff, falloff = (float(v) for v in text.split(","))
+    except ValueError:
+        raise InputError(f"--radial {text!r}: expected CUTOFF,FALLOFF, e.g. 0.35,0.035") from None
+    if not (np.isfinite(cutoff) and np.isfinite(falloff)):
+        raise InputError(f"--radial {text!r}: CUTOFF and FALLOFF must be finite numbers")
+    return cutoff, falloff
+
+
+def parse_int_triple(text: str, option: str) -> tuple[int, int, int]:
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3 or min(values) < 1:
+        raise InputError(f"{option} {text!r}: expected three positive sizes NZ,NY,NX")
+    return values
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    try:
+        width, height = (int(v) for v in text.split(","))
+    except ValueError:
+        raise InputError(f"--size {text!r}: expected W,H in pixels, e.g. 512,512") from None
+    if width < 1 or height < 1:
+        raise InputError(f"--size {text!r}: sizes must be positive")
+    return width, height

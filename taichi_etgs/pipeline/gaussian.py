@@ -1,0 +1,357 @@
+"""The Gaussian reconstruction of a tilt series, as the ``reconstruct`` command runs it:
+checks, seeding (a classical reconstruction, a tomogram or a model), resume, the fitting
+loop with its state file, validation, odd/even halves, the tomogram.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from os import PathLike
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError, RunFailure
+from . import checkpoint, inputs, sizes
+from .inputs import StackSource
+from .outputs import check_writable, os_reason
+from .resume import (
+    check_resume,
+    check_state_output,
+    default_state_path,
+    half_paths,
+    saved_config,
+)
+from .session import Session
+from .tomograms import TomogramResult, VolumeTarget, check_finite, write_tomogram
+
+__all__ = ["GaussianSettings", "ReconstructResult", "run_reconstruct"]
+
+log = logging.getLogger("taichi_etgs.pipeline")
+
+_MODEL_SUFFIXES = (".h5", ".hdf5")
+
+
+@dataclass
+class GaussianSettings:
+    """How to reconstruct: the options of ``reconstruct`` besides input and output.
+
+    iterations: optimisation steps (None: 600, or on resume the saved run's).
+    max_gaussians, views_per_step, tilt_weight, seed, heldout_every: as
+        :class:`~taichi_etgs.reconstruct.ReconstructConfig`.
+    init: what seeds the model: "sirt", "wbp", a tomogram (.mrc, in the output's size and
+        the input's polarity) or a model state (.h5) to refine.
+    defocus_um, voltage_kV, cs_mm, amplitude_contrast: the CTF (defocus 0: none).
+    voxel_size: voxel size of the written tomogram in A (None: the stack's pixel size).
+    halves: also reconstruct the odd and the even tilts and write both with their FSC.
+    state: the state file (None: OUTPUT with .state.h5; none without an output).
+    save_state: False: no state file at all (Ctrl-C then loses the run).
+    save_every: save the state every this many steps (0: only at the end).
+    resume: a state file to continue.
+    config: every setting at once (library use): replaces the fields above that it holds
+        (``iterations`` still overrides its own).
+    """
+
+    iterations: int | None = None
+    max_gaussians: int = 60_000
+    views_per_step: int = 8
+    init: str | PathLike = "sirt"
+    tilt_weight: str = "cos"
+    seed: int = 0
+    heldout_every: int = 10
+    defocus_um: float = 0.0
+    voltage_kV: float = 300.0
+    cs_mm: float = 2.7
+    amplitude_contrast: float = 0.07
+    voxel_size: float | None = None
+    halves: bool = False
+    state: str | PathLike | None = None
+    save_state: bool = True
+    save_every: int = 100
+    resume: str | PathLike | None = None
+    config: object | None = None
+
+    @property
+    def init_path(self) -> Path | None:
+        return None if str(self.init) in ("sirt", "wbp") else Path(self.init)
+
+    def build_config(self, pixel: float):
+        """The :class:`~taichi_etgs.reconstruct.ReconstructConfig` of a new run."""
+        from ..reconstruct import ReconstructConfig
+
+        if self.config is not None:
+            config = dataclasses.replace(self.config)
+            if self.iterations is not None:
+                config.iterations = int(self.iterations)
+            if config.defocus_um > 0 and not config.pixel_size_A > 0:
+                config = dataclasses.replace(config, pixel_size_A=pixel)
+            return config
+        init = str(self.init) if str(self.init) in ("sirt", "wbp") else "sirt"
+        return ReconstructConfig(iterations=self.iterations or 600,
+                                 max_gaussians=self.max_gaussians,
+                                 views_per_step=self.views_per_step,
+                                 tilt_weight=self.tilt_weight, seed=self.seed, init=init,
+                                 heldout_every=self.heldout_every, defocus_um=self.defocus_um,
+                                 pixel_size_A=pixel if self.defocus_um > 0 else 0.0,
+                                 voltage_kV=self.voltage_kV, cs_mm=self.cs_mm,
+                                 amplitude_contrast=self.amplitude_contrast)
+
+
+@dataclass
+class ReconstructResult(TomogramResult):
+    """A Gaussian reconstruction as :func:`run_reconstruct` returns it: the tomogram
+    (:class:`~taichi_etgs.pipeline.tomograms.TomogramResult`) and
+
+    run: the :class:`~taichi_etgs.reconstruct.GaussianReconstruction` (model, losses).
+    state: the state file written, or None.
+    validation: held-out scores, best iteration, slab, gains (and the half-map FSC).
+    halves: the half tomograms written.
+    """
+
+    run: object | None = None
+    state: Path | None = None
+    validation: dict = field(default_factory=dict)
+    halves: list[Path] = field(default_factory=list)
+
+
+def _report_validation(validation: dict, session: Session) -> None:
+    """The run's own account of its quality, in the log and in the notes."""
+    scores = validation["heldout_loss"]
+    if not scores["iteration"]:
+        return
+    for it, value in zip(scores["iteration"], scores["value"]):
+        log.info("held-out views at iteration %d: relative error %.5f", it, value)
+    stop = " (stopped early)" if validation["stopped_early"] else ""
+    session.tell(f"held-out views {validation['heldout_views']}: relative error "
+                 f"{scores['value'][0]:.4f} at the start, best "
+                 f"{validation['best_heldout_loss']:.4f} at iteration "
+                 f"{validation['best_iteration']}{stop}; that model is written")
+
+
+def _write_halves(session, run, views, series, paths, factor, out_shape, pixel, contrast,
+                  output_contrast, force) -> dict:
+    """Fit the odd and the even tilts independently, write both, return their FSC."""
+    from ..metrics import half_map_fsc
+    from ..reconstruct import reconstruct_halves
+
+    session.tell("reconstructing the odd and the even tilts independently (--halves)")
+    first, second = reconstruct_halves(views, series.tilts_deg, run.shape_zyx[0], run.config,
+                                       width=run.shape_zyx[2])
+    volumes = [r.tomogram(voxel_size=factor, shape_zyx=out_shape) for r in (first, second)]
+    fsc = half_map_fsc(volumes[0], volumes[1], pixel * factor)
+    for k, (path, volume, r) in enumerate(zip(paths, volumes, (first, second)), start=1):
+        check_finite(volume, series.source)
+        if path is not None:
+            write_tomogram(session, path, volume, pixel * factor, contrast, output_contrast,
+                           force, f"gaussians half {k} ({'odd' if k == 1 else 'even'} tilts)",
+                           {"half": k, "n_views": int(r.measured.shape[0]),
+                            "validation": r.validation_report()})
+    session.tell(f"half-map FSC: 0.143 at {fsc['fsc0143_resolution_A']:.1f} A, 0.5 at "
+                 f"{fsc['fsc05_resolution_A']:.1f} A, mean {fsc['band_fsc']:.3f} over "
+                 f"{1 / fsc['band_per_A'][0]:.0f}-{1 / fsc['band_per_A'][1]:.0f} A")
+    log.info("half-map FSC: %s", fsc["fsc"])
+    return {"half_fsc": {"freq_per_A": fsc["freq_per_A"], "fsc": fsc["fsc"]},
+            "half_fsc0143_resolution_A": fsc["fsc0143_resolution_A"],
+            "half_fsc05_resolution_A": fsc["fsc05_resolution_A"],
+            "half_band_fsc": fsc["band_fsc"]}
+
+
+def _seed(settings: GaussianSettings, source: StackSource, shape, session: Session):
+    """What seeds a new run besides its config: ``(initial_volume, params, view_scale)``."""
+    from ..state import load_state
+
+    init_path = settings.init_path
+    if init_path is None:
+        return None, None, 1.0
+    session.add_input("init", init_path)
+    if init_path.suffix.lower() in _MODEL_SUFFIXES:
+        init_state = load_state(init_path)
+        check_resume(init_state, init_path, source, shape, "", force=True)
+        return None, init_state.params, float(init_state.geometry.get("view_scale", 1.0))
+    from ..io import read_volume
+    from ..preprocess import to_output_polarity
+
+    volume, _ = read_volume(init_path)
+    # The tomogram is in the input's polarity (what this package writes by default).
+    return to_output_polarity(volume, source.contrast, "input"), None, 1.0
+
+
+def run_reconstruct(source: StackSource, target: VolumeTarget,
+                    settings: GaussianSettings | None = None, *,
+                    session: Session | None = None,
+                    on_step: Callable | None = None) -> ReconstructResult:
+    """Reconstruct a tilt series as adaptive 3D Gaussians and voxelise the model.
+
+    Parameters
+    ----------
+    source: the tilt series (:class:`~taichi_etgs.pipeline.inputs.StackSource`).
+    target: the tomogram's size and file (``output=None``: returned only, no state file
+        unless ``settings.state`` names one).
+    settings: how to reconstruct (:class:`GaussianSettings`).
+    session: where messages go and what is recorded.
+    on_step: also called with each :class:`~taichi_etgs.reconstruct.Progress`.
+
+    Returns
+    -------
+    :class:`ReconstructResult`.
+
+    Raises
+    ------
+    InputError: bad input or options, an existing output (without ``force``), a state
+        from another run, a run that does not fit; nothing is written then.
+    RunFailure: the state or the tomogram could not be written (a full disk).
+    KeyboardInterrupt: Ctrl-C, or :class:`~taichi_etgs.pipeline.checkpoint.Terminated`
+        for SIGTERM, after the state was saved.
+    """
+    from ..reconstruct import GaussianReconstruction, ReconstructConfig
+    from ..state import input_checksum, load_state
+
+    session = session or Session()
+    settings = settings or GaussianSettings()
+    force, output = target.force, target.path
+    if output is not None:
+        check_writable(output, force, probe=True)
+    half_outputs = half_paths(output) if settings.halves and output is not None else []
+    for path in half_outputs:
+        check_writable(path, force, probe=True)
+    resume_path = None if settings.resume is None else Path(settings.resume)
+    state_path = None
+    if settings.save_state and (settings.state is not None or output is not None):
+        state_path = Path(settings.state) if settings.state else default_state_path(output)
+        check_state_output(state_path, resume_path, force)
+    voxel_size = settings.voxel_size
+    if voxel_size is not None and not (np.isfinite(voxel_size) and voxel_size > 0):
+        raise InputError(f"--voxel-size must be a positive number of A, got {voxel_size}")
+    init_path = settings.init_path
+    if init_path is not None and not init_path.is_file():
+        raise InputError("--init: file not found (expected sirt, wbp, a tomogram .mrc or a "
+                         "state .h5)", init_path)
+    state = None
+    if resume_path is not None:
+        state = load_state(resume_path)
+        session.add_input("resume", resume_path)
+    header = inputs.peek(source)
+    shape = sizes.volume_shape(header.ny, header.nx, target.thickness, target.width,
+                               source.path)
+
+    def run_size(n_tilts, max_tilt=60.0, pixel=None):
+        saved = state.config if state is not None else {}
+        default = settings.config or settings
+        n_max = int(saved.get("max_gaussians", default.max_gaussians) or default.max_gaussians)
+        out_shape = sizes.output_shape(shape, voxel_size, pixel) if pixel else None
+        seed_kind = ("model" if state is not None or (init_path is not None and
+                                                       init_path.suffix.lower() in _MODEL_SUFFIXES)
+                     else "volume" if init_path is not None else str(settings.init))
+        if settings.config is not None and init_path is None and state is None:
+            seed_kind = settings.config.init
+        iterations = settings.iterations or saved.get("iterations") or getattr(
+            settings.config, "iterations", 600)
+        return sizes.run_size("reconstruct", n_tilts, header.ny, header.nx, shape,
+                              source.binning, max_tilt_deg=max_tilt, max_gaussians=n_max,
+                              views_per_step=int(saved.get("views_per_step",
+                                                           default.views_per_step)),
+                              init=seed_kind, output_shape_zyx=out_shape,
+                              iterations=int(iterations))
+
+    folders = [p.parent for p in (output, state_path) if p is not None]
+    sizes.check_resources(run_size(header.n_raw, pixel=header.pixel_A * header.binning or 1.0),
+                          folders, final=False)
+    series, _ = inputs.load(source, session, force=force)
+    sizes.warn_shape(shape, session)
+    pixel = inputs.pixel_size(series)
+    out_shape = sizes.output_shape(shape, voxel_size, pixel)
+    max_tilt = float(np.max(np.abs(series.tilts_deg)))
+    sizes.check_resources(run_size(series.n_tilts, max_tilt, pixel), folders, final=True)
+    needs_checksum = state is not None or state_path is not None or output is not None
+    checksum = input_checksum(series.data) if needs_checksum else ""
+    views = inputs.views(series, source.contrast)
+
+    if state is not None:
+        check_resume(state, resume_path, source, shape, checksum, force)
+        config = saved_config(state, resume_path, ReconstructConfig, session)
+        if settings.iterations is not None:
+            config.iterations = int(settings.iterations)
+        session.start_compute()
+        try:
+            run = GaussianReconstruction(views, series.tilts_deg, shape[0], config,
+                                         width=shape[2], params=state.params)
+            run.restore(state)
+        except (ValueError, KeyError, TypeError, IndexError) as exc:
+            raise InputError(f"cannot be resumed: the state does not fit this run ({exc})",
+                             resume_path) from None
+        session.tell(f"resuming {resume_path} at iteration {run.iteration}")
+    else:
+        config = settings.build_config(pixel)
+        initial_volume, params, params_view_scale = _seed(settings, source, shape, session)
+        seed_from = config.init if initial_volume is None and params is None else settings.init
+        session.start_compute()
+        session.tell(f"seeding the model ({seed_from})")
+        start = time.perf_counter()
+        run = GaussianReconstruction(views, series.tilts_deg, shape[0], config, width=shape[2],
+                                     initial_volume=initial_volume, params=params,
+                                     params_view_scale=params_view_scale)
+        log.info("seeded %d Gaussians in %.1f s", run.params.n, time.perf_counter() - start)
+        session.tell(f"{run.params.n} Gaussians to start with")
+        if run.slab.density > 0:
+            session.tell(f"ice slab: faces at z {run.slab.z_lo:.1f} and {run.slab.z_hi:.1f}, "
+                         f"ends at x {run.slab.x_lo:.1f} and {run.slab.x_hi:.1f} (voxels from "
+                         f"the centre)")
+    if not settings.halves:
+        del views
+    log.info("configuration: %s", run.config.to_dict())
+
+    state_geometry = {"pixel_size_A": series.pixel_size_A, "source": str(series.source)}
+    saved = {"iteration": None}
+
+    def save(r) -> None:
+        try:
+            r.save_state(state_path, checksum, state_geometry)
+            session.write_sidecar(state_path, {
+                "what": "Gaussian model state", "iteration": r.iteration,
+                "iterations": r.config.iterations, "n_gaussians": r.params.n,
+                "input_checksum": checksum, "shape_zyx": list(shape)})
+        except OSError as exc:
+            kept = (f"the previous state (iteration {saved['iteration']}) is kept"
+                    if saved["iteration"] is not None else "no state was saved")
+            raise RunFailure(f"cannot save the state to {state_path} ({os_reason(exc)}); "
+                             f"{kept}") from exc
+        saved["iteration"] = r.iteration
+        log.debug("state saved at iteration %d", r.iteration)
+
+    start = time.perf_counter()
+    checkpoint.fit(run, session, save=save if state_path is not None else None,
+                   save_every=settings.save_every, state_path=state_path, on_step=on_step)
+    seconds = time.perf_counter() - start
+    log.info("fitted %d iterations in %.1f s", run.iteration, seconds)
+    validation = run.validation_report()
+    _report_validation(validation, session)
+    factor = 1.0 if voxel_size is None else voxel_size / pixel
+    volume = run.tomogram(voxel_size=factor, shape_zyx=out_shape)
+    check_finite(volume, series.source)
+    if settings.halves:
+        validation.update(_write_halves(session, run, views, series, half_outputs or
+                                        [None, None], factor, out_shape, pixel,
+                                        source.contrast, target.output_contrast, force))
+    info = {"n_views": series.n_tilts, "binning": source.binning, "n_gaussians": run.params.n,
+            "iterations": run.iteration,
+            "final_loss": run.losses[-1] if run.losses else None,
+            "state": None if state_path is None else str(state_path),
+            "input_checksum": checksum, "validation": validation}
+    if output is not None:
+        try:
+            write_tomogram(session, output, volume, pixel * factor, source.contrast,
+                           target.output_contrast, force, f"gaussians {run.params.n}", info)
+        except OSError as exc:
+            if state_path is None:
+                raise RunFailure(f"cannot write {output} ({os_reason(exc)}); the fitted model "
+                                 "was not saved (no state file)") from exc
+            raise RunFailure(f"cannot write {output} ({os_reason(exc)}); the fitted model is "
+                             f"saved in {state_path}: make room, then rerun the same command "
+                             f"with --resume {state_path} to write the tomogram") from exc
+    return ReconstructResult(volume=volume, voxel_size_A=pixel * factor, output=output,
+                             seconds=seconds, info=info, run=run,
+                             state=state_path, validation=validation, halves=half_outputs)

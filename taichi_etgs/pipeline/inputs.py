@@ -1,0 +1,319 @@
+"""Reading and checking a tilt series, and its views as the reconstructions take them.
+
+:class:`StackSource` says which tilt series and how to read it (the options every
+command that takes a STACK shares). :func:`peek` reads its header only (sizes for the
+cheap checks); :func:`load` reads it with every check a user needs before a long run
+(angles and alignment, radians, pixel size) and records it in the provenance.
+:func:`views` and :func:`unit_views` turn the images into positive density, refusing
+values that float32 arithmetic cannot hold; :func:`rescaled` brings a linear
+reconstruction of unit views back to the images' units.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from os import PathLike
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputError
+
+__all__ = ["AXIS_TOLERANCE_DEG", "StackHeader", "StackSource", "check_alignment",
+           "index_ranges", "load", "peek", "pixel_size", "rescaled", "unit_views", "views"]
+
+log = logging.getLogger("taichi_etgs.pipeline")
+
+#: Largest angle (degrees) between an .mdoc's tilt axis and the image Y axis (or -Y) at
+#: which a stack is reconstructed as it is.
+AXIS_TOLERANCE_DEG = 5.0
+
+_PATH_FIELDS = ("angles", "xf", "aln")
+
+
+@dataclass
+class StackSource:
+    """A tilt series to reconstruct and how to read it.
+
+    stack: the MRC stack (.mrc, .st, .ali), or a :class:`~taichi_etgs.io.TiltSeries`
+        already in memory (:meth:`from_arrays`; the reading options then do not apply).
+    angles: tilt angles (.tlt/.rawtlt/.mdoc/.aln); None: the stack's sibling file.
+    xf: IMOD .xf transforms to apply on load.
+    aln: AreTomo .aln (angles and kept views); ``apply_aln`` also applies its
+        rotation and shifts.
+    aligned: the stack is aligned although its .mdoc gives a tilt axis away from Y.
+    exclude_views: views to leave out, 0-based ("0-2,40" or a list).
+    binning: average-bin the images on load.
+    pixel_size: pixel size in A before binning, instead of the files'.
+    contrast: how density looks in the images: "dark" (raw cryo-EM) or "bright".
+    """
+
+    stack: Any
+    angles: str | PathLike | None = None
+    xf: str | PathLike | None = None
+    aln: str | PathLike | None = None
+    apply_aln: bool = False
+    aligned: bool = False
+    exclude_views: str | Sequence[int] | None = None
+    binning: int = 1
+    pixel_size: float | None = None
+    contrast: str = "dark"
+
+    @classmethod
+    def from_arrays(cls, images: np.ndarray, tilts_deg, pixel_size_A: float = 0.0,
+                    contrast: str = "dark", name: str = "<array>") -> StackSource:
+        """A tilt series held in memory: images [n_tilts, ny, nx] and their tilts."""
+        from ..io import TiltSeries
+
+        images = np.asarray(images)
+        if images.ndim != 3:
+            raise InputError(f"expected images (n_tilts, ny, nx), got shape {images.shape}")
+        tilts = np.asarray(tilts_deg, dtype=np.float64).reshape(-1)
+        if tilts.shape != (images.shape[0],):
+            raise InputError(f"{tilts.size} tilt angles for {images.shape[0]} images")
+        series = TiltSeries(data=np.ascontiguousarray(images, dtype=np.float32),
+                            tilts_deg=tilts, pixel_size_A=float(pixel_size_A or 0.0),
+                            source=name, kept_views=np.arange(images.shape[0]),
+                            angles_source="", pixel_size_source="")
+        return cls(series, contrast=contrast)
+
+    @property
+    def path(self) -> Path | None:
+        """The stack file, or None for a series in memory."""
+        return None if self.in_memory else Path(self.stack)
+
+    @property
+    def in_memory(self) -> bool:
+        return not isinstance(self.stack, (str, PathLike))
+
+    def to_dict(self) -> dict:
+        """Plain values with absolute paths (what a state records of its input)."""
+        if self.in_memory:
+            raise ValueError("a tilt series in memory has no file to record")
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        for name in ("stack", *_PATH_FIELDS):
+            if out[name] is not None:
+                out[name] = os.path.abspath(out[name])
+        if out["exclude_views"] is not None and not isinstance(out["exclude_views"], str):
+            out["exclude_views"] = [int(i) for i in out["exclude_views"]]
+        return out
+
+    @classmethod
+    def from_dict(cls, values: dict) -> StackSource:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+
+class StackHeader:
+    """What the stack's header says, before anything is loaded (sizes binned)."""
+
+    def __init__(self, n_raw: int, ny: int, nx: int, dtype: np.dtype, pixel_A: float,
+                 binning: int) -> None:
+        self.n_raw, self.ny_raw, self.nx_raw = n_raw, ny, nx
+        self.dtype, self.pixel_A, self.binning = dtype, pixel_A, binning
+        self.ny, self.nx = ny // binning, nx // binning
+
+
+def peek(source: StackSource) -> StackHeader:
+    """The stack's sizes from its header (a memory map: nothing is read), binned.
+
+    Raises the reader's InputError for a file that is not a readable stack; its warnings
+    come again, once, when the stack is loaded.
+    """
+    from ..io import read_stack
+    from ..io.binning import check_binning
+
+    if source.in_memory:
+        data = source.stack.data
+        n, ny, nx = data.shape
+        return StackHeader(n, ny, nx, data.dtype, source.stack.pixel_size_A, 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        data, pixel = read_stack(source.stack)
+    n_raw, ny, nx = data.shape
+    b = check_binning(source.binning, ny, nx)
+    return StackHeader(n_raw, ny, nx, data.dtype, pixel, b)
+
+
+def _same_file(a, b) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return Path(a) == Path(b)
+
+
+def check_alignment(source: StackSource, session, refuse: bool) -> None:
+    """Refuse (or, with ``refuse`` False, warn about) a stack whose SerialEM .mdoc puts
+    the tilt axis away from Y when no alignment (xf, aln) is given and the source is not
+    marked ``aligned``."""
+    from ..io import read_mdoc
+    from ..io.tilt_series import stack_mdoc
+
+    if source.in_memory or source.xf is not None or source.aln is not None or source.aligned:
+        return
+    stack, angles = Path(source.stack), source.angles
+    if stack.suffix.lower() == ".ali":  # IMOD's aligned stack
+        return
+    mdoc = stack_mdoc(stack, angles)
+    if mdoc is None:
+        return
+    try:
+        axis = read_mdoc(mdoc)["tilt_axis_deg"]
+    except InputError:
+        if angles is not None and _same_file(mdoc, angles):
+            raise
+        return  # a sibling .mdoc not used for the angles: nothing to learn from it
+    if axis is None:
+        return
+    off = abs((axis + 90.0) % 180.0 - 90.0)  # from the Y axis or -Y
+    if off <= AXIS_TOLERANCE_DEG:
+        return
+    message = (f"its SerialEM {mdoc.name} puts the tilt axis at {axis:g} degrees, "
+               f"{off:.1f} degrees from the image Y axis: the stack looks unaligned and "
+               f"would reconstruct as a blur; "
+               f"align it first and pass the alignment (IMOD: --xf {stack.stem}.xf; AreTomo: "
+               f"--aln {stack.stem}.aln --apply-aln), or pass --aligned if the tilt axis is "
+               f"already along Y")
+    if refuse:
+        raise InputError(message, stack)
+    session.warn(f"{stack}: {message}")
+
+
+def load(source: StackSource, session, force: bool | None = None):
+    """Load the tilt series, report its warnings, log what was read, record the input
+    files; returns ``(series, warning messages)``.
+
+    force: None only reports (``info``: an unaligned stack is warned about); False
+        refuses angles that look like radians and an unaligned stack; True uses radians
+        as degrees, with a warning.
+    """
+    from ..io import load_tilt_series
+    from ..io.angles import AngleWarning, looks_like_radians
+
+    if source.in_memory:
+        return source.stack, []
+    angles, aln = source.angles, source.aln
+    if angles is not None and aln is not None and not _same_file(angles, aln):
+        raise InputError(f"--angles {angles} and --aln {aln} both give tilt angles; pass "
+                         f"only one: --aln alone uses the .aln's TILT column (AreTomo's "
+                         f"refined angles and the views it kept), --angles alone uses that "
+                         f"file's angles without the .aln")
+    check_alignment(source, session, refuse=force is not None)
+    start = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        series = load_tilt_series(source.stack, angles, xf_path=source.xf, aln_path=aln,
+                                  apply_aln=source.apply_aln,
+                                  exclude_views=source.exclude_views, binning=source.binning)
+    if force is False and looks_like_radians(series.tilts_deg):
+        session.relay([w for w in caught if not (issubclass(w.category, AngleWarning)
+                                                 and "radians" in str(w.message))])
+        largest = float(np.max(np.abs(series.tilts_deg)))
+        raise InputError(f"the tilt angles look like radians (the largest |angle| is "
+                         f"{largest:.3g}, but degrees are expected); give them in degrees "
+                         f"(radians x 57.2958), or pass --force to use them as degrees",
+                         series.angles_source or None)
+    messages = session.relay(caught)
+    binning = source.binning
+    if source.pixel_size is not None:
+        given = series.pixel_size_A / binning
+        wanted = float(source.pixel_size)
+        if series.pixel_size_A > 0 and abs(given - wanted) > 1e-3 * wanted:
+            session.warn(f"{series.source}: the {series.pixel_size_source or 'file'} says "
+                         f"{given:g} A per pixel; using --pixel-size {wanted:g}")
+        series.pixel_size_A = wanted * binning
+        series.pixel_size_source = "--pixel-size"
+    n, ny, nx = series.data.shape
+    tilts = np.asarray(series.tilts_deg)
+    log.info("read %s in %.1f s: %d views of %d x %d pixels (X x Y, binning %d), pixel size "
+             "%s, tilts %.2f to %.2f deg from %s, views kept %s", series.source,
+             time.perf_counter() - start, n, nx, ny, binning,
+             f"{series.pixel_size_A:g} A" if series.pixel_size_A > 0 else "unknown",
+             float(tilts.min()), float(tilts.max()), series.angles_source or "-",
+             index_ranges(series.kept_views))
+    session.add_input("stack", source.stack)
+    for role, path in (("angles", series.angles_source or angles), ("xf", source.xf),
+                       ("aln", aln)):
+        if path:
+            session.add_input(role, path)
+    return series, messages
+
+
+def pixel_size(series) -> float:
+    """The series' pixel size in A; 1.0 when the files give none (``info`` says so)."""
+    return series.pixel_size_A if series.pixel_size_A > 0 else 1.0
+
+
+def views(series, contrast: str) -> np.ndarray:
+    """Positive-density views (:func:`~taichi_etgs.preprocess.density_views`), refused
+    when values overflow float32 once each view's mean is removed, or hold no signal."""
+    from ..preprocess import density_views
+
+    with np.errstate(over="ignore", invalid="ignore"):  # checked right below
+        out = density_views(series.data, contrast)
+    if not np.isfinite(out).all():
+        raise InputError(f"pixel values up to {float(np.abs(series.data).max()):.3g} overflow "
+                         "32-bit floats once each view's mean is removed; rescale the stack "
+                         "(e.g. IMOD's newstack -scale)", series.source)
+    if not out.any():
+        _refuse_no_signal(series)
+    return out
+
+
+def _refuse_no_signal(series) -> None:
+    from ..io.tilt_series import _only_denormals
+
+    if _only_denormals(series.data, list(range(series.n_tilts))):
+        # Taichi sets the CPU to flush denormals to zero: they would reconstruct as zero.
+        raise InputError("holds only denormal values (magnitudes below 1.2e-38, which compute "
+                         "as zero); rescale the stack (e.g. IMOD's newstack -scale)",
+                         series.source)
+    raise InputError("contains no signal: every view is constant", series.source)
+
+
+def unit_views(series, contrast: str) -> tuple[np.ndarray, float]:
+    """Positive-density views divided by their root mean square, and that factor.
+
+    Working at unit scale keeps float32 arithmetic away from overflow (values near 1e30)
+    and from underflow (values down to float32's smallest normal numbers, 1e-38); the
+    linear reconstructions are scaled back afterwards (:func:`rescaled`).
+    """
+    out = views(series, contrast)
+    sum_sq = sum(float(np.square(v, dtype=np.float64).sum()) for v in out)
+    scale = float(np.sqrt(sum_sq / max(out.size, 1)))
+    if not (np.isfinite(scale) and scale > 0):
+        _refuse_no_signal(series)
+    for t in range(out.shape[0]):
+        out[t] = out[t].astype(np.float64) / scale
+    return out, scale
+
+
+def rescaled(volume: np.ndarray, scale: float, source) -> np.ndarray:
+    """``volume * scale`` in float32, in place (no extra copy of a large volume), refused
+    if anything is not finite."""
+    from .tomograms import check_finite
+
+    volume = np.asarray(volume, dtype=np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):  # checked right below
+        volume *= np.float32(scale)
+    check_finite(volume, source)
+    return volume
+
+
+def index_ranges(indices) -> str:
+    """0,1,2,5 -> '0-2,5'."""
+    indices = [int(i) for i in indices]
+    parts, start = [], None
+    for k, i in enumerate(indices):
+        if start is None:
+            start = i
+        if k + 1 == len(indices) or indices[k + 1] != i + 1:
+            parts.append(str(start) if start == i else f"{start}-{i}")
+            start = None
+    return ",".join(parts)

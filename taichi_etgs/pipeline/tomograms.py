@@ -1,0 +1,114 @@
+"""Writing a tomogram (polarity, sidecar) and what a run returns."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field, fields
+from os import PathLike
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError
+
+__all__ = ["TomogramResult", "VolumeTarget", "check_finite", "write_tomogram"]
+
+log = logging.getLogger("taichi_etgs.pipeline")
+
+
+@dataclass
+class VolumeTarget:
+    """The tomogram to make: its size, and where and how to write it.
+
+    thickness: NZ in (binned) voxels.
+    output: the MRC file to write (with its sidecar); None: only returned.
+    width: NX in voxels (None: the image width); a centred crop.
+    output_contrast: "input" (the images' polarity), "bright" or "dark".
+    force: overwrite existing outputs; also accept angles that look like radians and a
+        state made from other data or settings.
+    """
+
+    thickness: int
+    output: str | PathLike | None = None
+    width: int | None = None
+    output_contrast: str = "input"
+    force: bool = False
+
+    def __post_init__(self) -> None:
+        if int(self.thickness) < 1:
+            raise InputError(f"--thickness must be at least 1 voxel, got {self.thickness}")
+        if self.width is not None and int(self.width) < 1:
+            raise InputError(f"--width must be at least 1 voxel, got {self.width}")
+        if self.output_contrast not in ("input", "bright", "dark"):
+            raise InputError(f"unknown output contrast {self.output_contrast!r}; expected "
+                             "input, bright or dark")
+
+    @property
+    def path(self) -> Path | None:
+        return None if self.output is None else Path(self.output)
+
+    def to_dict(self) -> dict:
+        """Plain values, the output as an absolute path (what a state records)."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "force"}
+        if out["output"] is not None:
+            out["output"] = str(Path(out["output"]).absolute())
+        return out
+
+    @classmethod
+    def from_dict(cls, values: dict) -> VolumeTarget:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+
+@dataclass
+class TomogramResult:
+    """A reconstruction as a run returns it.
+
+    volume: positive density (bright), in the images' units per voxel. [nz, ny, nx]
+    voxel_size_A: its voxel size.
+    output: the MRC written, or None.
+    seconds: wall time of the computation.
+    info: what the output's sidecar records under ``result``.
+    """
+
+    volume: np.ndarray
+    voxel_size_A: float
+    output: Path | None = None
+    seconds: float = 0.0
+    info: dict = field(default_factory=dict)
+
+
+def check_finite(volume: np.ndarray, source) -> None:
+    """Refuse a volume holding NaN or Inf (one section at a time: no copy)."""
+    for k in range(volume.shape[0]):
+        if not np.isfinite(volume[k]).all():
+            raise InputError(f"the reconstruction holds NaN or Inf values (first in section "
+                             f"{k}), so nothing was written; check the input's values with "
+                             f"`taichi-etgs info`", source)
+
+
+def write_tomogram(session, path: str | PathLike, volume: np.ndarray, pixel: float,
+                   contrast: str, output_contrast: str, force: bool, what: str,
+                   result: dict | None = None) -> Path:
+    """Write a positive-density tomogram in the asked polarity, with its sidecar.
+
+    contrast: the images' polarity ("dark"/"bright"); output_contrast: "input", "bright"
+    or "dark". what: the MRC label and the sidecar's ``what``. result: more for the
+    sidecar.
+    """
+    from .. import io
+    from ..preprocess import to_output_polarity
+
+    check_finite(volume, None)
+    start = time.perf_counter()
+    out = to_output_polarity(volume, contrast, output_contrast)
+    io.write_volume(path, out, pixel, force=force, labels=session.labels(what))
+    nz, ny, nx = volume.shape
+    polarity = contrast if output_contrast == "input" else output_contrast
+    record = {"what": what, "shape_zyx": [nz, ny, nx], "voxel_size_A": float(f"{pixel:.6g}"),
+              "contrast": polarity}
+    session.write_sidecar(path, {**record, **(result or {})})
+    log.info("wrote %s in %.1f s", path, time.perf_counter() - start)
+    session.say(f"wrote {path} ({nz} x {ny} x {nx} voxels, Z Y X; {pixel:g} A/voxel)")
+    return Path(path)
