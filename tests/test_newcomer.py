@@ -325,3 +325,75 @@ def test_mrc_labels_split_the_command_line_at_spaces():
     assert all(not piece.startswith(" ") and not piece.endswith(" ") for piece in pieces)
     for piece in pieces:
         assert set(piece.split()) <= set(words), piece
+
+
+# -- 10. resume: the state knows its input, output and settings --
+
+
+def _reconstruct_args(stack, out, *extra):
+    return ["reconstruct", stack, "--thickness", 4, "-o", out, "--max-gaussians", 100,
+            "--init", "wbp", "--save-every", 2, "--arch", "cpu", *extra]
+
+
+def test_resume_alone_continues_the_interrupted_run(small_stack, capsys, monkeypatch,
+                                                    tmp_path):
+    from taichi_etgs.reconstruct import GaussianReconstruction
+    from taichi_etgs.state import load_state
+
+    out = small_stack.with_name("g.mrc")
+    state = small_stack.with_name("g.state.h5")
+    real_step = GaussianReconstruction.step
+
+    def interrupted(self):
+        if self.iteration == 3:
+            raise KeyboardInterrupt
+        return real_step(self)
+
+    monkeypatch.setattr(GaussianReconstruction, "step", interrupted)
+    code, _, err = _run(_reconstruct_args(small_stack, out, "--binning", 2, "--iterations", 6,
+                                          "--width", 5), capsys)
+    assert code == 130 and f"--resume {state}" in err
+    monkeypatch.setattr(GaussianReconstruction, "step", real_step)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # the state's paths do not depend on where one stands
+    code, _, err = _run(["reconstruct", "--resume", state, "--arch", "cpu"], capsys)
+    assert code == 0, err
+    assert "resuming" in err and load_state(state).iteration == 6
+    import mrcfile
+
+    with mrcfile.open(out) as mrc:  # binned 2 (4 x 6 images), width 5, as first asked
+        assert mrc.data.shape == (4, 4, 5) and mrc.voxel_size.x == pytest.approx(10.0)
+    # Without a state, the stack, --thickness and -o are needed, as click says.
+    code, _, err = _run(["reconstruct", "--thickness", 4, "-o", out, "--arch", "cpu"], capsys)
+    assert code == 2 and "Missing argument" in err and "STACK" in err
+
+
+def test_resume_with_the_runs_binning_is_not_other_data(small_stack, capsys):
+    out = small_stack.with_name("b.mrc")
+    state = small_stack.with_name("b.state.h5")
+    code, _, err = _run(_reconstruct_args(small_stack, out, "--binning", 2, "--iterations", 2),
+                        capsys)
+    assert code == 0, err
+    # The stack given again, --binning left out: the state's binning is used.
+    code, _, err = _run(_reconstruct_args(small_stack, small_stack.with_name("b2.mrc"),
+                                          "--resume", state, "--iterations", 4), capsys)
+    assert code == 0, err
+    assert "other data" not in err
+    # An explicit other binning is named as such.
+    code, _, err = _run(_reconstruct_args(small_stack, small_stack.with_name("b3.mrc"),
+                                          "--resume", state, "--binning", 1), capsys)
+    assert code == 2 and "--binning 2" in err and "--binning 1" in err, err
+    assert "other data" not in err
+
+
+def test_fewer_iterations_than_done_says_so(small_stack, capsys):
+    out = small_stack.with_name("i.mrc")
+    code, _, err = _run(_reconstruct_args(small_stack, out, "--iterations", 4), capsys)
+    assert code == 0, err
+    code, _, err = _run(_reconstruct_args(small_stack, small_stack.with_name("i2.mrc"),
+                                          "--resume", small_stack.with_name("i.state.h5"),
+                                          "--iterations", 2), capsys)
+    assert code == 0, err
+    warning = next(line for line in err.splitlines() if "already at iteration 4" in line)
+    assert warning.startswith("warning:") and "--iterations 2" in warning

@@ -7,14 +7,25 @@ from pathlib import Path
 import click
 
 from ..pipeline.gaussian import GaussianSettings, run_reconstruct
+from ..pipeline.resume import resolve
 from .app import cli, command, session
-from .options import runtime_options, stack_options, volume_options
+from .options import (
+    STACK_NAMES,
+    VOLUME_NAMES,
+    given_options,
+    require,
+    runtime_options,
+    stack_options,
+    volume_options,
+)
+
+_REQUIRED_NOTE = " Required unless --resume (the state knows it)."
 
 
 @cli.command()
 @command
-@stack_options
-@volume_options
+@stack_options(required=False)
+@volume_options(required=False, note=_REQUIRED_NOTE)
 @click.option("--iterations", type=click.IntRange(min=1), metavar="N", default=None,
               help="Optimisation steps [default: 600; with --resume: the saved run's].")
 @click.option("--max-gaussians", type=click.IntRange(min=1), default=60_000, show_default=True,
@@ -40,7 +51,9 @@ from .options import runtime_options, stack_options, volume_options
               metavar="N",
               help="Save the state every N steps (0: only at the end).")
 @click.option("--resume", "resume_path", type=click.Path(dir_okay=False, path_type=Path),
-              default=None, help="Continue an interrupted run from its state file.")
+              default=None,
+              help="Continue an interrupted run from its state file; STACK, the reading "
+                   "options, --thickness and -o default to the saved run's.")
 @click.option("--voxel-size", type=float, default=None, metavar="A",
               help="Voxel size of the written tomogram in A [default: the stack's pixel size].")
 @click.option("--halves", is_flag=True,
@@ -79,19 +92,24 @@ def reconstruct(source, target, iterations, max_gaussians, views_per_step, init,
     not over-fitted; the held-out scores go to the log and to OUTPUT.json. The tomogram is
     the model voxelised at the stack's pixel size (or --voxel-size).
 
-    The run's state (model, optimiser, random generator) is saved to OUTPUT.state.h5
-    every --save-every steps, at the end, and on Ctrl-C or SIGTERM (exit codes 130 and
-    143); continue with --resume. The state never replaces an earlier run's without
-    --force. Memory and disk are checked before any work: a run that will not fit is
-    refused with the option that makes it fit.
+    The run's state (model, optimiser, random generator, and the run's input, output and
+    settings) is saved to OUTPUT.state.h5 every --save-every steps, at the end, and on
+    Ctrl-C or SIGTERM (exit codes 130 and 143); continue with --resume STATE alone. The
+    state never replaces an earlier run's without --force. Memory and disk are checked
+    before any work: a run that will not fit is refused with the option that makes it fit.
 
     \b
     Example:
       taichi-etgs reconstruct TS_01.ali --angles TS_01.tlt --binning 4 --thickness 300 \\
           -o TS_01_gs.mrc
-      taichi-etgs reconstruct TS_01.ali --angles TS_01.tlt --binning 4 --thickness 300 \\
-          -o TS_01_gs.mrc --resume TS_01_gs.state.h5        # after an interruption
+      taichi-etgs reconstruct --resume TS_01_gs.state.h5        # after an interruption
     """
+    ctx = click.get_current_context()
+    if resume_path is not None:
+        given = given_options(ctx, (*STACK_NAMES, *VOLUME_NAMES, "voxel_size", "halves"))
+        source, target, voxel_size, halves = resolve(resume_path, given)
+    else:
+        require(ctx, "stack", "output", "thickness")
     settings = GaussianSettings(
         iterations=iterations, max_gaussians=max_gaussians, views_per_step=views_per_step,
         init=init, tilt_weight=tilt_weight, seed=seed, heldout_every=heldout_every,

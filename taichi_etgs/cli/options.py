@@ -13,12 +13,14 @@ from pathlib import Path
 
 import click
 import numpy as np
+from click.core import ParameterSource
 
 from ..errors import InputError
 from .app import session, warn
 
-__all__ = ["parse_angles", "parse_int_triple", "parse_radial", "parse_size",
-           "parse_tilt_range", "runtime_options", "stack_options", "volume_options"]
+__all__ = ["given_options", "parse_angles", "parse_int_triple", "parse_radial",
+           "parse_size", "parse_tilt_range", "require", "runtime_options", "stack_options",
+           "volume_options"]
 
 STACK_NAMES = ("stack", "angles", "xf", "aln", "apply_aln", "aligned", "exclude_views",
                "binning", "pixel_size", "contrast")
@@ -126,6 +128,25 @@ def runtime_options(func):
         return func(*args, **kwargs)
 
     return wrapper
+
+
+def given_options(ctx: click.Context, names) -> dict:
+    """The options among ``names`` given on the command line (not left at their default)."""
+    out = {}
+    for name in names:
+        source = ctx.get_parameter_source(name)
+        if source is not None and source not in (ParameterSource.DEFAULT,
+                                                 ParameterSource.DEFAULT_MAP):
+            out[name] = ctx.params[name]
+    return out
+
+
+def require(ctx: click.Context, *names: str) -> None:
+    """Click's own "Missing option" usage error for the first of ``names`` not given."""
+    for name in names:
+        if ctx.params.get(name) is None:
+            param = next(p for p in ctx.command.params if p.name == name)
+            raise click.MissingParameter(ctx=ctx, param=param)
 
 
 # -- option texts --

@@ -20,7 +20,8 @@ Modules, by what they hold:
 - :mod:`~taichi_etgs.pipeline.classical`: :func:`run_wbp`, :func:`run_sirt`.
 - :mod:`~taichi_etgs.pipeline.gaussian`: :func:`run_reconstruct` (seeding, resume,
   halves).
-- :mod:`~taichi_etgs.pipeline.resume`: the decisions of a resume.
+- :mod:`~taichi_etgs.pipeline.resume`: what a state knows of its run, and the decisions
+  of a resume.
 - :mod:`~taichi_etgs.pipeline.checkpoint`: the fitting loop with periodic saves and
   Ctrl-C/SIGTERM handling.
 - :mod:`~taichi_etgs.pipeline.models`: fitted models: project, voxelize, gaussianize,
@@ -49,6 +50,7 @@ _EXPORTS = {
     "GaussianSettings": "gaussian",
     "ReconstructResult": "gaussian",
     "run_reconstruct": "gaussian",
+    "RunRecord": "resume",
     "run_project": "models",
     "run_voxelize": "models",
     "run_gaussianize": "models",

@@ -20,6 +20,8 @@ from . import checkpoint, inputs, sizes
 from .inputs import StackSource
 from .outputs import check_writable, os_reason
 from .resume import (
+    RECORD_KEY,
+    RunRecord,
     check_resume,
     check_state_output,
     default_state_path,
@@ -274,6 +276,11 @@ def run_reconstruct(source: StackSource, target: VolumeTarget,
         check_resume(state, resume_path, source, shape, checksum, force)
         config = saved_config(state, resume_path, ReconstructConfig, session)
         if settings.iterations is not None:
+            if settings.iterations < state.iteration:
+                session.warn(f"{resume_path}: the run is already at iteration "
+                             f"{state.iteration}, past --iterations {settings.iterations}: "
+                             f"nothing is left to fit, so the tomogram is the saved model's "
+                             f"(give more iterations to fit further)")
             config.iterations = int(settings.iterations)
         session.start_compute()
         try:
@@ -305,6 +312,9 @@ def run_reconstruct(source: StackSource, target: VolumeTarget,
     log.info("configuration: %s", run.config.to_dict())
 
     state_geometry = {"pixel_size_A": series.pixel_size_A, "source": str(series.source)}
+    if not source.in_memory and output is not None:
+        state_geometry[RECORD_KEY] = RunRecord(source, target, voxel_size,
+                                               settings.halves).to_dict()
     saved = {"iteration": None}
 
     def save(r) -> None:
