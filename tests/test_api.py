@@ -71,6 +71,7 @@ def test_wbp_of_arrays_and_of_a_file_go_through_the_pipeline(tmp_path, taichi_cp
     written = taichi_etgs.wbp(stack, thickness=8, width=12, output=out)
     with mrcfile.open(out) as mrc:
         assert mrc.data.shape == (8, 10, 12) and mrc.voxel_size.x == pytest.approx(6.0)
+        assert float(mrc.header.origin.x) == pytest.approx(-6 * 6.0)  # a centred crop
         np.testing.assert_allclose(-mrc.data, written.volume)  # dark input: dark output
     record = read_sidecar(out)
     assert record["command"] == "wbp" and record["command_line"][0] == "taichi_etgs.wbp"

@@ -397,3 +397,48 @@ def test_fewer_iterations_than_done_says_so(small_stack, capsys):
     assert code == 0, err
     warning = next(line for line in err.splitlines() if "already at iteration 4" in line)
     assert warning.startswith("warning:") and "--iterations 2" in warning
+
+
+# -- 11. the MRC origin: crops and other voxel sizes overlay the full tomogram --
+
+
+def test_mrc_origin_overlays_crops_binned_and_voxelized_volumes(small_stack, capsys):
+    import mrcfile
+
+    def read(path):
+        with mrcfile.open(path) as mrc:
+            origin = mrc.header.origin
+            return (mrc.data.copy(), float(mrc.voxel_size.x),
+                    (float(origin.x), float(origin.y), float(origin.z)))
+
+    def wbp(name, *extra):
+        out = small_stack.with_name(name)
+        code, _, err = _run(["wbp", small_stack, "--thickness", 4, "-o", out, "--arch", "cpu",
+                             *extra], capsys)
+        assert code == 0, err
+        return read(out)
+
+    full, voxel, origin = wbp("full.mrc")
+    assert origin == (0.0, 0.0, 0.0) and voxel == 5.0
+    crop, _, origin = wbp("crop.mrc", "--width", 6)  # columns 3..8 of 12
+    assert origin == (-15.0, 0.0, 0.0)  # IMOD: index i lies at i * 5 A - origin
+    start = round(-origin[0] / voxel)
+    np.testing.assert_allclose(crop, full[:, :, start:start + 6], rtol=1e-4,
+                               atol=1e-4 * np.abs(full).max())
+    _, voxel, origin = wbp("bin2.mrc", "--binning", 2, "--thickness", 2)
+    assert voxel == 10.0 and origin == (0.0, 0.0, 0.0)  # the same extent, the same corner
+    # A reconstruction's model voxelised anywhere keeps its place.
+    out = small_stack.with_name("g.mrc")
+    code, _, err = _run(_reconstruct_args(small_stack, out, "--iterations", 2, "--width", 8),
+                        capsys)
+    assert code == 0, err
+    assert read(out)[2] == (-10.0, 0.0, 0.0)
+    # At 15 A the 4 x 8 x 8 grid becomes 1 x 3 x 3 voxels about the same centre (x 30,
+    # y 20, z 10 A in the frame of the full 4 x 8 x 12 tomogram).
+    for extra, expected in (([], (-10.0, 0.0, 0.0)), (["--voxel-size", 10], (-10.0, 0.0, 0.0)),
+                            (["--voxel-size", 15], (-7.5, 2.5, -2.5))):
+        fine = small_stack.with_name("v.mrc")
+        code, _, err = _run(["voxelize", small_stack.with_name("g.state.h5"), "-o", fine,
+                             "--force", "--arch", "cpu", *extra], capsys)
+        assert code == 0, err
+        assert read(fine)[2] == expected

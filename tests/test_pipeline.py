@@ -1,5 +1,5 @@
 """The pipeline layer (taichi_etgs.pipeline): the one output guard, the one JSON encoder,
-views at unit scale, the compute device started once."""
+views at unit scale, the MRC origin, the compute device started once."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from taichi_etgs.pipeline import jsonio
 from taichi_etgs.pipeline.inputs import StackSource, index_ranges, rescaled, unit_views
 from taichi_etgs.pipeline.outputs import EXISTS_MESSAGE, check_writable
 from taichi_etgs.pipeline.session import Session
+from taichi_etgs.pipeline.tomograms import mrc_origin
 
 # -- the one output guard --
 
@@ -137,6 +138,20 @@ def test_views_without_signal_or_beyond_float32_are_refused():
 def test_index_ranges():
     assert index_ranges([0, 1, 2, 5, 7, 8]) == "0-2,5,7-8"
     assert index_ranges([]) == ""
+
+
+# -- the MRC origin --
+
+
+def test_mrc_origin_places_crops_and_other_grids_over_the_full_tomogram():
+    frame = (40 * 5.0, 64 * 5.0, 100 * 5.0)  # thickness 40, images 100 x 64, 5 A
+    assert mrc_origin((40, 64, 100), 5.0, frame) == (0.0, 0.0, 0.0)
+    # --width 60: the central 60 columns start at column 20: origin -20 voxels (IMOD).
+    assert mrc_origin((40, 64, 60), 5.0, frame) == (-100.0, 0.0, 0.0)
+    # binned 2 (or --voxel-size 10): the same extent, the same corner.
+    assert mrc_origin((20, 32, 50), 10.0, frame) == (0.0, 0.0, 0.0)
+    # a coarser voxel that does not divide the sizes: the centres stay, the corners move.
+    assert mrc_origin((13, 21, 33), 15.0, frame) == (-2.5, -2.5, -2.5)
 
 
 # -- the compute device --

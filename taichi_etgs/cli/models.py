@@ -59,6 +59,8 @@ def project(state_path, angles, output, size, contrast, force):
 def voxelize(state_path, output, voxel_size, shape, output_contrast, force):
     """Write a fitted model as a volume on any grid (finer, coarser, cropped).
 
+    The MRC origin places the volume over the reconstruction's tomogram.
+
     \b
     Example:
       taichi-etgs voxelize TS_01_gs.state.h5 --voxel-size 5 -o TS_01_gs_fine.mrc

@@ -258,7 +258,8 @@ def _set_header_stats_f64(header: np.recarray, data: np.ndarray) -> None:
 
 
 def _write_mrc(path: str | PathLike, array: np.ndarray, spacing_A: float, *, force: bool,
-               labels: Sequence[str], image_stack: bool) -> Path:
+               labels: Sequence[str], image_stack: bool,
+               origin_A: Sequence[float] | None = None) -> Path:
     p = Path(path)
     array = np.asarray(array)
     if array.ndim != 3:
@@ -267,6 +268,9 @@ def _write_mrc(path: str | PathLike, array: np.ndarray, spacing_A: float, *, for
         raise ValueError(f"voxel size must be a positive number of Angstrom, got {spacing_A}")
     if isinstance(labels, str):
         labels = [labels]
+    if origin_A is not None and (len(origin_A) != 3
+                                 or not all(np.isfinite(v) for v in origin_A)):
+        raise ValueError(f"origin must be three finite numbers (x, y, z), got {origin_A}")
     check_writable(p, force)
     data = np.ascontiguousarray(array, dtype=np.float32)
     for k in range(data.shape[0]):
@@ -283,6 +287,8 @@ def _write_mrc(path: str | PathLike, array: np.ndarray, spacing_A: float, *, for
         if image_stack:
             mrc.set_image_stack()
         mrc.voxel_size = float(spacing_A)
+        if origin_A is not None:
+            mrc.header.origin = tuple(float(v) for v in origin_A)
         labels = list(labels)[:_MAX_LABELS]
         if labels:
             # Replace mrcfile's "Created by mrcfile.py" label: ten slots are all we have.
@@ -294,7 +300,8 @@ def _write_mrc(path: str | PathLike, array: np.ndarray, spacing_A: float, *, for
 
 
 def write_volume(path: str | PathLike, volume_zyx: np.ndarray, voxel_size_A: float, *,
-                 force: bool = False, labels: Sequence[str] = ()) -> Path:
+                 force: bool = False, labels: Sequence[str] = (),
+                 origin_A: Sequence[float] | None = None) -> Path:
     """Write a float32 MRC volume atomically.
 
     Parameters
@@ -311,6 +318,11 @@ def write_volume(path: str | PathLike, volume_zyx: np.ndarray, voxel_size_A: flo
         Header labels (at most 10 are kept; each is cut to 80 characters, and
         characters other than printable ASCII become ``?``). Without labels the
         file keeps mrcfile's "Created by" label.
+    origin_A
+        The header's origin (x, y, z) in Angstrom, IMOD's convention: a point at
+        (continuous) index ``i`` along an axis lies at ``i * voxel_size - origin`` in the
+        frame the volume shares with others (so a sub-volume starting at index ``k`` of a
+        larger one has origin ``-k * voxel_size``). None: (0, 0, 0).
 
     Returns
     -------
@@ -333,7 +345,7 @@ def write_volume(path: str | PathLike, volume_zyx: np.ndarray, voxel_size_A: flo
     are computed from the data.
     """
     return _write_mrc(path, volume_zyx, voxel_size_A, force=force, labels=labels,
-                      image_stack=False)
+                      image_stack=False, origin_A=origin_A)
 
 
 def write_stack(path: str | PathLike, stack: np.ndarray, pixel_size_A: float, *,

@@ -15,8 +15,8 @@ Modules, by what they hold:
 - :mod:`~taichi_etgs.pipeline.outputs`: :func:`check_writable`, the one output guard.
 - :mod:`~taichi_etgs.pipeline.jsonio`: the one JSON encoder.
 - :mod:`~taichi_etgs.pipeline.sizes`: tomogram sizes and the memory/disk checks.
-- :mod:`~taichi_etgs.pipeline.tomograms`: writing a tomogram (polarity, sidecar) and
-  what a run returns (:class:`TomogramResult`).
+- :mod:`~taichi_etgs.pipeline.tomograms`: writing a tomogram (MRC origin, polarity,
+  sidecar) and what a run returns (:class:`TomogramResult`).
 - :mod:`~taichi_etgs.pipeline.classical`: :func:`run_wbp`, :func:`run_sirt`.
 - :mod:`~taichi_etgs.pipeline.gaussian`: :func:`run_reconstruct` (seeding, resume,
   halves).

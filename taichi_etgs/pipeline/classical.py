@@ -13,7 +13,7 @@ from . import inputs, sizes
 from .inputs import StackSource
 from .outputs import check_writable
 from .session import Session
-from .tomograms import TomogramResult, VolumeTarget, write_tomogram
+from .tomograms import TomogramResult, VolumeTarget, mrc_origin, write_tomogram
 
 __all__ = ["prepare", "run_sirt", "run_wbp"]
 
@@ -47,12 +47,14 @@ def prepare(method: str, source: StackSource, target: VolumeTarget, session: Ses
 def _finish(session: Session, source: StackSource, target: VolumeTarget, series, shape,
             volume: np.ndarray, seconds: float, what: str, info: dict) -> TomogramResult:
     pixel = inputs.pixel_size(series)
+    _, ny, nx = series.data.shape
+    origin = mrc_origin(shape, pixel, (shape[0] * pixel, ny * pixel, nx * pixel))
     info = {"n_views": series.n_tilts, "binning": source.binning, **info}
     if target.path is not None:
         write_tomogram(session, target.path, volume, pixel, source.contrast,
-                       target.output_contrast, target.force, what, info)
-    return TomogramResult(volume=volume, voxel_size_A=pixel, output=target.path,
-                          seconds=seconds, info=info)
+                       target.output_contrast, target.force, what, info, origin)
+    return TomogramResult(volume=volume, voxel_size_A=pixel, origin_A=origin,
+                          output=target.path, seconds=seconds, info=info)
 
 
 def _radial(radial: Sequence[float]) -> tuple[float, float]:

@@ -29,7 +29,7 @@ from .resume import (
     saved_config,
 )
 from .session import Session
-from .tomograms import TomogramResult, VolumeTarget, check_finite, write_tomogram
+from .tomograms import TomogramResult, VolumeTarget, check_finite, mrc_origin, write_tomogram
 
 __all__ = ["GaussianSettings", "ReconstructResult", "run_reconstruct"]
 
@@ -135,7 +135,7 @@ def _report_validation(validation: dict, session: Session) -> None:
 
 
 def _write_halves(session, run, views, series, paths, factor, out_shape, pixel, contrast,
-                  output_contrast, force) -> dict:
+                  output_contrast, force, origin) -> dict:
     """Fit the odd and the even tilts independently, write both, return their FSC."""
     from ..metrics import half_map_fsc
     from ..reconstruct import reconstruct_halves
@@ -151,7 +151,7 @@ def _write_halves(session, run, views, series, paths, factor, out_shape, pixel, 
             write_tomogram(session, path, volume, pixel * factor, contrast, output_contrast,
                            force, f"gaussians half {k} ({'odd' if k == 1 else 'even'} tilts)",
                            {"half": k, "n_views": int(r.measured.shape[0]),
-                            "validation": r.validation_report()})
+                            "validation": r.validation_report()}, origin)
     session.tell(f"half-map FSC: 0.143 at {fsc['fsc0143_resolution_A']:.1f} A, 0.5 at "
                  f"{fsc['fsc05_resolution_A']:.1f} A, mean {fsc['band_fsc']:.3f} over "
                  f"{1 / fsc['band_per_A'][0]:.0f}-{1 / fsc['band_per_A'][1]:.0f} A")
@@ -342,10 +342,13 @@ def run_reconstruct(source: StackSource, target: VolumeTarget,
     factor = 1.0 if voxel_size is None else voxel_size / pixel
     volume = run.tomogram(voxel_size=factor, shape_zyx=out_shape)
     check_finite(volume, series.source)
+    _, ny, nx = series.data.shape
+    origin = mrc_origin(out_shape, pixel * factor, (shape[0] * pixel, ny * pixel, nx * pixel))
     if settings.halves:
         validation.update(_write_halves(session, run, views, series, half_outputs or
                                         [None, None], factor, out_shape, pixel,
-                                        source.contrast, target.output_contrast, force))
+                                        source.contrast, target.output_contrast, force,
+                                        origin))
     info = {"n_views": series.n_tilts, "binning": source.binning, "n_gaussians": run.params.n,
             "iterations": run.iteration,
             "final_loss": run.losses[-1] if run.losses else None,
@@ -354,7 +357,8 @@ def run_reconstruct(source: StackSource, target: VolumeTarget,
     if output is not None:
         try:
             write_tomogram(session, output, volume, pixel * factor, source.contrast,
-                           target.output_contrast, force, f"gaussians {run.params.n}", info)
+                           target.output_contrast, force, f"gaussians {run.params.n}", info,
+                           origin)
         except OSError as exc:
             if state_path is None:
                 raise RunFailure(f"cannot write {output} ({os_reason(exc)}); the fitted model "
@@ -362,6 +366,6 @@ def run_reconstruct(source: StackSource, target: VolumeTarget,
             raise RunFailure(f"cannot write {output} ({os_reason(exc)}); the fitted model is "
                              f"saved in {state_path}: make room, then rerun the same command "
                              f"with --resume {state_path} to write the tomogram") from exc
-    return ReconstructResult(volume=volume, voxel_size_A=pixel * factor, output=output,
-                             seconds=seconds, info=info, run=run,
+    return ReconstructResult(volume=volume, voxel_size_A=pixel * factor, origin_A=origin,
+                             output=output, seconds=seconds, info=info, run=run,
                              state=state_path, validation=validation, halves=half_outputs)

@@ -14,9 +14,9 @@ import numpy as np
 from ..errors import InputError
 from . import sizes
 from .outputs import check_writable
-from .resume import state_geometry
+from .resume import state_frame, state_geometry
 from .session import Session
-from .tomograms import check_finite, write_tomogram
+from .tomograms import check_finite, mrc_origin, write_tomogram
 
 __all__ = ["GaussianizeResult", "run_export", "run_gaussianize", "run_project",
            "run_voxelize"]
@@ -101,7 +101,8 @@ def run_voxelize(state_path: str | PathLike, output: str | PathLike, *,
     (bright, in the model's units).
 
     voxel_size: A (default: the reconstruction's). shape: the grid (nz, ny, nx) (default:
-    the tomogram's extent at that voxel size).
+    the tomogram's extent at that voxel size). The MRC origin places it over the
+    reconstruction's tomogram.
     """
     from ..resources import RunSize
 
@@ -128,8 +129,10 @@ def run_voxelize(state_path: str | PathLike, output: str | PathLike, *,
     # Back to the units the model was fitted in, on the level it sits on.
     volume = (volume * float(state.geometry.get("view_scale", 1.0))
               + float(state.geometry.get("background", 0.0)))
+    origin = mrc_origin(grid, voxel, state_frame(state, model_shape, pixel))
     write_tomogram(session, output, volume, voxel, "bright", output_contrast, force,
-                   f"voxelize {state.params.n} Gaussians", {"n_gaussians": state.params.n})
+                   f"voxelize {state.params.n} Gaussians", {"n_gaussians": state.params.n},
+                   origin)
     return volume
 
 

@@ -185,6 +185,16 @@ def state_geometry(state, path) -> tuple[tuple[int, int, int], float]:
     return shape, pixel
 
 
+def state_frame(state, shape, pixel: float) -> tuple[float, float, float]:
+    """The extent (z, y, x) in A of the full tomogram a state's model belongs to: its
+    thickness and the detector's height and width (the MRC origin's frame)."""
+    try:
+        ny, nx = (int(n) for n in state.geometry.get("detector_yx", shape[1:]))
+    except (TypeError, ValueError):
+        ny, nx = shape[1:]
+    return (shape[0] * pixel, ny * pixel, nx * pixel)
+
+
 def default_state_path(output: Path) -> Path:
     """``tomo.mrc`` -> ``tomo.state.h5``."""
     return output.with_name(output.name.removesuffix(".mrc") + ".state.h5")

@@ -1,4 +1,18 @@
-"""Writing a tomogram (polarity, sidecar) and what a run returns."""
+"""Writing a tomogram (polarity, MRC origin, sidecar) and what a run returns.
+
+MRC origin
+----------
+Every tomogram is centred on the tilt axis (voxel ``i`` of ``n`` at ``i + 0.5 - n/2``
+voxels from it). The header's origin places it in one frame shared by every tomogram of
+the same tilt series, so that a ``--width`` crop, a binned tomogram or one at another
+``--voxel-size`` overlays the full tomogram in IMOD: the frame's corner is the corner of
+the full tomogram (the whole image width and height, the reconstruction's thickness), and
+the origin follows IMOD's convention, a point at index ``u`` (continuous, voxel 0's
+corner at 0) lying at ``u * voxel_size - origin`` in that frame (:func:`mrc_origin`; as
+IMOD's model transforms read it). The full tomogram itself has origin (0, 0, 0); a crop
+starting ``k`` voxels in has ``-k * voxel_size``. ChimeraX reads the origin as the
+position of voxel 0, the opposite sign: there a crop lands mirrored about the corner.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +26,7 @@ import numpy as np
 
 from ..errors import InputError
 
-__all__ = ["TomogramResult", "VolumeTarget", "check_finite", "write_tomogram"]
+__all__ = ["TomogramResult", "VolumeTarget", "check_finite", "mrc_origin", "write_tomogram"]
 
 log = logging.getLogger("taichi_etgs.pipeline")
 
@@ -67,6 +81,7 @@ class TomogramResult:
 
     volume: positive density (bright), in the images' units per voxel. [nz, ny, nx]
     voxel_size_A: its voxel size.
+    origin_A: the MRC origin (x, y, z) it was or would be written with (:func:`mrc_origin`).
     output: the MRC written, or None.
     seconds: wall time of the computation.
     info: what the output's sidecar records under ``result``.
@@ -74,9 +89,21 @@ class TomogramResult:
 
     volume: np.ndarray
     voxel_size_A: float
+    origin_A: tuple[float, float, float] = (0.0, 0.0, 0.0)
     output: Path | None = None
     seconds: float = 0.0
     info: dict = field(default_factory=dict)
+
+
+def mrc_origin(shape_zyx, voxel_A: float, frame_zyx_A) -> tuple[float, float, float]:
+    """The MRC origin (x, y, z), A, of a centred grid in the shared frame.
+
+    shape_zyx: the written grid. voxel_A: its voxel size.
+    frame_zyx_A: the extent of the full tomogram (thickness, image height and width) in A.
+    """
+    origin = [n * voxel_A / 2.0 - extent / 2.0 for n, extent in zip(shape_zyx, frame_zyx_A)]
+    z, y, x = (round(float(v), 4) + 0.0 for v in origin)  # + 0.0: no "-0.0" in headers
+    return (x, y, z)
 
 
 def check_finite(volume: np.ndarray, source) -> None:
@@ -90,12 +117,13 @@ def check_finite(volume: np.ndarray, source) -> None:
 
 def write_tomogram(session, path: str | PathLike, volume: np.ndarray, pixel: float,
                    contrast: str, output_contrast: str, force: bool, what: str,
-                   result: dict | None = None) -> Path:
+                   result: dict | None = None,
+                   origin_A: tuple[float, float, float] | None = None) -> Path:
     """Write a positive-density tomogram in the asked polarity, with its sidecar.
 
     contrast: the images' polarity ("dark"/"bright"); output_contrast: "input", "bright"
     or "dark". what: the MRC label and the sidecar's ``what``. result: more for the
-    sidecar.
+    sidecar. origin_A: the header's origin (:func:`mrc_origin`).
     """
     from .. import io
     from ..preprocess import to_output_polarity
@@ -103,11 +131,14 @@ def write_tomogram(session, path: str | PathLike, volume: np.ndarray, pixel: flo
     check_finite(volume, None)
     start = time.perf_counter()
     out = to_output_polarity(volume, contrast, output_contrast)
-    io.write_volume(path, out, pixel, force=force, labels=session.labels(what))
+    io.write_volume(path, out, pixel, force=force, labels=session.labels(what),
+                    origin_A=origin_A)
     nz, ny, nx = volume.shape
     polarity = contrast if output_contrast == "input" else output_contrast
     record = {"what": what, "shape_zyx": [nz, ny, nx], "voxel_size_A": float(f"{pixel:.6g}"),
               "contrast": polarity}
+    if origin_A is not None:
+        record["origin_A"] = list(origin_A)
     session.write_sidecar(path, {**record, **(result or {})})
     log.info("wrote %s in %.1f s", path, time.perf_counter() - start)
     session.say(f"wrote {path} ({nz} x {ny} x {nx} voxels, Z Y X; {pixel:g} A/voxel)")
