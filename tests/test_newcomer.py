@@ -442,3 +442,22 @@ def test_mrc_origin_overlays_crops_binned_and_voxelized_volumes(small_stack, cap
                              "--force", "--arch", "cpu", *extra], capsys)
         assert code == 0, err
         assert read(fine)[2] == expected
+
+
+# -- 12. progress when stderr is not a terminal --
+
+
+def test_progress_without_a_terminal_is_a_line_every_ten_percent(small_stack, capsys,
+                                                                 tmp_path):
+    log_file = tmp_path / "run.log"
+    code, _, err = _run(["--log", log_file, "sirt", small_stack, "--thickness", 4,
+                         "--iterations", 20, "-o", small_stack.with_name("s.mrc"),
+                         "--arch", "cpu"], capsys)
+    assert code == 0, err
+    lines = [line for line in err.splitlines() if line.startswith("SIRT: ")]
+    assert len(lines) == 10 and lines[4].startswith("SIRT: 50 % (10/20 it), residual ")
+    assert "SIRT: 50 % (10/20 it)" in log_file.read_text()
+    code, _, err = _run(_reconstruct_args(small_stack, small_stack.with_name("g.mrc"),
+                                          "--iterations", 10), capsys)
+    assert code == 0, err
+    assert "Gaussians: 100 % (10/10 it), loss " in err

@@ -1,9 +1,10 @@
 """The pipeline layer (taichi_etgs.pipeline): the one output guard, the one JSON encoder,
-views at unit scale, the MRC origin, the compute device started once."""
+views at unit scale, progress lines, the MRC origin, the compute device started once."""
 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ from taichi_etgs.errors import InputError
 from taichi_etgs.pipeline import jsonio
 from taichi_etgs.pipeline.inputs import StackSource, index_ranges, rescaled, unit_views
 from taichi_etgs.pipeline.outputs import EXISTS_MESSAGE, check_writable
+from taichi_etgs.pipeline.progress import ProgressReport
 from taichi_etgs.pipeline.session import Session
 from taichi_etgs.pipeline.tomograms import mrc_origin
 
@@ -138,6 +140,38 @@ def test_views_without_signal_or_beyond_float32_are_refused():
 def test_index_ranges():
     assert index_ranges([0, 1, 2, 5, 7, 8]) == "0-2,5,7-8"
     assert index_ranges([]) == ""
+
+
+# -- progress --
+
+
+def test_progress_without_a_terminal_is_a_line_every_ten_percent(caplog):
+    lines = []
+    session = Session(note=lines.append, bars=True)  # capsys/pytest: stderr is no terminal
+    with ProgressReport(session, 20, "SIRT") as bar:
+        for i in range(1, 21):
+            bar.update(i, residual=f"{1.0 / i:.3g}")
+    assert len(lines) == 10
+    assert lines[4].startswith("SIRT: 50 % (10/20 it), residual 0.1; ")
+    assert "s left" in lines[4] and "left" not in lines[-1]
+    # A resumed step reports from where it starts.
+    lines.clear()
+    with ProgressReport(session, 100, "Gaussians", initial=45) as bar:
+        for i in range(46, 101):
+            bar.update(i)
+    assert lines[0].startswith("Gaussians: 50 % (50/100 it)") and len(lines) == 6
+
+
+def test_progress_under_a_visible_bar_goes_to_the_log_only(caplog, monkeypatch):
+    lines = []
+    session = Session(note=lines.append, bars=True)
+    monkeypatch.setattr(ProgressReport, "bar_shows", property(lambda self: True))  # a terminal
+    with caplog.at_level(logging.INFO, logger="taichi_etgs.pipeline"), \
+            ProgressReport(session, 10, "fit") as bar:
+        bar.update(5)
+    assert lines == []
+    assert any(r.getMessage().startswith("fit: 50 %") and getattr(r, "echoed", False)
+               for r in caplog.records)
 
 
 # -- the MRC origin --

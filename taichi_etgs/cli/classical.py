@@ -59,7 +59,8 @@ def sirt(source, target, iterations, relaxation, positivity):
 
     Iterative: each iteration projects the volume, compares with the views and
     back-projects the difference. Smoother and higher in contrast than WBP, at
-    about two WBPs per iteration. Shows a progress bar with the residual.
+    about two WBPs per iteration. Shows a progress bar with the residual (on a terminal;
+    elsewhere a line every 10 %).
 
     \b
     Example:

@@ -9,7 +9,8 @@ Modules, by what they hold:
 
 - :mod:`~taichi_etgs.pipeline.session`: where a run reports (results, notes, warnings,
   progress) and what it records (provenance); starting the compute device.
-- :mod:`~taichi_etgs.pipeline.progress`: progress bars on a terminal.
+- :mod:`~taichi_etgs.pipeline.progress`: progress bars on a terminal, periodic one-line
+  progress in the log (and on stderr when it is not a terminal).
 - :mod:`~taichi_etgs.pipeline.inputs`: reading and checking a tilt series
   (:class:`StackSource`), and its views at unit scale for the linear methods.
 - :mod:`~taichi_etgs.pipeline.outputs`: :func:`check_writable`, the one output guard.

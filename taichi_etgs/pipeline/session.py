@@ -58,7 +58,8 @@ class Session:
     note: receives progress notes (default: logging, INFO).
     warning: receives warnings, without the ``warning:`` prefix (default: a Python
         :class:`PipelineWarning`).
-    bars: show progress bars (tqdm) when stderr is a terminal.
+    bars: show progress bars (tqdm) when stderr is a terminal; without one the progress is
+        a line every 10 % through ``note``.
     arch, threads: the compute device to start (:func:`taichi_etgs.runtime.init`) when
         the run first needs it, after its cheap checks; ``arch=None`` keeps the running
         one (or starts ``auto`` when none runs).
