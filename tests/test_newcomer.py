@@ -461,3 +461,49 @@ def test_progress_without_a_terminal_is_a_line_every_ten_percent(small_stack, ca
                                           "--iterations", 10), capsys)
     assert code == 0, err
     assert "Gaussians: 100 % (10/10 it), loss " in err
+
+
+# -- 13. cheap checks before Taichi starts --
+
+
+@pytest.fixture
+def no_taichi(monkeypatch):
+    """Fail the test if Taichi is started."""
+    from taichi_etgs import runtime
+
+    def init(*args, **kwargs):
+        raise AssertionError("Taichi was started")
+
+    monkeypatch.setattr(runtime, "init", init)
+
+
+def test_outputs_are_checked_before_taichi_starts(small_stack, capsys, state, no_taichi):
+    folder = small_stack.parent
+    existing = folder / "exists.mrc"
+    existing.write_bytes(b"keep")
+    missing = folder / "no" / "such" / "folder.mrc"
+    sim_dir = folder / "sim"
+    sim_dir.mkdir()
+    (sim_dir / "tilts.mrc").write_bytes(b"keep")
+    demo_dir = folder / "demo"
+    demo_dir.mkdir()
+    (demo_dir / "tomogram_sirt.mrc").write_bytes(b"keep")
+    stack_args = [small_stack, "--thickness", 4, "--arch", "cpu", "-o"]
+    commands = [["wbp", *stack_args], ["sirt", *stack_args],
+                ["reconstruct", "--init", "wbp", *stack_args],
+                ["project", state, "--angles", "0:10:5", "--arch", "cpu", "-o"],
+                ["voxelize", state, "--arch", "cpu", "-o"],
+                ["gaussianize", existing, "--arch", "cpu", "-o"]]
+    for command in commands:
+        for output in (existing, missing):
+            code, _, err = _run([*command, output], capsys)
+            assert code == 2 and ("exists" in err or "does not exist" in err), (command, err)
+            assert "compute:" not in err
+    # A state of an earlier run, outputs of an earlier simulation or demo.
+    small_stack.with_name("r.state.h5").write_bytes(b"keep")
+    for command in (["reconstruct", *stack_args, small_stack.with_name("r.mrc")],
+                    ["simulate", "-o", sim_dir, "--arch", "cpu"],
+                    ["demo", "-o", demo_dir, "--arch", "cpu"]):
+        code, _, err = _run(command, capsys)
+        assert code == 2 and "exists" in err, (command, err)
+    assert existing.read_bytes() == b"keep"

@@ -12,7 +12,7 @@ One module per command group, each thin (the work is in :mod:`taichi_etgs.pipeli
 - :mod:`~taichi_etgs.cli.simulation`: ``simulate``, ``evaluate``.
 
 Heavy modules (Taichi, the kernels) are imported when a command runs, so that ``--help``
-is fast.
+is fast; Taichi starts only after a command's cheap checks (outputs, inputs, sizes).
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@
 Shared options become pipeline objects before the command sees them: the STACK options
 a :class:`~taichi_etgs.pipeline.inputs.StackSource` (``source``), the tomogram options
 a :class:`~taichi_etgs.pipeline.tomograms.VolumeTarget` (``target``), and ``--arch`` and
-``--threads`` start the session's compute device.
+``--threads`` settings of the session (Taichi starts when a run needs it, after its
+cheap checks).
 """
 
 from __future__ import annotations
@@ -114,7 +115,7 @@ def volume_options(func=None, *, required: bool = True, note: str = ""):
 
 
 def runtime_options(func):
-    """--arch and --threads: the session's compute device, started here."""
+    """--arch and --threads: the device the session starts when the run needs it."""
 
     @click.option("--arch", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
                   show_default=True, help="Compute device: auto picks CUDA when a GPU is usable.")
@@ -124,7 +125,6 @@ def runtime_options(func):
     def wrapper(*args, arch: str, threads: int | None, **kwargs):
         current = session()
         current.arch, current.threads = arch, threads
-        current.start_compute()
         return func(*args, **kwargs)
 
     return wrapper
