@@ -232,6 +232,8 @@ def test_cli_halves_and_validation_in_the_sidecar(isolated_views, tmp_path, caps
     assert 0 <= validation["best_iteration"] <= 20
     assert len(validation["half_fsc"]["fsc"]) == len(validation["half_fsc"]["freq_per_A"])
     assert validation["half_fsc0143_resolution_A"] > 0
+    # The specimen's FSC leaves out the slab both halves fit alike: it reads lower.
+    assert validation["specimen_half_band_fsc"] < validation["half_band_fsc"]
     # The same pair scored by `evaluate --half2` gives the same curve.
     code = main(["evaluate", str(tmp_path / "rec_half1.mrc"), "--half2",
                  str(tmp_path / "rec_half2.mrc"), "--json", str(tmp_path / "h.json")])
