@@ -308,6 +308,35 @@ def test_info_calls_a_repeated_angle_a_repeat_not_unsorted(small_stack, capsys):
     assert "more than once" in err  # the repeat itself is still reported
 
 
+def test_info_does_not_warn_about_a_dose_symmetric_order(small_stack, capsys):
+    order = np.argsort(np.abs(TILTS), kind="stable")  # 0, -10, 10, -20, 20, ...
+    np.savetxt(small_stack.with_name("ts.tlt"), TILTS[order], fmt="%.2f")
+    code, out, err = _run(["info", small_stack], capsys)
+    assert code == 0
+    assert "warning" not in err and "warning" not in out, out + err
+    assert "dose-symmetric" in _info_line(out, "tilt order")
+
+
+def test_a_pixel_size_given_over_the_header_is_a_note_not_a_warning(small_stack, capsys):
+    code, _, err = _run(["wbp", small_stack, "--pixel-size", 2.5, "--thickness", 4, "-o",
+                         small_stack.with_name("tomo.mrc"), "--arch", "cpu"], capsys)
+    assert code == 0, err
+    assert "using --pixel-size 2.5" in err and "warning" not in err, err
+
+
+def test_an_init_tomogram_of_another_size_is_refused_before_taichi(small_stack, capsys,
+                                                                  no_taichi):
+    from taichi_etgs.io import write_volume
+
+    init = small_stack.with_name("init.mrc")
+    write_volume(init, np.zeros((6, 8, 12), np.float32), 5.0)
+    code, _, err = _run(["reconstruct", small_stack, "--thickness", 4, "-o",
+                         small_stack.with_name("g.mrc"), "--init", init, "--arch", "cpu"],
+                        capsys)
+    assert code == 2 and "--init" in err and "6x8x12" in err and "4x8x12" in err, err
+    assert "initial volume" not in err and "compute:" not in err
+
+
 # -- 9. the command line in the MRC labels is split at spaces --
 
 
@@ -507,3 +536,71 @@ def test_outputs_are_checked_before_taichi_starts(small_stack, capsys, state, no
         code, _, err = _run(command, capsys)
         assert code == 2 and "exists" in err, (command, err)
     assert existing.read_bytes() == b"keep"
+
+
+# -- 14. every command writes the input's polarity, relative to the mean --
+
+
+@pytest.fixture
+def phantom_stack(tmp_path, taichi_cpu):
+    """Blobs in a 6 x 10 x 16 box imaged dark (an offset minus the projections), 5 A."""
+    from taichi_etgs.io import write_stack
+    from taichi_etgs.projector import forward_project
+
+    from .phantoms import gaussian_blobs
+
+    truth = gaussian_blobs((6, 10, 16), 4, 1.2, (1.5, 3, 5), seed=2)
+    views = 50.0 - forward_project(truth, TILTS)
+    path = tmp_path / "blobs.mrc"
+    write_stack(path, views.astype(np.float32), 5.0)
+    np.savetxt(tmp_path / "blobs.tlt", TILTS, fmt="%.2f")
+    return path, truth
+
+
+def test_every_tomogram_has_the_inputs_polarity_and_level(phantom_stack, capsys):
+    import mrcfile
+
+    stack, truth = phantom_stack
+    common = [stack, "--thickness", 6, "--arch", "cpu", "-o"]
+    commands = {"wbp": ["wbp", *common], "sirt": ["sirt", "--iterations", 5, *common],
+                "gaussians": ["reconstruct", "--iterations", 6, "--max-gaussians", 200,
+                              "--init", "wbp", *common]}
+    written = {}
+    for name, args in commands.items():
+        out = stack.with_name(f"{name[0]}.mrc")
+        code, _, err = _run([*args, out], capsys)
+        assert code == 0, err
+        written[name] = mrcfile.read(out)
+    code, _, err = _run(["voxelize", stack.with_name("g.state.h5"), "-o",
+                         stack.with_name("v.mrc"), "--arch", "cpu"], capsys)
+    assert code == 0, err
+    written["voxelize"] = mrcfile.read(stack.with_name("v.mrc"))
+    for name, volume in written.items():
+        # Dark density, like the input images, for every command.
+        assert np.corrcoef(volume.ravel(), truth.ravel())[0, 1] < -0.5, name
+    # The same level: density relative to the mean (WBP and SIRT by construction, each
+    # view's mean removed; the model's voxelisation is moved there).
+    for name in ("gaussians", "voxelize"):
+        volume = written[name]
+        assert abs(float(volume.mean())) < 1e-3 * float(volume.std()), name
+        assert volume.min() < 0 < volume.max()
+    # voxelize writes what reconstruct wrote for the same model.
+    assert np.corrcoef(written["voxelize"].ravel(),
+                       written["gaussians"].ravel())[0, 1] > 0.99
+    np.testing.assert_allclose(written["voxelize"], written["gaussians"],
+                               atol=1e-5 * float(np.abs(written["gaussians"]).max()))
+    # --output-contrast means the same for voxelize as for the reconstructions.
+    code, _, err = _run(["voxelize", stack.with_name("g.state.h5"), "-o",
+                         stack.with_name("vb.mrc"), "--output-contrast", "bright",
+                         "--arch", "cpu"], capsys)
+    assert code == 0, err
+    np.testing.assert_array_equal(mrcfile.read(stack.with_name("vb.mrc")),
+                                  -written["voxelize"])
+    # A --shape crop keeps the tomogram's level (it is part of the same tomogram).
+    code, _, err = _run(["voxelize", stack.with_name("g.state.h5"), "-o",
+                         stack.with_name("vc.mrc"), "--shape", "6,10,8", "--arch", "cpu"],
+                        capsys)
+    assert code == 0, err
+    np.testing.assert_allclose(mrcfile.read(stack.with_name("vc.mrc")),
+                               written["voxelize"][:, :, 4:12],
+                               atol=1e-5 * float(np.abs(written["voxelize"]).max()))

@@ -52,14 +52,18 @@ def project(state_path, angles, output, size, contrast, force):
               help="Voxel size in A [default: the reconstruction's].")
 @click.option("--shape", default=None, metavar="NZ,NY,NX",
               help="Grid size [default: the tomogram's extent at that voxel size].")
-@click.option("--output-contrast", type=click.Choice(["bright", "dark"]), default="bright",
-              show_default=True, help="Polarity of the volume.")
+@click.option("--output-contrast", type=click.Choice(["input", "bright", "dark"]),
+              default="input", show_default=True,
+              help="Polarity of the volume: like the images the model was fitted to (what "
+                   "reconstruct writes), or as asked.")
 @click.option("--force", is_flag=True, help="Overwrite the output if it exists.")
 @runtime_options
 def voxelize(state_path, output, voxel_size, shape, output_contrast, force):
     """Write a fitted model as a volume on any grid (finer, coarser, cropped).
 
-    The MRC origin places the volume over the reconstruction's tomogram.
+    On the reconstruction's grid the volume is the tomogram reconstruct wrote: the
+    Gaussians and the ice slab, relative to the mean, in the polarity of the input
+    images. The MRC origin places the volume over the reconstruction's tomogram.
 
     \b
     Example:

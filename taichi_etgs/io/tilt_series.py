@@ -19,7 +19,7 @@ from .transforms import aln_to_xf, apply_xf_image, read_xf
 from .views import check_view_indices, parse_view_list
 
 __all__ = ["SIBLING_ANGLE_SUFFIXES", "TiltSeries", "load_tilt_series", "stack_mdoc",
-           "stack_summary"]
+           "stack_summary", "tilt_order"]
 
 #: Angle files looked for next to the stack, in this order, when none is given:
 #: ``<stem>.tlt`` (IMOD refined angles), ``<stem>.rawtlt``, ``<stem>.mdoc`` and
@@ -316,6 +316,21 @@ def _streamed_stats(data: np.ndarray) -> tuple[float, float, float, float]:
     return lo, hi, mean, std
 
 
+def tilt_order(tilts_deg) -> str:
+    """How the angles run in stack order: "ascending", "descending" (either "with repeated
+    angles"), or "acquisition order" (not sorted: dose-symmetric, say; fine)."""
+    tilts = np.asarray(tilts_deg, dtype=np.float64)
+    if tilts.size < 3:
+        return "-"
+    steps = np.diff(tilts)
+    repeated = " (with repeated angles)" if (steps == 0).any() else ""
+    if (steps >= 0).all():
+        return "ascending" + repeated
+    if (steps <= 0).all():
+        return "descending" + repeated
+    return "acquisition order, not sorted (dose-symmetric?): fine for reconstruction"
+
+
 def stack_summary(series: TiltSeries) -> dict:
     """Numbers and warnings that ``taichi-etgs info`` reports about a tilt series.
 
@@ -331,19 +346,17 @@ def stack_summary(series: TiltSeries) -> dict:
         (0.0 = unknown), ``min``, ``max``, ``mean``, ``std`` (of the pixel values,
         computed one image at a time), ``tilt_min_deg``, ``tilt_max_deg``,
         ``mean_step_deg`` (range / (n - 1)), ``missing_wedge_deg`` (180 - range),
-        ``kept_views`` (list of raw-stack indices) and ``warnings``: a list of
-        one-line notes (angles not sorted, duplicated angles, radians suspected,
-        steps varying by more than 50 %, tilts not bracketing 0, unknown pixel size).
+        ``kept_views`` (list of raw-stack indices), ``tilt_order`` (:func:`tilt_order`)
+        and ``warnings``: a list of one-line notes of what looks wrong (duplicated
+        angles, radians suspected, steps varying by more than 50 %, tilts not bracketing
+        0, unknown pixel size). An acquisition order that is not sorted
+        (dose-symmetric) is no warning: it is fine.
     """
     tilts = np.asarray(series.tilts_deg, dtype=np.float64)
     lo, hi, mean, std = _streamed_stats(series.data)
     n = len(tilts)
     t_min, t_max = float(tilts.min()), float(tilts.max())
     notes: list[str] = []
-    steps_in_order = np.diff(tilts)
-    if n > 2 and not ((steps_in_order >= 0).all() or (steps_in_order <= 0).all()):
-        notes.append("tilt angles are not in sorted order (dose-symmetric acquisition?); "
-                     "that is fine for reconstruction")
     values, counts = np.unique(tilts, return_counts=True)
     if (counts > 1).any():
         notes.append("duplicated tilt angles: "
@@ -368,6 +381,7 @@ def stack_summary(series: TiltSeries) -> dict:
     return {
         "source": series.source,
         "angles_source": series.angles_source,
+        "tilt_order": tilt_order(tilts),
         "n_tilts": int(series.data.shape[0]),
         "ny": int(series.data.shape[1]),
         "nx": int(series.data.shape[2]),

@@ -29,7 +29,14 @@ from .resume import (
     saved_config,
 )
 from .session import Session
-from .tomograms import TomogramResult, VolumeTarget, check_finite, mrc_origin, write_tomogram
+from .tomograms import (
+    TomogramResult,
+    VolumeTarget,
+    check_finite,
+    mrc_origin,
+    relative_to_mean,
+    write_tomogram,
+)
 
 __all__ = ["GaussianSettings", "ReconstructResult", "run_reconstruct"]
 
@@ -145,7 +152,8 @@ def _write_halves(session, run, views, series, paths, factor, out_shape, pixel, 
     session.tell("reconstructing the odd and the even tilts independently (--halves)")
     first, second = reconstruct_halves(views, series.tilts_deg, run.shape_zyx[0], run.config,
                                        width=run.shape_zyx[2])
-    volumes = [r.tomogram(voxel_size=factor, shape_zyx=out_shape) for r in (first, second)]
+    volumes = [relative_to_mean(r.tomogram(voxel_size=factor, shape_zyx=out_shape))
+               for r in (first, second)]
     fsc = half_map_fsc(volumes[0], volumes[1], pixel * factor)
     specimen = halves_fsc(first, second, pixel, factor, out_shape)
     for k, (path, volume, r) in enumerate(zip(paths, volumes, (first, second)), start=1):
@@ -188,6 +196,12 @@ def _seed(settings: GaussianSettings, source: StackSource, shape, session: Sessi
     from ..preprocess import to_output_polarity
 
     volume, _ = read_volume(init_path)
+    if tuple(volume.shape) != tuple(shape):
+        raise InputError(f"--init: the tomogram is {'x'.join(map(str, volume.shape))} voxels "
+                         f"(z, y, x) but this reconstruction is "
+                         f"{'x'.join(map(str, shape))}: give a tomogram of the output's "
+                         f"size (--thickness, --width, --binning as it was made with)",
+                         init_path)
     # The tomogram is in the input's polarity (what this package writes by default).
     return to_output_polarity(volume, source.contrast, "input"), None, 1.0
 
@@ -321,7 +335,8 @@ def run_reconstruct(source: StackSource, target: VolumeTarget,
         del views
     log.info("configuration: %s", run.config.to_dict())
 
-    state_geometry = {"pixel_size_A": series.pixel_size_A, "source": str(series.source)}
+    state_geometry = {"pixel_size_A": series.pixel_size_A, "source": str(series.source),
+                      "contrast": source.contrast}
     if not source.in_memory and output is not None:
         state_geometry[RECORD_KEY] = RunRecord(source, target, voxel_size,
                                                settings.halves).to_dict()
@@ -352,6 +367,7 @@ def run_reconstruct(source: StackSource, target: VolumeTarget,
     factor = 1.0 if voxel_size is None else voxel_size / pixel
     volume = run.tomogram(voxel_size=factor, shape_zyx=out_shape)
     check_finite(volume, series.source)
+    volume = relative_to_mean(volume)
     _, ny, nx = series.data.shape
     origin = mrc_origin(out_shape, pixel * factor, (shape[0] * pixel, ny * pixel, nx * pixel))
     if settings.halves:

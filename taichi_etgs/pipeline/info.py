@@ -40,16 +40,6 @@ def _pixel_text(pixel: float, source: str) -> str:
                                                                   "from the header")
 
 
-def _order(tilts: np.ndarray) -> str:
-    steps = np.diff(tilts)
-    repeated = " (with repeated angles)" if (steps == 0).any() else ""
-    if tilts.size > 2 and (steps >= 0).all():
-        return "ascending" + repeated
-    if tilts.size > 2 and (steps <= 0).all():
-        return "descending" + repeated
-    return "not sorted (dose-symmetric?)" if tilts.size > 2 else "-"
-
-
 def describe_stack(source: StackSource, session: Session | None = None) -> StackDescription:
     """Read a tilt series once (nothing is written) and describe it.
 
@@ -68,7 +58,6 @@ def describe_stack(source: StackSource, session: Session | None = None) -> Stack
     pixel = summary.get("pixel_size_A", 0.0)
     binning = source.binning
     file_size = source.path.stat().st_size if source.path is not None else series.data.nbytes
-    tilts = np.asarray(series.tilts_deg, dtype=np.float64)
     out = StackDescription(summary=summary)
     out.lines = [
         ("stack", str(series.source)),
@@ -82,7 +71,7 @@ def describe_stack(source: StackSource, session: Session | None = None) -> Stack
         ("pixel size", _pixel_text(pixel, series.pixel_size_source)),
         ("tilt range", f"{summary['tilt_min_deg']:.2f} to {summary['tilt_max_deg']:.2f} deg, "
                        f"mean step {summary['mean_step_deg']:.2f} deg"),
-        ("tilt order", _order(tilts)),
+        ("tilt order", summary["tilt_order"]),
         ("missing wedge", f"{summary['missing_wedge_deg']:.1f} deg"),
         ("min / max", f"{summary['min']:.4g} / {summary['max']:.4g}"),
         ("mean / std", f"{summary['mean']:.4g} / {summary['std']:.4g}"),

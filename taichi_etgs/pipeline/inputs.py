@@ -225,7 +225,8 @@ def load(source: StackSource, session, force: bool | None = None):
         given = series.pixel_size_A / binning
         wanted = float(source.pixel_size)
         if series.pixel_size_A > 0 and abs(given - wanted) > 1e-3 * wanted:
-            session.warn(f"{series.source}: the {series.pixel_size_source or 'file'} says "
+            # Asked for: a note, not a warning.
+            session.tell(f"{series.source}: the {series.pixel_size_source or 'file'} says "
                          f"{given:g} A per pixel; using --pixel-size {wanted:g}")
         series.pixel_size_A = wanted * binning
         series.pixel_size_source = "--pixel-size"

@@ -14,12 +14,12 @@ import numpy as np
 from ..errors import InputError
 from . import sizes
 from .outputs import check_writable
-from .resume import state_frame, state_geometry
+from .resume import RunRecord, state_frame, state_geometry
 from .session import Session
-from .tomograms import check_finite, mrc_origin, write_tomogram
+from .tomograms import check_finite, mrc_origin, relative_to_mean, write_tomogram
 
-__all__ = ["GaussianizeResult", "run_export", "run_gaussianize", "run_project",
-           "run_voxelize"]
+__all__ = ["GaussianizeResult", "model_volume", "run_export", "run_gaussianize",
+           "run_project", "run_voxelize", "state_contrast"]
 
 
 def _load_model(state_path, session: Session):
@@ -95,11 +95,16 @@ def run_project(state_path: str | PathLike, angles: str | PathLike | Sequence[fl
 
 def run_voxelize(state_path: str | PathLike, output: str | PathLike, *,
                  voxel_size: float | None = None,
-                 shape: tuple[int, int, int] | None = None, output_contrast: str = "bright",
+                 shape: tuple[int, int, int] | None = None, output_contrast: str = "input",
                  force: bool = False, session: Session | None = None) -> np.ndarray:
     """Write a fitted model as a volume on any grid (finer, coarser, cropped); returns it
-    (bright, in the model's units).
+    (bright, in the model's units, on the level of the reconstruction's tomogram).
 
+    The volume is what ``reconstruct`` writes for the model (the Gaussians and the ice
+    slab, relative to the mean of the reconstruction's box: a ``shape`` that crops it
+    keeps the tomogram's level), and in the same polarity: ``output_contrast`` "input" is
+    that of the stack the model was fitted to (dark unless it was read with
+    ``--contrast bright``), or "bright" or "dark".
     voxel_size: A (default: the reconstruction's). shape: the grid (nz, ny, nx) (default:
     the tomogram's extent at that voxel size). The MRC origin places it over the
     reconstruction's tomogram.
@@ -107,6 +112,9 @@ def run_voxelize(state_path: str | PathLike, output: str | PathLike, *,
     from ..resources import RunSize
 
     session = session or Session()
+    if output_contrast not in ("input", "bright", "dark"):
+        raise InputError(f"unknown output contrast {output_contrast!r}; expected input, "
+                         "bright or dark")
     output = check_writable(output, force, probe=True)
     state, model_shape, pixel = _load_model(state_path, session)
     voxel = pixel if voxel_size is None else float(voxel_size)
@@ -123,17 +131,43 @@ def run_voxelize(state_path: str | PathLike, output: str | PathLike, *,
                           [output.parent], final=True,
                           advice="a larger --voxel-size or a smaller --shape")
     session.start_compute()
+    volume = model_volume(state, grid, factor)
+    if shape is None:  # the reconstruction's box: on its own mean, as reconstruct writes it
+        volume = relative_to_mean(volume)
+    else:  # part of it, or more: on the level of the reconstruction's tomogram
+        volume -= np.float32(np.mean(model_volume(state, model_shape), dtype=np.float64))
+    origin = mrc_origin(grid, voxel, state_frame(state, model_shape, pixel))
+    write_tomogram(session, output, volume, voxel, state_contrast(state), output_contrast,
+                   force, f"voxelize {state.params.n} Gaussians",
+                   {"n_gaussians": state.params.n}, origin)
+    return volume
+
+
+def model_volume(state, shape_zyx, voxel_size: float = 1.0) -> np.ndarray:
+    """A saved model voxelised on a centred grid of ``voxel_size`` tomogram voxels, as
+    the run that saved it made its tomogram: the Gaussians and the ice slab, in the units
+    of the views it was fitted to (bright). [nz, ny, nx]"""
+    from ..background import SlabBackground
     from ..kernels.voxelizer import voxelize_gaussians
 
-    volume = voxelize_gaussians(state.params, grid, voxel_size=factor)
-    # Back to the units the model was fitted in, on the level it sits on.
-    volume = (volume * float(state.geometry.get("view_scale", 1.0))
-              + float(state.geometry.get("background", 0.0)))
-    origin = mrc_origin(grid, voxel, state_frame(state, model_shape, pixel))
-    write_tomogram(session, output, volume, voxel, "bright", output_contrast, force,
-                   f"voxelize {state.params.n} Gaussians", {"n_gaussians": state.params.n},
-                   origin)
-    return volume
+    volume = voxelize_gaussians(state.params, shape_zyx, voxel_size=voxel_size)
+    slab = state.config.get("_slab")  # the run's fitted slab (edge 1 voxel)
+    if slab is not None:
+        slab = SlabBackground.from_vector(slab)
+        if slab.density != 0.0:
+            volume += slab.volume(shape_zyx, voxel_size)
+    # As GaussianReconstruction.tomogram computes it: the two agree to float32 rounding.
+    return (volume * float(state.geometry.get("view_scale", 1.0))).astype(np.float32)
+
+
+def state_contrast(state) -> str:
+    """The polarity of the images (or volume) a saved model was fitted to: "dark" or
+    "bright" (states saved before it was recorded: their run's, else "dark")."""
+    contrast = state.geometry.get("contrast")
+    if contrast is None:
+        record = RunRecord.from_state(state)
+        contrast = record.source.contrast if record is not None else "dark"
+    return contrast if contrast in ("dark", "bright") else "dark"
 
 
 @dataclass
@@ -170,7 +204,7 @@ def run_gaussianize(volume_path: str | PathLike, output: str | PathLike, *,
                              progress=lambda i, loss: bar.update(i, loss=f"{loss:.4f}"))
     geometry = {"shape_zyx": list(volume.shape), "model_shape_zyx": list(volume.shape),
                 "pixel_size_A": voxel, "view_scale": 1.0, "background": result.background,
-                "source": str(volume_path)}
+                "source": str(volume_path), "contrast": contrast}
     save_state(output, result.params, None, 0, np.random.default_rng(seed).bit_generator.state,
                {"gaussianize_iterations": iterations, "max_gaussians": max_gaussians},
                geometry, input_checksum(volume), force=True)

@@ -143,7 +143,7 @@ def check_resume(state, path, source: StackSource, shape, checksum: str, force: 
     try:
         geometry_shape = tuple(int(n) for n in state.geometry.get("shape_zyx", ()))
     except (TypeError, ValueError):
-        raise InputError("holds an unreadable geometry (shape_zyx)", path) from None
+        raise InputError("holds an unreadable tomogram size", path) from None
     if state.input_checksum != checksum and not force:
         raise InputError("was made from other data (input checksum differs); use --force to "
                          "use it anyway", path)
@@ -176,10 +176,9 @@ def state_geometry(state, path) -> tuple[tuple[int, int, int], float]:
         shape = tuple(int(n) for n in state.geometry.get("shape_zyx", ()))
         pixel = float(state.geometry.get("pixel_size_A", 0.0) or 0.0) or 1.0
     except (TypeError, ValueError):
-        raise InputError("holds an unreadable geometry (shape_zyx, pixel_size_A)",
-                         path) from None
+        raise InputError("holds an unreadable tomogram size or pixel size", path) from None
     if len(shape) != 3 or min(shape) < 1:
-        raise InputError("holds no tomogram geometry (shape_zyx)", path)
+        raise InputError("holds no tomogram size (not a model of a reconstruction?)", path)
     if not (np.isfinite(pixel) and pixel > 0):
         pixel = 1.0
     return shape, pixel

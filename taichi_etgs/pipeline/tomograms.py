@@ -1,4 +1,13 @@
-"""Writing a tomogram (polarity, MRC origin, sidecar) and what a run returns.
+"""Writing a tomogram (polarity, level, MRC origin, sidecar) and what a run returns.
+
+Polarity and level
+------------------
+Every command that writes a tomogram (``wbp``, ``sirt``, ``reconstruct`` and its halves,
+``voxelize``) writes it the same way: in the polarity of the input images by default
+(``--output-contrast input``: dark density for raw cryo-EM images, as IMOD and AreTomo
+write; ``voxelize`` takes the polarity of the stack its model was fitted to), and as
+density relative to the tomogram's mean (:func:`relative_to_mean`). Runs compute in
+bright polarity (density positive); :func:`write_tomogram` turns it.
 
 MRC origin
 ----------
@@ -26,7 +35,8 @@ import numpy as np
 
 from ..errors import InputError
 
-__all__ = ["TomogramResult", "VolumeTarget", "check_finite", "mrc_origin", "write_tomogram"]
+__all__ = ["TomogramResult", "VolumeTarget", "check_finite", "mrc_origin", "relative_to_mean",
+           "write_tomogram"]
 
 log = logging.getLogger("taichi_etgs.pipeline")
 
@@ -79,7 +89,8 @@ class VolumeTarget:
 class TomogramResult:
     """A reconstruction as a run returns it.
 
-    volume: positive density (bright), in the images' units per voxel. [nz, ny, nx]
+    volume: density in bright polarity (what the file holds before ``--output-contrast``
+        turns it), relative to its mean, in the images' units per voxel. [nz, ny, nx]
     voxel_size_A: its voxel size.
     origin_A: the MRC origin (x, y, z) it was or would be written with (:func:`mrc_origin`).
     output: the MRC written, or None.
@@ -104,6 +115,16 @@ def mrc_origin(shape_zyx, voxel_A: float, frame_zyx_A) -> tuple[float, float, fl
     origin = [n * voxel_A / 2.0 - extent / 2.0 for n, extent in zip(shape_zyx, frame_zyx_A)]
     z, y, x = (round(float(v), 4) + 0.0 for v in origin)  # + 0.0: no "-0.0" in headers
     return (x, y, z)
+
+
+def relative_to_mean(volume: np.ndarray) -> np.ndarray:
+    """``volume`` minus its mean, in place (float32): the level every tomogram is written
+    on. WBP and SIRT are there by construction (each view's mean is removed); a model's
+    voxelisation (Gaussians and ice slab over an empty background) is moved there, so that
+    every command writes density relative to the mean (README, "Conventions")."""
+    volume = np.asarray(volume, dtype=np.float32)
+    volume -= np.float32(np.mean(volume, dtype=np.float64))
+    return volume
 
 
 def check_finite(volume: np.ndarray, source) -> None:
