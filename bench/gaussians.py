@@ -102,7 +102,7 @@ class Package:
 
 def random_gaussians(rng: np.random.Generator, n: int, shape_zyx: tuple[int, int, int]):
     """N Gaussians uniform in the box, scales 1-2 voxels, random rotations and densities."""
-    from taichi_etgs.gaussians import GaussianParams
+    from taichi_etgs.gaussian.params import GaussianParams
 
     nz, ny, nx = shape_zyx
     half = 0.5 * np.array([nx, ny, nz], dtype=np.float64)

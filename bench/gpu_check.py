@@ -24,10 +24,10 @@ import numpy as np
 def run_all(arch: str, series, nz: int, iterations: int) -> dict:
     """WBP, SIRT and a short Gaussian fit on ``arch``, through the commands' pipeline."""
     from taichi_etgs import runtime
+    from taichi_etgs.gaussian.fit import ReconstructConfig
     from taichi_etgs.pipeline import Session, StackSource, VolumeTarget
     from taichi_etgs.pipeline.classical import run_sirt, run_wbp
     from taichi_etgs.pipeline.gaussian import GaussianSettings, run_reconstruct
-    from taichi_etgs.reconstruct import ReconstructConfig
 
     runtime.init(arch)
     session = Session()  # keeps the Taichi just started
@@ -56,7 +56,7 @@ def main() -> int:
     args = parser.parse_args()
 
     from taichi_etgs.pipeline import StackSource
-    from taichi_etgs.simulate import SimulationConfig, simulate_tilt_series
+    from taichi_etgs.simulation.simulate import SimulationConfig, simulate_tilt_series
 
     shape = tuple(int(v) for v in args.shape.split(","))
     sim = simulate_tilt_series(SimulationConfig(shape_zyx=shape, seed=1))

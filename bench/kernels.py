@@ -34,7 +34,7 @@ _STARTUP = """
 import time; t0 = time.perf_counter()
 import numpy as np
 from taichi_etgs import runtime
-from taichi_etgs.projector import VoxelProjector
+from taichi_etgs.classical.projector import VoxelProjector
 t1 = time.perf_counter()
 runtime.init({arch!r})
 t2 = time.perf_counter()
@@ -63,9 +63,9 @@ def startup_cost(arch: str) -> dict:
 
 def bench_ours(shape, tilts, repeats: int) -> dict:
     from taichi_etgs._ti import ti
-    from taichi_etgs.projector import VoxelProjector
-    from taichi_etgs.sirt import sirt
-    from taichi_etgs.wbp import weighted_back_projection
+    from taichi_etgs.classical.projector import VoxelProjector
+    from taichi_etgs.classical.sirt import sirt
+    from taichi_etgs.classical.wbp import weighted_back_projection
 
     nz, ny, nx = shape
     rng = np.random.default_rng(0)

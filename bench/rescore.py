@@ -5,7 +5,7 @@
 Each ``bench/results/<preset>.json`` written by ``bench/run.py`` stores, per method, the
 FSC and missing-wedge FSC curves (``metrics.curves.fsc`` and ``metrics.curves.wedge_fsc``).
 This script recomputes from those curves, with the current
-:mod:`taichi_etgs.metrics`:
+:mod:`taichi_etgs.evaluation.metrics`:
 
 - ``fsc05_resolution_A`` and ``fsc0143_resolution_A`` (:func:`resolution_at`; written
   for issue 8, whose fix stopped the crossing being interpolated from the DC shell, which
@@ -37,7 +37,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from run import markdown_table  # noqa: E402
 
-from taichi_etgs.metrics import (  # noqa: E402
+from taichi_etgs.evaluation.metrics import (  # noqa: E402
     DEFAULT_BAND_PER_A,
     band_average,
     json_safe,

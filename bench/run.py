@@ -41,7 +41,11 @@ SIRT_ITERATIONS = (10, 20, 50)
 def load_or_simulate(preset: str, force: bool) -> dict:
     """The preset's tilt series and ground truth, simulated once and cached on disk."""
     from taichi_etgs.io import load_tilt_series, read_volume
-    from taichi_etgs.simulate import SimulationConfig, simulate_tilt_series, write_simulation
+    from taichi_etgs.simulation.simulate import (
+        SimulationConfig,
+        simulate_tilt_series,
+        write_simulation,
+    )
 
     folder = HERE / "data" / preset
     if force or not (folder / "simulation.json").exists():
@@ -147,8 +151,9 @@ def markdown_table(preset: str, report: dict) -> str:
                      f"{_cell(m, 'wedge_fsc', '.3f')} | {_cell(m, 'band_fsc', '.3f')} | "
                      f"{_cell(m, 'wedge_band_fsc', '.3f')} | "
                      f"{_cell(m, 'specimen_band_fsc', '.3f')} |")
-    lines += ["", "Metrics: `taichi_etgs.metrics.evaluate` (each reconstruction is fitted "
-              "affinely to the ground truth first; see its docstring). Band FSCs: the mean "
+    lines += ["", "Metrics: `taichi_etgs.evaluation.metrics.evaluate` (each reconstruction "
+              "is fitted affinely to the ground truth first; see its docstring). Band FSCs: "
+              "the mean "
               "FSC (and missing-wedge FSC) over the shells of 1/400-1/32 per A (features "
               "of 32-400 A); specimen: the same after removing each XY plane's mean (the "
               "ice slab's z-profile) from both volumes."]
@@ -169,7 +174,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from taichi_etgs import runtime
-    from taichi_etgs.metrics import evaluate
+    from taichi_etgs.evaluation.metrics import evaluate
     from taichi_etgs.pipeline import jsonio
 
     runtime.init(args.arch)
@@ -206,7 +211,7 @@ def main() -> None:
     (results / f"{args.preset}.json").write_text(jsonio.dumps(report, indent=1))
     (results / f"{args.preset}.md").write_text(markdown_table(args.preset, report))
     if not args.no_figure:
-        from taichi_etgs.figures import comparison_figure
+        from taichi_etgs.evaluation.figures import comparison_figure
 
         comparison_figure(volumes, truth, {k: v["metrics"] for k, v in
                                            report["methods"].items()},

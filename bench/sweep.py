@@ -5,7 +5,7 @@ What it measures
 ----------------
 One specimen (the atomic models of ``../shared/data/structures`` when present, as
 ``bench/run.py`` uses them, else procedural particles; seed 1) is simulated by
-:func:`taichi_etgs.simulate.simulate_tilt_series` at seven noise points
+:func:`taichi_etgs.simulation.simulate.simulate_tilt_series` at seven noise points
 
     clean      noise-free (``noise="none"``)
     snr1, snr0.3, snr0.1, snr0.03
@@ -25,12 +25,12 @@ Tilts -60..60 by 3 deg (41 views). On every data set it runs WBP, WBP with the S
 filter (20 iterations), SIRT 10/20/50 and the Gaussian reconstruction with the library's
 default settings (``--iterations`` overrides the iteration count), and scores each
 tomogram, and the Gaussians' initialisation (the model before fitting), with
-:func:`taichi_etgs.metrics.evaluate` against the ground truth: band FSC, missing-wedge band
-FSC, their specimen versions (the ice slab's z-profile removed), wedge FSC, correlation,
-FSC-0.143 resolution, wall time. For the Gaussians it records the best (held-out)
+:func:`taichi_etgs.evaluation.metrics.evaluate` against the ground truth: band FSC,
+missing-wedge band FSC, their specimen versions (the ice slab's z-profile removed), wedge
+FSC, correlation, FSC-0.143 resolution, wall time. For the Gaussians it records the best (held-out)
 iteration and whether the run stopped early. With ``--halves`` it also reconstructs the
-odd and the even views separately (:func:`taichi_etgs.reconstruct.reconstruct_halves`)
-and sets the half-map FSC of their specimens (:func:`taichi_etgs.reconstruct.halves_fsc`:
+odd and the even views separately (:func:`taichi_etgs.gaussian.fit.reconstruct_halves`)
+and sets the half-map FSC of their specimens (:func:`taichi_etgs.gaussian.fit.halves_fsc`:
 the Gaussians, not the slab both halves fit alike), and the full-map estimate drawn from it
 (``sqrt(2 FSC_half / (1 + FSC_half))`` per shell, averaged over the band), beside the
 true specimen band FSC of the full tomogram: does the ground-truth-free estimate tell the
@@ -113,7 +113,7 @@ def structures(use: bool) -> tuple[str, ...]:
 
 def simulation_config(point: str, shape_zyx: tuple[int, int, int], pixel_size_A: float,
                       models: tuple[str, ...]):
-    from taichi_etgs.simulate import SimulationConfig
+    from taichi_etgs.simulation.simulate import SimulationConfig
 
     noise, geom = point.rsplit("-", 1)
     isolated = GEOMETRIES[geom]
@@ -136,7 +136,7 @@ def load_or_simulate(point: str, config, force: bool) -> dict:
     (bench/data/sweep/<point>/; simulated again when the settings differ)."""
     from taichi_etgs._atomic import write_text_atomic
     from taichi_etgs.io import load_tilt_series, read_volume
-    from taichi_etgs.simulate import simulate_tilt_series, write_simulation
+    from taichi_etgs.simulation.simulate import simulate_tilt_series, write_simulation
 
     folder = HERE / "data" / "sweep" / point
     key_file = folder / "sweep_key.json"
@@ -163,8 +163,8 @@ def load_or_simulate(point: str, config, force: bool) -> dict:
 
 def classical_methods(views: np.ndarray, tilts_deg: np.ndarray, nz: int
                       ) -> dict[str, Callable[[], np.ndarray]]:
-    from taichi_etgs.sirt import sirt
-    from taichi_etgs.wbp import weighted_back_projection
+    from taichi_etgs.classical.sirt import sirt
+    from taichi_etgs.classical.wbp import weighted_back_projection
 
     methods: dict[str, Callable[[], np.ndarray]] = {
         "wbp": lambda: weighted_back_projection(views, tilts_deg, nz),
@@ -186,8 +186,9 @@ def _progress(label: str, start: float) -> Callable:
 
 
 def score(volume: np.ndarray, truth: np.ndarray, voxel_A: float, max_tilt: float) -> dict:
-    """:func:`taichi_etgs.metrics.evaluate`, or the error it raised (the sweep goes on)."""
-    from taichi_etgs.metrics import evaluate
+    """:func:`~taichi_etgs.evaluation.metrics.evaluate`, or the error it raised (the sweep
+    goes on)."""
+    from taichi_etgs.evaluation.metrics import evaluate
 
     try:
         return evaluate(volume, truth, voxel_A, max_tilt)
@@ -209,7 +210,7 @@ def _line(point: str, name: str, seconds: float, metrics: dict, extra: str = "")
 def full_map_estimate(half: dict) -> dict:
     """The full map's FSC against the truth estimated from a half-map FSC:
     ``sqrt(2 h / (1 + h))`` per shell (negative ``h`` taken as 0), and its band mean."""
-    from taichi_etgs.metrics import band_average, resolution_at
+    from taichi_etgs.evaluation.metrics import band_average, resolution_at
 
     freq = np.asarray(half["freq_per_A"], dtype=np.float64)
     h = np.asarray([np.nan if v is None else v for v in half["fsc"]], dtype=np.float64)
@@ -221,13 +222,13 @@ def full_map_estimate(half: dict) -> dict:
 
 
 def run_point(point: str, data: dict, args) -> dict:
-    from taichi_etgs.preprocess import density_views
-    from taichi_etgs.reconstruct import (
+    from taichi_etgs.gaussian.fit import (
         GaussianReconstruction,
         ReconstructConfig,
         halves_fsc,
         reconstruct_halves,
     )
+    from taichi_etgs.preprocess import density_views
 
     series, truth, voxel = data["series"], data["truth"], data["voxel_size_A"]
     tilts = np.asarray(series.tilts_deg, dtype=np.float64)
@@ -378,7 +379,7 @@ def markdown(report: dict) -> str:
     lines = ["# Noise sweep (issue 8)", "",
              "Gaussian reconstruction (library defaults) against the best classical method "
              "(WBP, WBP with the SIRT-like filter, SIRT 10/20/50) per data set, scored by "
-             "`taichi_etgs.metrics.evaluate` against the ground truth. `iso`: isolated "
+             "`taichi_etgs.evaluation.metrics.evaluate` against the ground truth. `iso`: isolated "
              "specimen, ice 0.8 x the box thickness; `ext`: the specimen runs past the "
              "field of view. Tilts -60..60 by 3 deg. Machine: "
              f"{report['machine']['cpu_count']} CPUs, arch {report['arch']}. Data: "
@@ -463,7 +464,7 @@ def figure(report: dict, path: Path) -> None:
 
 def write_outputs(report: dict, out: Path, figure_too: bool) -> None:
     from taichi_etgs._atomic import write_text_atomic
-    from taichi_etgs.metrics import json_safe
+    from taichi_etgs.evaluation.metrics import json_safe
 
     out.mkdir(parents=True, exist_ok=True)
     report = json_safe(report)

@@ -10,71 +10,52 @@ API (:mod:`taichi_etgs.api`) loads on first use::
     sim = taichi_etgs.simulate(shape_zyx=(64, 128, 128), seed=1)
     scores = taichi_etgs.evaluate(tomo.volume, sim.result.ground_truth)
 
-``reconstruct``, ``wbp``, ``sirt`` and ``simulate`` are also the names of this package's
-modules (``from taichi_etgs.reconstruct import GaussianReconstruction`` works as ever):
-``taichi_etgs.reconstruct`` is that module, made callable, and calling it calls
-:func:`taichi_etgs.api.reconstruct`.
+What lives where (docs/architecture.md): the methods by domain in :mod:`.classical`
+(projector, WBP, SIRT), :mod:`.gaussian` (the Gaussian model, its rendering, seeding,
+fitting and state), :mod:`.simulation` and :mod:`.evaluation`; files in :mod:`.io`;
+Taichi kernels in :mod:`.kernels`; what a command does, with its checks, in
+:mod:`.pipeline`; the command line in :mod:`.cli`.
+
+Modules that lived at the top level before the subpackages (``taichi_etgs.reconstruct``,
+``taichi_etgs.gaussians``, ``taichi_etgs.metrics``, ...) still import under their old
+names, with a DeprecationWarning (:mod:`taichi_etgs._moved`); ``taichi_etgs.reconstruct``
+and its siblings, as attributes of the package, are the API functions.
 """
 
-import importlib as _importlib
 import sys as _sys
 import types as _types
+
+from . import _moved
 
 __version__ = "0.1.0"
 
 __all__ = ["__version__", "evaluate", "reconstruct", "simulate", "sirt", "wbp"]
 
-# Modules whose name is also an API function: calling the module calls the function.
-_CALLABLE_MODULES = ("reconstruct", "wbp", "sirt", "simulate")
+_API = ("evaluate", "reconstruct", "simulate", "sirt", "wbp")
 
 
-class _CallableModule(_types.ModuleType):
-    """A module that, called, runs the API function of its name (:mod:`taichi_etgs.api`)."""
-
-    def __call__(self, *args, **kwargs):
+def _api_property(name: str) -> property:
+    def get(package):
         from . import api
 
-        return getattr(api, self.__name__.rpartition(".")[2])(*args, **kwargs)
+        return getattr(api, name)
 
+    def set_(package, value) -> None:
+        # Importing an old module path of that name (taichi_etgs.reconstruct, now
+        # taichi_etgs.gaussian.fit) sets it on its package: the name stays the function.
+        pass
 
-def _module_property(name: str) -> property:
-    key = f"_module_{name}"
-
-    def get(package):
-        module = package.__dict__.get(key)
-        if module is None:  # not imported yet: importing sets it (below)
-            module = _importlib.import_module(f"{__name__}.{name}")
-        return module
-
-    def set_(package, module) -> None:
-        # The import system sets each submodule as an attribute of its package: make that
-        # module callable, whoever imported it first.
-        if isinstance(module, _types.ModuleType) and type(module) is _types.ModuleType:
-            module.__class__ = _CallableModule
-        package.__dict__[key] = module
-
-    def delete(package) -> None:
-        package.__dict__.pop(key, None)
-
-    return property(get, set_, delete, f"The module taichi_etgs.{name}, callable: "
-                                       f"taichi_etgs.api.{name}.")
+    return property(get, set_, None, f"taichi_etgs.api.{name}")
 
 
 class _Package(_types.ModuleType):
-    """This package's module type: the callable module attributes above."""
+    """This package's module type: the API functions as attributes nothing shadows."""
 
 
-for _name in _CALLABLE_MODULES:
-    setattr(_Package, _name, _module_property(_name))
+for _name in _API:
+    setattr(_Package, _name, _api_property(_name))
 _sys.modules[__name__].__class__ = _Package
-
-
-def __getattr__(name: str):
-    if name == "evaluate":
-        from .api import evaluate
-
-        return evaluate
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+_moved.install()
 
 
 def __dir__() -> list[str]:

@@ -118,7 +118,7 @@ def reconstruct(stack, angles=None, *, thickness: int, output=None,
         ``seed``, ``heldout_every``, ``defocus_um`` (and ``voltage_kV``, ``cs_mm``,
         ``amplitude_contrast``), ``voxel_size``, ``halves``, ``state`` (default with an
         output: OUTPUT.state.h5), ``save_every``, ``resume``, or ``config`` (a whole
-        :class:`~taichi_etgs.reconstruct.ReconstructConfig`).
+        :class:`~taichi_etgs.gaussian.fit.ReconstructConfig`).
 
     Returns a :class:`~taichi_etgs.pipeline.gaussian.ReconstructResult` (``.volume``,
     ``.run`` with the model, ``.validation``).
@@ -138,14 +138,14 @@ def simulate(output_dir=None, *, force: bool = False, arch: str | None = None,
 
     output_dir: where to write ``tilts.mrc``, ``tilts.tlt``, ``ground_truth.mrc`` and
         ``simulation.json`` (None: nothing is written).
-    config: :class:`~taichi_etgs.simulate.SimulationConfig` fields (``shape_zyx``,
+    config: :class:`~taichi_etgs.simulation.simulate.SimulationConfig` fields (``shape_zyx``,
         ``pixel_size_A``, ``tilt_min_deg``, ``noise``, ``snr``, ``seed``, ...).
 
     Returns a :class:`~taichi_etgs.pipeline.simulation.Simulated` (``.result.tilts``,
     ``.result.tilts_deg``, ``.result.ground_truth``, ``.files``).
     """
     from .pipeline.simulation import run_simulate
-    from .simulate import SimulationConfig
+    from .simulation.simulate import SimulationConfig
 
     session = _session("simulate", locals(), arch, threads)
     return run_simulate(SimulationConfig(**config), output_dir, force=force, session=session)

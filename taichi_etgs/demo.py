@@ -66,7 +66,7 @@ def run_demo(out_dir: str | PathLike, *, force: bool = False, seed: int = 0,
     shape_zyx: tomogram shape (nz, ny, nx).
     gaussian_iterations: iterations of the Gaussian reconstruction.
     report: receives one line per stage.
-    progress: receives the Gaussian reconstruction's :class:`~taichi_etgs.reconstruct.Progress`.
+    progress: receives the Gaussian reconstruction's :class:`~taichi_etgs.gaussian.fit.Progress`.
     session: the pipeline :class:`~taichi_etgs.pipeline.session.Session` (messages,
         provenance, compute device); default: logging, no sidecars.
 
@@ -76,7 +76,7 @@ def run_demo(out_dir: str | PathLike, *, force: bool = False, seed: int = 0,
         is computed), or ``out_dir`` is a file.
     """
     from .errors import InputError
-    from .metrics import evaluate
+    from .evaluation.metrics import evaluate
     from .pipeline.classical import run_sirt, run_wbp
     from .pipeline.gaussian import GaussianSettings, run_reconstruct
     from .pipeline.inputs import StackSource
@@ -84,7 +84,7 @@ def run_demo(out_dir: str | PathLike, *, force: bool = False, seed: int = 0,
     from .pipeline.session import Session
     from .pipeline.simulation import run_simulate
     from .pipeline.tomograms import VolumeTarget
-    from .simulate import OUTPUT_FILES, SimulationConfig
+    from .simulation.simulate import OUTPUT_FILES, SimulationConfig
 
     session = session or Session()
     out = Path(out_dir)

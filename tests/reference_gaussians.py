@@ -2,7 +2,7 @@
 
 Each function evaluates the formulas of design.md section 3 directly, on every pixel or
 voxel, for tiny test problems. Only the activations come from the package
-(:mod:`taichi_etgs.gaussians`, numpy only); the geometry is written out again here from
+(:mod:`taichi_etgs.gaussian.params`, numpy only); the geometry is written out again here from
 design.md section 2 with an explicit rotation matrix, independently of the kernels'
 hand-expanded algebra.
 """
@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from taichi_etgs.gaussians import GaussianParams
+from taichi_etgs.gaussian.params import GaussianParams
 from taichi_etgs.geometry import centred_coordinates
 
 PROJECTOR_CUTOFF_SIGMA = 3.5

@@ -7,8 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from taichi_etgs.gaussians import GaussianParams
-from taichi_etgs.optim import (
+from taichi_etgs.gaussian.optim import (
     DEFAULT_LR,
     GROUPS,
     Adam,
@@ -16,6 +15,7 @@ from taichi_etgs.optim import (
     lr_schedule,
     scene_extent_vox,
 )
+from taichi_etgs.gaussian.params import GaussianParams
 
 LR = {"means_xyz": 0.05, "log_scales": 0.01, "quats_wxyz": 0.02, "density_raw": 0.03}
 

@@ -30,27 +30,47 @@ def test_importing_the_package_imports_neither_taichi_nor_numpy():
                    "taichi_etgs.evaluate; print('taichi' in sys.modules)") == "False"
 
 
-@pytest.mark.parametrize("first", ["package", "from-import", "import-as"])
-def test_api_names_are_the_modules_made_callable(first):
-    """Whatever imports the module first, ``taichi_etgs.reconstruct`` is the module (its
-    names importable as ever) and calling it calls the API function."""
+@pytest.mark.parametrize("first", ["package", "new-path", "old-path"])
+def test_api_names_are_the_functions_whatever_imports_first(first):
+    """``taichi_etgs.reconstruct`` and its siblings are the API functions, also after a
+    module of the same old name (now in a subpackage) was imported under that name."""
     setup = {"package": "import taichi_etgs; taichi_etgs.reconstruct",
-             "from-import": "from taichi_etgs.reconstruct import ReconstructConfig",
-             "import-as": "import taichi_etgs.reconstruct as m"}[first]
-    code = (f"{setup}\nimport sys, taichi_etgs, taichi_etgs.api\n"
-            "import taichi_etgs.reconstruct as m\n"
-            "from taichi_etgs.reconstruct import GaussianReconstruction\n"
-            "from taichi_etgs import wbp, sirt, simulate\n"
-            "mod = sys.modules['taichi_etgs.reconstruct']\n"
-            "print(m is mod, taichi_etgs.reconstruct is mod, callable(mod),\n"
-            "      mod.GaussianReconstruction is GaussianReconstruction,\n"
-            "      callable(wbp) and hasattr(wbp, 'weighted_back_projection'),\n"
-            "      callable(sirt) and callable(simulate))")
-    assert _python(code) == "True True True True True True"
+             "new-path": "from taichi_etgs.gaussian.fit import ReconstructConfig",
+             "old-path": "from taichi_etgs.reconstruct import ReconstructConfig"}[first]
+    code = ("import sys, warnings\nwarnings.simplefilter('ignore')\n"
+            f"{setup}\nimport taichi_etgs, taichi_etgs.api as api\n"
+            "import taichi_etgs.simulate, taichi_etgs.wbp, taichi_etgs.reconstruct\n"
+            "from taichi_etgs import reconstruct, wbp, sirt, simulate, evaluate\n"
+            "from taichi_etgs.gaussian import fit\n"
+            "print(all(getattr(taichi_etgs, n) is getattr(api, n) for n in\n"
+            "          ('reconstruct', 'wbp', 'sirt', 'simulate', 'evaluate')),\n"
+            "      (reconstruct, wbp, sirt, simulate, evaluate) == (api.reconstruct, api.wbp,\n"
+            "          api.sirt, api.simulate, api.evaluate),\n"
+            "      sys.modules['taichi_etgs.reconstruct'] is fit)")
+    assert _python(code) == "True True True"
+
+
+def test_old_module_paths_import_the_moved_modules_with_a_deprecation_warning():
+    import warnings
+
+    from taichi_etgs._moved import MOVED
+
+    for old, new in MOVED.items():
+        with pytest.warns(DeprecationWarning, match=f"is now taichi_etgs.{new}"):
+            sys.modules.pop(f"taichi_etgs.{old}", None)
+            module = __import__(f"taichi_etgs.{old}", fromlist=["_"])
+        assert module is sys.modules[f"taichi_etgs.{new}"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from taichi_etgs.metrics import evaluate
+    from taichi_etgs.evaluation.metrics import evaluate as moved
+
+    assert evaluate is moved
+    assert taichi_etgs.reconstruct is taichi_etgs.api.reconstruct
 
 
 def _blob_views():
-    from taichi_etgs.projector import forward_project
+    from taichi_etgs.classical.projector import forward_project
 
     volume = np.zeros((8, 10, 24), np.float32)
     volume[3:6, 3:7, 10:15] = 1.0

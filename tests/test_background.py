@@ -1,12 +1,13 @@
-"""The ice slab model (taichi_etgs/background.py): Jacobian, physics, voxelisation, fitting."""
+"""The ice slab model (taichi_etgs/gaussian/background.py): Jacobian, physics,
+voxelisation, fitting."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from taichi_etgs.background import MIN_EXPLAINED, SLAB_PARAMETERS, SlabBackground, fit_slab
-from taichi_etgs.transfer import Microscope, ViewFilter
+from taichi_etgs.gaussian.background import MIN_EXPLAINED, SLAB_PARAMETERS, SlabBackground, fit_slab
+from taichi_etgs.gaussian.transfer import Microscope, ViewFilter
 
 # Midpoint quadrature over a grid that ends 8 edge widths outside each face: the
 # integrand's tails beyond it hold ~exp(-8) = 3.4e-4 voxel of density per face, i.e. a
@@ -148,7 +149,7 @@ def test_volume_voxel_size_scales_coordinates():
 
 
 def test_volume_projection_matches_profiles(taichi_cpu):
-    from taichi_etgs.projector import forward_project
+    from taichi_etgs.classical.projector import forward_project
 
     # Inclined slab, ends and faces inside the box by more than 8 edge widths at every
     # tilt, so the box does not cut it.
@@ -242,8 +243,8 @@ def test_fit_slab_through_the_simulators_microscope(bounded_quadrature):
     # mirror-padded views, electron counts): the fit through ViewFilter must find the same
     # faces and ends. With the zero-padded filter of before the border rang: faces at
     # -7.6 / +9.0 against -11.3 / +12.6 here, 69 % of the variance explained.
-    from taichi_etgs.noise import physical_images
     from taichi_etgs.preprocess import density_views
+    from taichi_etgs.simulation.imaging import physical_images
 
     nz, nx, ny = 32, 64, 16
     bounded_quadrature["limit"] = 40.0 * (nz + nx)

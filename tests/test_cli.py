@@ -6,9 +6,9 @@ import mrcfile
 import numpy as np
 import pytest
 
+from taichi_etgs.classical.projector import forward_project
 from taichi_etgs.cli import main
 from taichi_etgs.io import write_stack
-from taichi_etgs.projector import forward_project
 
 TILTS = np.arange(-60.0, 61.0, 5.0)
 

@@ -23,9 +23,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from taichi_etgs.classical.projector import back_project, forward_project
+from taichi_etgs.classical.wbp import weighted_back_projection
 from taichi_etgs.geometry import centred_coordinates
-from taichi_etgs.projector import back_project, forward_project
-from taichi_etgs.wbp import weighted_back_projection
 
 TILTS = np.arange(-60.0, 61.0, 10.0)
 SHAPE = (16, 4, 32)  # nz, ny, nx: an even thickness, where IMOD's centre is ours

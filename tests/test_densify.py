@@ -7,7 +7,8 @@ from dataclasses import fields
 import numpy as np
 import pytest
 
-from taichi_etgs.densify import (
+from taichi_etgs.errors import InputError
+from taichi_etgs.gaussian.densify import (
     DEFAULT_CONSISTENCY_THRESHOLD,
     SPLIT_OFFSET,
     DensifyConfig,
@@ -15,8 +16,7 @@ from taichi_etgs.densify import (
     clamp_scales,
     densify_and_prune,
 )
-from taichi_etgs.errors import InputError
-from taichi_etgs.gaussians import GaussianParams, quats_to_rotmats
+from taichi_etgs.gaussian.params import GaussianParams, quats_to_rotmats
 
 SHAPE = (32, 40, 40)  # (nz, ny, nx): centres allowed within +-(20, 20, 16) + margin
 FIELDS = [f.name for f in fields(GaussianParams)]
@@ -490,7 +490,7 @@ def test_clamp_scales_in_place():
 def test_initial_model_survives_default_pruning(rng):
     """init_from_volume's Gaussians (thin cells at odd faces included) pass every pruning
     rule at default settings, so the first densification does not eat the initial model."""
-    from taichi_etgs.init import init_from_volume
+    from taichi_etgs.gaussian.seeding import init_from_volume
 
     shape = (17, 33, 65)  # odd sizes: 1-voxel-thin cells at the faces
     vol = rng.normal(0, 1.0, shape)
@@ -513,9 +513,9 @@ def test_loss_does_not_jump_in_a_fit(taichi_cpu, noise):
     then densify: the loss over all views right after densify_and_prune is within 1 % of
     the loss right before. Measured: +7e-5 without noise (the previous rule applied to the
     same Gaussians: +190 %), -4e-6 with noise 0.5 (previous rule: +0.8 %)."""
+    from taichi_etgs.gaussian.loss import view_loss
+    from taichi_etgs.gaussian.optim import Adam, learning_rates, scene_extent_vox
     from taichi_etgs.kernels.gaussian_projector import project_gaussians, project_gaussians_backward
-    from taichi_etgs.loss import view_loss
-    from taichi_etgs.optim import Adam, learning_rates, scene_extent_vox
 
     rng = np.random.default_rng(7)
     n = 400

@@ -11,7 +11,7 @@ import math
 import numpy as np
 import pytest
 
-from taichi_etgs.gaussians import (
+from taichi_etgs.gaussian.params import (
     GaussianParams,
     covariances_from_raw,
     densities_from_raw,

@@ -26,9 +26,9 @@ from hypothesis import strategies as st
 
 from taichi_etgs import __version__, resources
 from taichi_etgs.cli import main
+from taichi_etgs.gaussian.state import load_state
 from taichi_etgs.io import write_stack
 from taichi_etgs.provenance import mrc_labels, read_sidecar, sidecar_path
-from taichi_etgs.state import load_state
 
 TILTS = np.arange(-60.0, 61.0, 20.0)  # 7 views: small and quick
 REPO = Path(__file__).resolve().parents[1]
@@ -513,7 +513,7 @@ def test_disk_full_at_the_end_keeps_the_state_and_resume_writes(stack, capsys, t
 
 def test_disk_full_during_a_save_keeps_the_previous_state(stack, capsys, tmp_path,
                                                           monkeypatch):
-    import taichi_etgs.state as state_module
+    import taichi_etgs.gaussian.state as state_module
 
     real_save = state_module.save_state
     calls = {"n": 0}
@@ -540,8 +540,8 @@ def test_disk_full_during_a_save_keeps_the_previous_state(stack, capsys, tmp_pat
 _SAVE_LOOP = """
 import sys
 import numpy as np
-from taichi_etgs.gaussians import GaussianParams
-from taichi_etgs.state import save_state
+from taichi_etgs.gaussian.params import GaussianParams
+from taichi_etgs.gaussian.state import save_state
 rng = np.random.default_rng(0)
 n = 3000
 params = GaussianParams(rng.normal(size=(n, 3)), rng.normal(size=(n, 3)),

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from taichi_etgs.errors import InputError
-from taichi_etgs.loss import (
+from taichi_etgs.gaussian.loss import (
     default_data_range,
     fit_gain_offset,
     ssim_views,

@@ -11,8 +11,7 @@ from scipy.ndimage import gaussian_filter
 
 from taichi_etgs.cli import main
 from taichi_etgs.errors import InputError
-from taichi_etgs.io import write_volume
-from taichi_etgs.metrics import (
+from taichi_etgs.evaluation.metrics import (
     affine_fit,
     band_average,
     correlation,
@@ -27,6 +26,7 @@ from taichi_etgs.metrics import (
     wedge_fsc,
     write_metrics_json,
 )
+from taichi_etgs.io import write_volume
 
 KEYS = ("psnr", "ssim", "correlation", "fsc05_resolution_A", "fsc0143_resolution_A",
         "wedge_fsc", "band_fsc", "wedge_band_fsc", "specimen_band_fsc",
@@ -137,7 +137,7 @@ def test_evaluate_refuses_bad_volumes(volume):
 def test_ssim_matches_scikit_image(rng, monkeypatch, band_voxels):
     # Also computed a few Z slices at a time (a band of 1000 voxels is 2 slices here):
     # the halo makes the banded result identical.
-    from taichi_etgs import metrics
+    from taichi_etgs.evaluation import metrics
 
     structural_similarity = pytest.importorskip("skimage.metrics").structural_similarity
     monkeypatch.setattr(metrics, "_SSIM_BAND_VOXELS", band_voxels)
@@ -227,7 +227,7 @@ def test_json_and_figure_outputs(volume, tmp_path):
     write_metrics_json(m, path, force=True)
 
     pytest.importorskip("matplotlib")
-    from taichi_etgs.figures import evaluation_figure
+    from taichi_etgs.evaluation.figures import evaluation_figure
 
     figure = evaluation_figure(0.5 * volume + 1.0, volume, m, tmp_path / "eval.png")
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -238,7 +238,7 @@ def test_json_and_figure_outputs(volume, tmp_path):
 
 def test_comparison_figure(volume, tmp_path):
     pytest.importorskip("matplotlib")
-    from taichi_etgs.figures import comparison_figure
+    from taichi_etgs.evaluation.figures import comparison_figure
 
     volumes = {"a": 2.0 * volume, "b": -volume + 0.1}
     metrics = {k: evaluate(v, volume, voxel_size_A=10.0) for k, v in volumes.items()}

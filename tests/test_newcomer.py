@@ -211,8 +211,8 @@ def test_pixel_size_option_and_its_source(small_stack, capsys):
 @pytest.fixture
 def state(tmp_path):
     """A saved model of three Gaussians in an 8 x 8 x 8 tomogram of 10 A voxels."""
-    from taichi_etgs.gaussians import GaussianParams
-    from taichi_etgs.state import save_state
+    from taichi_etgs.gaussian.params import GaussianParams
+    from taichi_etgs.gaussian.state import save_state
 
     rng = np.random.default_rng(0)
     params = GaussianParams.from_activated(
@@ -366,8 +366,8 @@ def _reconstruct_args(stack, out, *extra):
 
 def test_resume_alone_continues_the_interrupted_run(small_stack, capsys, monkeypatch,
                                                     tmp_path):
-    from taichi_etgs.reconstruct import GaussianReconstruction
-    from taichi_etgs.state import load_state
+    from taichi_etgs.gaussian.fit import GaussianReconstruction
+    from taichi_etgs.gaussian.state import load_state
 
     out = small_stack.with_name("g.mrc")
     state = small_stack.with_name("g.state.h5")
@@ -544,8 +544,8 @@ def test_outputs_are_checked_before_taichi_starts(small_stack, capsys, state, no
 @pytest.fixture
 def phantom_stack(tmp_path, taichi_cpu):
     """Blobs in a 6 x 10 x 16 box imaged dark (an offset minus the projections), 5 A."""
+    from taichi_etgs.classical.projector import forward_project
     from taichi_etgs.io import write_stack
-    from taichi_etgs.projector import forward_project
 
     from .phantoms import gaussian_blobs
 

@@ -39,11 +39,11 @@ def test_check_writable_messages(tmp_path):
 
 def _writers(tmp_path):
     """Every writer of the package that refuses an existing file, with one call each."""
-    from taichi_etgs.convert import export_gaussians
-    from taichi_etgs.figures import evaluation_figure
-    from taichi_etgs.gaussians import GaussianParams
+    from taichi_etgs.evaluation.figures import evaluation_figure
+    from taichi_etgs.gaussian.params import GaussianParams
+    from taichi_etgs.gaussian.state import save_state
     from taichi_etgs.io import write_stack, write_volume
-    from taichi_etgs.state import save_state
+    from taichi_etgs.io.export import export_gaussians
 
     params = GaussianParams.from_activated(means_xyz=np.zeros((1, 3)), scales=np.ones((1, 3)),
                                            densities=np.ones(1),

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from taichi_etgs.classical.projector import VoxelProjector, back_project, forward_project
 from taichi_etgs.errors import InputError
 from taichi_etgs.geometry import centred_coordinates, project_point
-from taichi_etgs.projector import VoxelProjector, back_project, forward_project
 
 from .reference_projector import back_reference, forward_reference
 

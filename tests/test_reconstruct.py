@@ -7,12 +7,12 @@ import dataclasses
 import numpy as np
 import pytest
 
+from taichi_etgs.classical.projector import forward_project
 from taichi_etgs.cli import main
 from taichi_etgs.errors import InputError
+from taichi_etgs.gaussian.fit import GaussianReconstruction, ReconstructConfig
+from taichi_etgs.gaussian.state import input_checksum, load_state
 from taichi_etgs.io import write_stack
-from taichi_etgs.projector import forward_project
-from taichi_etgs.reconstruct import GaussianReconstruction, ReconstructConfig
-from taichi_etgs.state import input_checksum, load_state
 
 from .phantoms import gaussian_blobs
 

@@ -1,4 +1,4 @@
-"""Total variation and patch placement (taichi_etgs/regularize.py)."""
+"""Total variation and patch placement (taichi_etgs/gaussian/regularize.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.ndimage import uniform_filter
 
-from taichi_etgs.regularize import random_patch_origin, total_variation
+from taichi_etgs.gaussian.regularize import random_patch_origin, total_variation
 
 
 @pytest.mark.parametrize("eps", [0.05, 0.5])

@@ -12,8 +12,9 @@ from taichi_etgs.errors import InputError
 
 
 def test_importing_the_package_and_cli_loads_no_taichi():
-    code = ("import sys, taichi_etgs, taichi_etgs.cli, taichi_etgs.projector, taichi_etgs.wbp, "
-            "taichi_etgs.sirt, taichi_etgs.io; print('taichi' in sys.modules)")
+    code = ("import sys, taichi_etgs, taichi_etgs.cli, taichi_etgs.classical.projector, "
+            "taichi_etgs.classical.wbp, taichi_etgs.classical.sirt, taichi_etgs.io; "
+            "print('taichi' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

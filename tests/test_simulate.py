@@ -10,8 +10,8 @@ import pytest
 from scipy.special import ndtr
 
 from taichi_etgs.errors import InputError
-from taichi_etgs.phantom import make_phantom
-from taichi_etgs.simulate import (
+from taichi_etgs.simulation.phantom import make_phantom
+from taichi_etgs.simulation.simulate import (
     SimulationConfig,
     project_specimen,
     simulate_tilt_series,
@@ -19,7 +19,7 @@ from taichi_etgs.simulate import (
     tilt_scheme,
     write_simulation,
 )
-from taichi_etgs.specimen import ICE_POTENTIAL_V, GaussianCloud, Specimen, load_structure
+from taichi_etgs.simulation.specimen import ICE_POTENTIAL_V, GaussianCloud, Specimen, load_structure
 
 STRUCTURES = Path(__file__).resolve().parents[2] / "shared" / "data" / "structures"
 APOFERRITIN = STRUCTURES / "4v1w.cif.gz"
@@ -170,7 +170,7 @@ def test_physical_noise_counts_and_contrast(taichi_cpu):
 
 
 def test_ctf_and_constants():
-    from taichi_etgs.noise import ctf_2d, electron_wavelength_A, interaction_constant
+    from taichi_etgs.simulation.imaging import ctf_2d, electron_wavelength_A, interaction_constant
 
     assert electron_wavelength_A(300) == pytest.approx(0.019687, rel=1e-4)
     assert interaction_constant(300) == pytest.approx(6.526e-4, rel=2e-3)
@@ -288,7 +288,7 @@ def test_apoferritin_from_atomic_model(taichi_cpu):
 
 
 def test_objects_that_do_not_fit_are_left_out_with_a_warning():
-    from taichi_etgs.specimen import PlacementWarning
+    from taichi_etgs.simulation.specimen import PlacementWarning
 
     with pytest.warns(PlacementWarning, match="particles"):
         volume = make_phantom((16, 32, 32), seed=0, n_particles=200, n_vesicles=0,

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 from taichi_etgs import __version__
-from taichi_etgs import state as state_mod
 from taichi_etgs.errors import InputError
-from taichi_etgs.gaussians import GaussianParams
-from taichi_etgs.optim import GROUPS, AdamState
-from taichi_etgs.state import (
+from taichi_etgs.gaussian import state as state_mod
+from taichi_etgs.gaussian.optim import GROUPS, AdamState
+from taichi_etgs.gaussian.params import GaussianParams
+from taichi_etgs.gaussian.state import (
     FORMAT_NAME,
     FORMAT_VERSION,
     input_checksum,

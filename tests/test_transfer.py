@@ -1,4 +1,4 @@
-"""The CTF in the forward model (taichi_etgs/transfer.py): linear algebra and physics."""
+"""The CTF in the forward model (taichi_etgs/gaussian/transfer.py): linear algebra and physics."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.ndimage import gaussian_filter
 
-from taichi_etgs.transfer import Microscope, ViewFilter
+from taichi_etgs.gaussian.transfer import Microscope, ViewFilter
 
 SCOPE = Microscope(defocus_um=3.0, pixel_size_A=8.0)
 
@@ -93,8 +93,8 @@ def test_filter_matches_the_simulator_image_formation(rng):
     # The forward model must see what the microscope (the simulator's weak-phase model,
     # mirror-padded) makes of a projection dominated by an ice slab ending inside the view:
     # a zero border would ring there with hundreds of times the specimen's contrast.
-    from taichi_etgs.noise import interaction_constant, physical_images
     from taichi_etgs.preprocess import density_views
+    from taichi_etgs.simulation.imaging import interaction_constant, physical_images
 
     ny, nu, pix = 32, 64, 8.0
     u = np.arange(nu) - nu / 2

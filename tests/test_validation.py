@@ -9,12 +9,11 @@ import json
 import numpy as np
 import pytest
 
-from taichi_etgs.background import SlabBackground
+from taichi_etgs.classical.projector import forward_project
 from taichi_etgs.cli import main
 from taichi_etgs.errors import InputError
-from taichi_etgs.io import write_stack
-from taichi_etgs.projector import forward_project
-from taichi_etgs.reconstruct import (
+from taichi_etgs.gaussian.background import SlabBackground
+from taichi_etgs.gaussian.fit import (
     GaussianReconstruction,
     ReconstructConfig,
     halves_fsc,
@@ -23,6 +22,7 @@ from taichi_etgs.reconstruct import (
     robust_range,
     robust_scale,
 )
+from taichi_etgs.io import write_stack
 
 from .phantoms import gaussian_blobs
 
@@ -171,7 +171,7 @@ def test_halves_fsc_compares_specimens_not_the_shared_slab(isolated_views, rng):
     # Two halves of views with noise as strong as the specimen: their slabs agree whatever
     # the noise, so an FSC with the slab included reads high; the specimen's is lower, and
     # it is what halves_fsc reports.
-    from taichi_etgs.metrics import half_map_fsc
+    from taichi_etgs.evaluation.metrics import half_map_fsc
 
     _, views = isolated_views
     noisy = views + rng.normal(size=views.shape) * views.std(axis=(1, 2)).mean()
@@ -192,7 +192,7 @@ def test_ctf_needs_the_pixel_size():
 
 
 def test_ctf_in_the_forward_model_fits_ctf_filtered_views(taichi_cpu):
-    from taichi_etgs.transfer import Microscope, ViewFilter
+    from taichi_etgs.gaussian.transfer import Microscope, ViewFilter
 
     volume = _specimen()
     views = forward_project(volume, TILTS)

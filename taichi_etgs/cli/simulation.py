@@ -66,7 +66,7 @@ def simulate(output_dir, shape, pixel_size, tilt_range, dose_symmetric, dose, no
       taichi-etgs wbp sim/tilts.mrc --thickness 64 -o sim/wbp.mrc
       taichi-etgs evaluate sim/wbp.mrc --reference sim/ground_truth.mrc
     """
-    from ..simulate import SimulationConfig
+    from ..simulation.simulate import SimulationConfig
 
     shape_zyx = parse_int_triple(shape, "--shape")
     t_min, t_max, t_step = parse_tilt_range(tilt_range, "--tilt-range", old_commas=True)

@@ -4,7 +4,7 @@ Geometry (design.md section 2): a point ``(x, y, z)`` lands at tilt ``theta`` on
 ``(u, v) = (x cos(theta) + z sin(theta), y)``; views are ``(n_tilts, ny, nu)`` with pixel
 ``(i, j)`` centred at ``v = i + 0.5 - ny/2``, ``u = j + 0.5 - nu/2``.
 
-For Gaussian ``(mu, Sigma, rho)`` (activations in :mod:`taichi_etgs.gaussians`) at tilt
+For Gaussian ``(mu, Sigma, rho)`` (activations in :mod:`taichi_etgs.gaussian.params`) at tilt
 ``theta`` with ``P = [[cos, 0, sin], [0, 1, 0]]``: the projected mean is ``m = P mu`` and the
 (u, v) block of the rotated covariance is ``Sigma2 = P Sigma P^T``. The exact line integral
 along the beam is ``rho sqrt(2 pi det(Sigma) / det(Sigma2)) exp(-1/2 d^T Sigma2^-1 d)``,
@@ -60,7 +60,7 @@ import numpy as np
 
 from .. import runtime
 from .._ti import ti
-from ..gaussians import GaussianParams
+from ..gaussian.params import GaussianParams
 
 __all__ = [
     "CUTOFF_SIGMA",

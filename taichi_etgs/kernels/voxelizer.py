@@ -1,7 +1,7 @@
 """Voxeliser: the Gaussian field sampled (box-averaged) on a voxel grid, and its backward.
 
 The field is ``f(x) = sum_i rho_i exp(-1/2 (x - mu_i)^T Sigma_i^-1 (x - mu_i))``
-(activations in :mod:`taichi_etgs.gaussians`). A voxel of edge ``h`` (``voxel_size``, in
+(activations in :mod:`taichi_etgs.gaussian.params`). A voxel of edge ``h`` (``voxel_size``, in
 the model's voxel units) holds the mean of ``f`` over its cube, approximated like the
 projector's pixels: a box of width ``h`` has variance ``h^2 / 12`` per axis, so
 ``Sigma' = Sigma + (h^2 / 12) I`` and the amplitude is rescaled by
@@ -34,7 +34,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 
 from .._ti import ti
-from ..gaussians import GaussianParams, normalize_quats
+from ..gaussian.params import GaussianParams, normalize_quats
 from .gaussian_projector import (
     N_ACC,
     _gaussian,

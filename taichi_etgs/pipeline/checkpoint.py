@@ -24,11 +24,11 @@ def _raise_terminated(signum, frame) -> None:
 
 def fit(run, session, *, save: Callable | None = None, save_every: int = 0,
         state_path: Path | None = None, on_step: Callable | None = None) -> None:
-    """Run a :class:`~taichi_etgs.reconstruct.GaussianReconstruction` to its end with
+    """Run a :class:`~taichi_etgs.gaussian.fit.GaussianReconstruction` to its end with
     progress; ``save(run)`` every ``save_every`` steps, at the end and on Ctrl-C or
     SIGTERM (which then propagate: :class:`Terminated` for SIGTERM).
 
-    on_step: also called with each :class:`~taichi_etgs.reconstruct.Progress`.
+    on_step: also called with each :class:`~taichi_etgs.gaussian.fit.Progress`.
     """
     try:
         previous = signal.signal(signal.SIGTERM, _raise_terminated)

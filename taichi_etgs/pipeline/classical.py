@@ -91,7 +91,7 @@ def run_wbp(source: StackSource, target: VolumeTarget, *,
     InputError: bad input or options, an output that exists (without ``force``), a run
         that does not fit in memory or on disk; nothing is written then.
     """
-    from ..wbp import weighted_back_projection
+    from ..classical.wbp import weighted_back_projection
 
     session = session or Session()
     radial_pair = _radial(radial)
@@ -127,7 +127,7 @@ def run_sirt(source: StackSource, target: VolumeTarget, *, iterations: int = 20,
     :class:`~taichi_etgs.pipeline.tomograms.TomogramResult`; ``info["final_residual"]``
     is the last residual in the images' units.
     """
-    from .. import sirt as sirt_module
+    from ..classical import sirt as sirt_module
 
     session = session or Session()
     if not 0.0 < relaxation < 2.0:

@@ -51,7 +51,7 @@ class GaussianSettings:
 
     iterations: optimisation steps (None: 600, or on resume the saved run's).
     max_gaussians, views_per_step, tilt_weight, seed, heldout_every: as
-        :class:`~taichi_etgs.reconstruct.ReconstructConfig`.
+        :class:`~taichi_etgs.gaussian.fit.ReconstructConfig`.
     init: what seeds the model: "sirt", "wbp", a tomogram (.mrc, in the output's size and
         the input's polarity) or a model state (.h5) to refine.
     defocus_um, voltage_kV, cs_mm, amplitude_contrast: the CTF (defocus 0: none).
@@ -89,8 +89,8 @@ class GaussianSettings:
         return None if str(self.init) in ("sirt", "wbp") else Path(self.init)
 
     def build_config(self, pixel: float):
-        """The :class:`~taichi_etgs.reconstruct.ReconstructConfig` of a new run."""
-        from ..reconstruct import ReconstructConfig
+        """The :class:`~taichi_etgs.gaussian.fit.ReconstructConfig` of a new run."""
+        from ..gaussian.fit import ReconstructConfig
 
         if self.config is not None:
             config = dataclasses.replace(self.config)
@@ -115,7 +115,7 @@ class ReconstructResult(TomogramResult):
     """A Gaussian reconstruction as :func:`run_reconstruct` returns it: the tomogram
     (:class:`~taichi_etgs.pipeline.tomograms.TomogramResult`) and
 
-    run: the :class:`~taichi_etgs.reconstruct.GaussianReconstruction` (model, losses).
+    run: the :class:`~taichi_etgs.gaussian.fit.GaussianReconstruction` (model, losses).
     state: the state file written, or None.
     validation: held-out scores, best iteration, slab, gains (and the half-map FSC).
     halves: the half tomograms written.
@@ -146,8 +146,8 @@ def _write_halves(session, run, views, series, paths, factor, out_shape, pixel, 
     """Fit the odd and the even tilts independently, write both, return their FSC: of the
     maps as written (what ``evaluate --half2`` gives for them) and of their specimens (the
     Gaussians without the ice slab both fit alike: the quality measure)."""
-    from ..metrics import half_map_fsc
-    from ..reconstruct import halves_fsc, reconstruct_halves
+    from ..evaluation.metrics import half_map_fsc
+    from ..gaussian.fit import halves_fsc, reconstruct_halves
 
     session.tell("reconstructing the odd and the even tilts independently (--halves)")
     first, second = reconstruct_halves(views, series.tilts_deg, run.shape_zyx[0], run.config,
@@ -182,7 +182,7 @@ def _write_halves(session, run, views, series, paths, factor, out_shape, pixel, 
 
 def _seed(settings: GaussianSettings, source: StackSource, shape, session: Session):
     """What seeds a new run besides its config: ``(initial_volume, params, view_scale)``."""
-    from ..state import load_state
+    from ..gaussian.state import load_state
 
     init_path = settings.init_path
     if init_path is None:
@@ -219,7 +219,7 @@ def run_reconstruct(source: StackSource, target: VolumeTarget,
         unless ``settings.state`` names one).
     settings: how to reconstruct (:class:`GaussianSettings`).
     session: where messages go and what is recorded.
-    on_step: also called with each :class:`~taichi_etgs.reconstruct.Progress`.
+    on_step: also called with each :class:`~taichi_etgs.gaussian.fit.Progress`.
 
     Returns
     -------
@@ -233,8 +233,8 @@ def run_reconstruct(source: StackSource, target: VolumeTarget,
     KeyboardInterrupt: Ctrl-C, or :class:`~taichi_etgs.pipeline.checkpoint.Terminated`
         for SIGTERM, after the state was saved.
     """
-    from ..reconstruct import GaussianReconstruction, ReconstructConfig
-    from ..state import input_checksum, load_state
+    from ..gaussian.fit import GaussianReconstruction, ReconstructConfig
+    from ..gaussian.state import input_checksum, load_state
 
     session = session or Session()
     settings = settings or GaussianSettings()

@@ -23,7 +23,7 @@ __all__ = ["GaussianizeResult", "model_volume", "run_export", "run_gaussianize",
 
 
 def _load_model(state_path, session: Session):
-    from ..state import load_state
+    from ..gaussian.state import load_state
 
     state = load_state(state_path)
     session.add_input("state", state_path)
@@ -147,7 +147,7 @@ def model_volume(state, shape_zyx, voxel_size: float = 1.0) -> np.ndarray:
     """A saved model voxelised on a centred grid of ``voxel_size`` tomogram voxels, as
     the run that saved it made its tomogram: the Gaussians and the ice slab, in the units
     of the views it was fitted to (bright). [nz, ny, nx]"""
-    from ..background import SlabBackground
+    from ..gaussian.background import SlabBackground
     from ..kernels.voxelizer import voxelize_gaussians
 
     volume = voxelize_gaussians(state.params, shape_zyx, voxel_size=voxel_size)
@@ -187,9 +187,9 @@ def run_gaussianize(volume_path: str | PathLike, output: str | PathLike, *,
 
     contrast: how density looks in the volume ("dark": the raw images' polarity).
     """
-    from ..convert import gaussianize
+    from ..gaussian.gaussianize import gaussianize
+    from ..gaussian.state import input_checksum, save_state
     from ..io import read_volume
-    from ..state import input_checksum, save_state
 
     session = session or Session()
     output = check_writable(output, force, probe=True)
@@ -223,7 +223,7 @@ def run_export(state_path: str | PathLike, output: str | PathLike, *,
 
     origin: coordinates in A from "centre", "corner" or "index" (voxel 0's centre).
     """
-    from ..convert import export_gaussians
+    from ..io.export import export_gaussians
 
     session = session or Session()
     state, shape, pixel = _load_model(state_path, session)

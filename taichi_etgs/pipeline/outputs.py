@@ -11,8 +11,8 @@ state writers up to the commands, so the messages are the same everywhere:
 - ``PATH: cannot be written in the folder F: <why>`` (with ``probe``)
 
 This module depends on nothing in the package but :mod:`taichi_etgs.errors`, so the
-readers and writers below the pipeline (``io``, ``state``, ``convert``, ``figures``,
-``simulate``) use it too.
+readers and writers below the pipeline (``io``, ``state``, ``gaussianize``, ``export``,
+``figures``, ``simulate``) use it too.
 """
 
 from __future__ import annotations

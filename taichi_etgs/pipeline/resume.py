@@ -1,6 +1,6 @@
 """What a reconstruction's state knows of its run, and the decisions of a resume.
 
-A state file (:mod:`taichi_etgs.state`) saved by
+A state file (:mod:`taichi_etgs.gaussian.state`) saved by
 :func:`~taichi_etgs.pipeline.gaussian.run_reconstruct` records, besides the model, the
 run that made it (:class:`RunRecord`: the tilt series and how it was read, the tomogram
 and where it goes), so ``reconstruct --resume STATE`` needs nothing else, and options
@@ -88,7 +88,7 @@ def resolve(resume_path, given: Mapping[str, Any]):
     InputError: the state cannot be read, or records no run and the stack, thickness or
         output are not given.
     """
-    from ..state import load_state
+    from ..gaussian.state import load_state
 
     state = load_state(resume_path)
     record = RunRecord.from_state(state, resume_path)

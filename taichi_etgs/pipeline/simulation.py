@@ -19,7 +19,7 @@ __all__ = ["Evaluation", "Simulated", "run_evaluate", "run_simulate"]
 
 @dataclass
 class Simulated:
-    """A simulation (:class:`~taichi_etgs.simulate.SimulationResult`: tilts, angles,
+    """A simulation (:class:`~taichi_etgs.simulation.simulate.SimulationResult`: tilts, angles,
     ground truth) and the files written, by name."""
 
     result: object
@@ -28,16 +28,16 @@ class Simulated:
 
 def run_simulate(config, output_dir: str | PathLike | None = None, *, force: bool = False,
                  session: Session | None = None):
-    """Simulate a tilt series and its ground truth (:mod:`taichi_etgs.simulate`).
+    """Simulate a tilt series and its ground truth (:mod:`taichi_etgs.simulation.simulate`).
 
-    config: a :class:`~taichi_etgs.simulate.SimulationConfig`.
+    config: a :class:`~taichi_etgs.simulation.simulate.SimulationConfig`.
     output_dir: where ``tilts.mrc``, ``tilts.tlt``, ``ground_truth.mrc`` and
         ``simulation.json`` go (with sidecars); None: nothing is written.
 
     Returns a :class:`Simulated`.
     """
-    from ..simulate import OUTPUT_FILES, simulate_tilt_series, write_simulation
-    from ..specimen import PlacementWarning
+    from ..simulation.simulate import OUTPUT_FILES, simulate_tilt_series, write_simulation
+    from ..simulation.specimen import PlacementWarning
 
     session = session or Session()
     if output_dir is not None:
@@ -71,7 +71,8 @@ class Evaluation:
     """Scores of a tomogram.
 
     kind: "reference" (against a ground truth) or "halves" (half-map FSC).
-    metrics: :func:`taichi_etgs.metrics.evaluate` or :func:`~taichi_etgs.metrics.half_map_fsc`.
+    metrics: :func:`~taichi_etgs.evaluation.metrics.evaluate` or
+        :func:`~taichi_etgs.evaluation.metrics.half_map_fsc`.
     voxel_size_A: the voxel size the resolutions are in.
     files: what was written (the JSON, the figure).
     """
@@ -107,8 +108,8 @@ def run_evaluate(recon, reference=None, *, half2=None, voxel_size: float | None 
     json_path, figure_path: also write every metric as JSON, and (with a reference) a
         figure of slices and FSC curves.
     """
+    from ..evaluation.metrics import evaluate, half_map_fsc, write_metrics_json
     from ..io import read_tilt_angles
-    from ..metrics import evaluate, half_map_fsc, write_metrics_json
 
     session = session or Session()
     if (reference is None) == (half2 is None):
@@ -150,7 +151,7 @@ def run_evaluate(recon, reference=None, *, half2=None, voxel_size: float | None 
     if json_path is not None:
         files.append(write_metrics_json(metrics, json_path, force=force))
     if figure_path is not None:
-        from ..figures import evaluation_figure
+        from ..evaluation.figures import evaluation_figure
 
         files.append(evaluation_figure(volume, other, metrics, figure_path, force=force,
                                        title=f"{name} vs {other_name}"))

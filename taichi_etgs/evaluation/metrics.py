@@ -83,8 +83,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ._atomic import write_text_atomic
-from .errors import InputError
+from .._atomic import write_text_atomic
+from ..errors import InputError
 
 __all__ = [
     "DEFAULT_BAND_PER_A",

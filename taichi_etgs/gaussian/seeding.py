@@ -61,25 +61,25 @@ How it works (all vectorised numpy, no Python loop over voxels or cells):
 **Background.** ``background`` is subtracted first; the model represents
 ``volume - background`` (its negative part only through the floor). The default (None) is
 the volume's median: most voxels of a tomogram are ice or vacuum, and the loss fits a
-per-view offset (:func:`taichi_etgs.loss.fit_gain_offset`), which absorbs a uniform ice slab
-(its projection is a per-view constant, ``1 / cos(theta)`` times the slab's integral). Why not
-keep the ice in the model: a sum of Gaussians reproduces a constant only to ~1 % ripple, with
-deficits at the faces and at cell-size changes, and those errors, a few percent of the ice
-level, are as large as the contrast of the specimen; the energy score would also spend the
-budget evenly on the ice. Measured on the package's phantom (48 x 96 x 96, ice 4.5 V,
-contrast std 0.27 V, 20k Gaussians): voxelised-model correlation 0.82 with the median
-subtracted (the limit set by 2-voxel leaves and the clipping of below-ice values: 0.81), 0.38
-with ``background=0`` (0.49 after 3 refinement iterations); with noise of std 1 V added,
-0.69 with the clean phantom (the noisy input itself: 0.26). Pass ``background=0.0`` to
-model absolute densities (e.g. a volume already zero outside the specimen).
+per-view offset (:func:`taichi_etgs.gaussian.loss.fit_gain_offset`), which absorbs a uniform
+ice slab (its projection is a per-view constant, ``1 / cos(theta)`` times the slab's
+integral). Why not keep the ice in the model: a sum of Gaussians reproduces a constant only
+to ~1 % ripple, with deficits at the faces and at cell-size changes, and those errors, a few
+percent of the ice level, are as large as the contrast of the specimen; the energy score
+would also spend the budget evenly on the ice. Measured on the package's phantom (48 x 96 x
+96, ice 4.5 V, contrast std 0.27 V, 20k Gaussians): voxelised-model correlation 0.82 with
+the median subtracted (the limit set by 2-voxel leaves and the clipping of below-ice values:
+0.81), 0.38 with ``background=0`` (0.49 after 3 refinement iterations); with noise of std 1
+V added, 0.69 with the clean phantom (the noisy input itself: 0.26). Pass ``background=0.0``
+to model absolute densities (e.g. a volume already zero outside the specimen).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from .errors import InputError
-from .gaussians import GaussianParams
+from ..errors import InputError
+from .params import GaussianParams
 
 __all__ = ["DEFAULT_MAX_CELL", "estimate_noise_sigma", "init_from_volume"]
 
@@ -361,7 +361,7 @@ def init_from_volume(volume_zyx: np.ndarray, max_gaussians: int, *, min_cell: in
     rho = np.maximum(target / (_GAUSS_NORM * np.prod(scales, axis=1)), floor_rho)
     params = GaussianParams.from_activated(means, scales, rho)
     if refine_iterations > 0:
-        from .kernels.voxelizer import voxelize_gaussians  # Taichi only when asked for
+        from ..kernels.voxelizer import voxelize_gaussians  # Taichi only when asked for
 
         for _ in range(int(refine_iterations)):
             got = _leaf_sums(voxelize_gaussians(params, shape), padded, m, leaf_masks)

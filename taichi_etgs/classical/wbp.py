@@ -14,8 +14,8 @@ from __future__ import annotations
 import numpy as np
 import scipy.fft
 
-from .errors import InputError
-from .geometry import angular_weights_rad
+from ..errors import InputError
+from ..geometry import angular_weights_rad
 from .projector import VoxelProjector
 
 __all__ = ["ramp_filter", "sirt_like_factor", "filter_views", "weighted_back_projection",

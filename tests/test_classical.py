@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from taichi_etgs.classical.projector import forward_project
+from taichi_etgs.classical.sirt import sirt
+from taichi_etgs.classical.wbp import ramp_filter, weighted_back_projection
 from taichi_etgs.errors import InputError
 from taichi_etgs.geometry import angular_weights_rad
-from taichi_etgs.projector import forward_project
-from taichi_etgs.sirt import sirt
-from taichi_etgs.wbp import ramp_filter, weighted_back_projection
 
 
 def _disc_phantom(n: int) -> np.ndarray:

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ._atomic import atomic_output
-from .errors import InputError
-from .pipeline.outputs import check_writable
+from .._atomic import atomic_output
+from ..errors import InputError
+from ..pipeline.outputs import check_writable
 
 __all__ = ["comparison_figure", "evaluation_figure"]
 
@@ -58,7 +58,7 @@ def evaluation_figure(recon: np.ndarray, reference: np.ndarray, metrics: dict,
     ----------
     recon: reconstruction. [nz, ny, nx]
     reference: reference. [nz, ny, nx]
-    metrics: the dict of :func:`taichi_etgs.metrics.evaluate`.
+    metrics: the dict of :func:`taichi_etgs.evaluation.metrics.evaluate`.
     path: output image; the format follows the suffix.
     force: overwrite an existing file.
     title: figure title (default: the headline metrics).
@@ -177,7 +177,7 @@ def comparison_figure(volumes: dict[str, np.ndarray], reference: np.ndarray,
     ----------
     volumes: reconstruction of each method, by name. {name: [nz, ny, nx]}
     reference: ground truth. [nz, ny, nx]
-    metrics: :func:`taichi_etgs.metrics.evaluate` of each method, by the same names.
+    metrics: :func:`taichi_etgs.evaluation.metrics.evaluate` of each method, by the same names.
     path: output image; the format follows the suffix.
     force: overwrite an existing file.
     title: figure title.

@@ -29,8 +29,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import runtime
-from .errors import InputError
+from .. import runtime
+from ..errors import InputError
 
 __all__ = [
     "DEFAULT_LAMBDA_DSSIM",
@@ -163,7 +163,7 @@ def _ssim_l1(r: np.ndarray, m: np.ndarray, data_range: float, coef_ssim: np.ndar
     The gradient ``coef_ssim[t] * d(sum_p S)/dr + coef_l1[t] * sign(r - m)`` is computed
     only when ``coef_ssim`` is given (``coef_l1`` may then be None: no L1 term).
     """
-    from .kernels import ssim as kern
+    from ..kernels import ssim as kern
 
     dtype = _work_dtype()
     r = np.ascontiguousarray(r, dtype=dtype)

@@ -46,12 +46,12 @@ from typing import Any
 
 import numpy as np
 
-from ._atomic import atomic_output
-from .errors import InputError
-from .gaussians import GaussianParams
+from .._atomic import atomic_output
+from ..errors import InputError
+from ..pipeline import jsonio
+from ..pipeline.outputs import check_writable
 from .optim import GROUPS, AdamState
-from .pipeline import jsonio
-from .pipeline.outputs import check_writable
+from .params import GaussianParams
 
 __all__ = [
     "FORMAT_NAME",
@@ -191,7 +191,7 @@ def save_state(path: str | PathLike, params: GaussianParams, adam_state: AdamSta
     ----------
     path: the HDF5 file to write (e.g. ``run.state.h5``).
     params: the model's raw parameters. [N, ...] per field
-    adam_state: :meth:`Adam.state() <taichi_etgs.optim.Adam.state>`, or None for a model
+    adam_state: :meth:`Adam.state() <taichi_etgs.gaussian.optim.Adam.state>`, or None for a model
         without optimiser state.
     iteration: iterations completed.
     rng_state: ``rng.bit_generator.state`` of the run's numpy Generator.
@@ -214,7 +214,7 @@ def save_state(path: str | PathLike, params: GaussianParams, adam_state: AdamSta
     """
     import h5py
 
-    from . import __version__
+    from .. import __version__
 
     p = check_writable(path, force, what="state")
     if adam_state is not None and not (adam_state.exp_avg.n == adam_state.exp_avg_sq.n

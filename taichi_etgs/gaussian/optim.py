@@ -1,6 +1,6 @@
 """Adam with per-group learning rates for the Gaussian model, and its learning-rate schedule.
 
-The four parameter groups are the fields of :class:`~taichi_etgs.gaussians.GaussianParams`:
+The four parameter groups are the fields of :class:`~taichi_etgs.gaussian.params.GaussianParams`:
 ``"means_xyz"``, ``"log_scales"``, ``"quats_wxyz"`` and ``"density_raw"`` (:data:`GROUPS`).
 Each has its own learning rate; moments are held as ``GaussianParams`` shaped like the
 parameters. The update itself is one fused Taichi kernel per group
@@ -45,7 +45,7 @@ from dataclasses import dataclass, field, fields
 
 import numpy as np
 
-from .gaussians import GaussianParams
+from .params import GaussianParams
 
 __all__ = [
     "DEFAULT_LR",
@@ -250,8 +250,8 @@ class Adam:
         ------
         ValueError: N of ``params``, ``grads`` and the moments disagree.
         """
-        from . import runtime
-        from .kernels.adam import adam_update_kernel
+        from .. import runtime
+        from ..kernels.adam import adam_update_kernel
 
         if params.n != self.n or grads.n != self.n:
             raise ValueError(f"Adam holds moments for {self.n} Gaussians but got params for "
@@ -313,7 +313,7 @@ class Adam:
                     [a, np.zeros((n_new, *a.shape[1:]), dtype=a.dtype)]))
 
     def state(self) -> AdamState:
-        """A copy of everything needed to resume (for :func:`taichi_etgs.state.save_state`)."""
+        """A copy of everything needed to resume (for :func:`.state.save_state`)."""
         return AdamState(step=self.step_count, exp_avg=self.exp_avg.copy(),
                          exp_avg_sq=self.exp_avg_sq.copy(), lr=dict(self.lr),
                          beta1=self.beta1, beta2=self.beta2, eps=self.eps)

@@ -2,7 +2,7 @@
 
 Pipeline (:func:`simulate_tilt_series`):
 
-1. **Specimen** (:mod:`taichi_etgs.specimen`): an ice slab holding vesicles, actin-like
+1. **Specimen** (:mod:`taichi_etgs.simulation.specimen`): an ice slab holding vesicles, actin-like
    filaments and macromolecules (atomic models, or procedural particles when no model is
    given) at random non-overlapping positions and orientations; potential in volts.
 2. **Field of view**: by default the specimen extends laterally beyond the box along X
@@ -14,7 +14,7 @@ Pipeline (:func:`simulate_tilt_series`):
    specimen to the box (whole objects inside it) instead.
 3. **Projection without inverse crime**: the potential is rasterised (box-integrated) on
    a grid ``oversampling`` times finer than the output, projected with the voxel
-   projector of :mod:`taichi_etgs.projector` on that grid, divided by ``oversampling``
+   projector of :mod:`taichi_etgs.classical.projector` on that grid, divided by ``oversampling``
    (a line integral in fine-voxel lengths becomes one in output-voxel lengths) and
    averaged over ``oversampling x oversampling`` fine pixels per detector pixel. The
    fine grid is built and projected a band of Y rows at a time (``v = y`` in every
@@ -22,7 +22,7 @@ Pipeline (:func:`simulate_tilt_series`):
 4. **Ground truth**: the same fine potential averaged over each output voxel, cropped to
    the box: volts, positive, **ice included** (the slab is what the views see; vacuum
    above and below a thinner slab is 0).
-5. **Noise** (:mod:`taichi_etgs.noise`): none, Gaussian at a per-pixel SNR, or physical
+5. **Noise** (:mod:`taichi_etgs.simulation.imaging`): none, Gaussian at a per-pixel SNR, or physical
    (CTF, radiation damage, Poisson counts at the dose).
 
 Output views are in **dark contrast**: for ``noise="none"`` and ``"gaussian"`` they are
@@ -44,10 +44,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ._atomic import write_text_atomic
-from .errors import InputError
-from .pipeline import jsonio
-from .pipeline.outputs import check_writable
+from .._atomic import write_text_atomic
+from ..errors import InputError
+from ..pipeline import jsonio
+from ..pipeline.outputs import check_writable
 from .specimen import (
     Grid,
     Specimen,
@@ -107,7 +107,7 @@ class SimulationConfig:
     structures: atomic model files (mmCIF/PDB, gzipped or not); empty: procedural
         particles.
     n_particles, n_vesicles, n_filaments: objects centred in the box; None: about as
-        many as :func:`taichi_etgs.specimen.default_counts` gives for the box, as many
+        many as :func:`taichi_etgs.simulation.specimen.default_counts` gives for the box, as many
         of them as fit (explicit counts that do not fit raise a PlacementWarning).
     ice_thickness_A: ice slab thickness; None: the box thickness.
     seed: seed of every random choice.
@@ -342,7 +342,7 @@ def project_specimen(specimen: Specimen, shape_zyx: tuple[int, int, int], pixel_
         [n_tilts, ny, nx] (or [n_tilts, ny * f, nx * f] with ``fine_views``)
     ground_truth: mean potential in each output voxel of the box, V, float32. [nz, ny, nx]
     """
-    from .projector import forward_project
+    from ..classical.projector import forward_project
 
     nz, ny, nx = (int(n) for n in shape_zyx)
     f = int(oversampling)
@@ -396,7 +396,7 @@ def simulate_tilt_series(config: SimulationConfig | None = None, *,
     PlacementWarning: some of the objects asked for explicitly found no room (left
         out; the counts placed are in ``info["placed_in_box"]`` and ``info["objects"]``).
     """
-    from .noise import gaussian_noise_sigma, physical_images
+    from .imaging import gaussian_noise_sigma, physical_images
 
     config = config or SimulationConfig()
     best_effort = tuple(kind for kind in ("particles", "vesicles", "filaments")
@@ -484,8 +484,8 @@ def write_simulation(result: SimulationResult, out_dir: str | PathLike, force: b
     ------
     InputError: a file exists (without ``force``), or ``out_dir`` is a file.
     """
-    from . import __version__
-    from .io import write_stack, write_volume
+    from .. import __version__
+    from ..io import write_stack, write_volume
 
     out = Path(out_dir)
     if out.exists() and not out.is_dir():

@@ -43,7 +43,7 @@ class ViewFilter:
 
     def __init__(self, microscope: Microscope, shape_yx: tuple[int, int],
                  pad: int = 16) -> None:
-        from .noise import ctf_2d
+        from ..simulation.imaging import ctf_2d
 
         self.pad = max(0, min(int(pad), shape_yx[0] - 1, shape_yx[1] - 1))
         self.shape = (shape_yx[0] + 2 * self.pad, shape_yx[1] + 2 * self.pad)

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import runtime
-from .errors import InputError
+from .. import runtime
+from ..errors import InputError
 
 __all__ = ["VoxelProjector", "forward_project", "back_project"]
 
@@ -75,7 +75,7 @@ class VoxelProjector:
         array = np.ascontiguousarray(array, dtype=np.float32)
         if self.config.arch == "cpu":
             return array
-        from ._ti import ti
+        from .._ti import ti
 
         out = ti.ndarray(ti.f32, array.shape)
         out.from_numpy(array)
@@ -100,7 +100,7 @@ class VoxelProjector:
 
     def forward_internal(self, volume_yzx, views_ytu) -> None:
         """views_ytu = A volume_yzx, both device arrays in internal layout."""
-        from .kernels.voxel_projector import forward_project_kernel
+        from ..kernels.voxel_projector import forward_project_kernel
 
         forward_project_kernel(volume_yzx, views_ytu, self._cos, self._sin)
 
@@ -115,7 +115,7 @@ class VoxelProjector:
 
         ``view_scale`` comes from :meth:`view_scale` (default: unit weights).
         """
-        from .kernels.voxel_projector import back_project_kernel
+        from ..kernels.voxel_projector import back_project_kernel
 
         scale = self._unit_scale if view_scale is None else view_scale
         back_project_kernel(views_ytu, volume_yzx, self._cos, self._sin, self._half_width_dev,

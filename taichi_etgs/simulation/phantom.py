@@ -1,7 +1,7 @@
 """Procedural phantom: an ice slab with vesicles, filaments and blobby particles.
 
 No input files needed (``taichi-etgs demo`` uses it). The phantom is the same kind of
-specimen the simulator builds (:mod:`taichi_etgs.specimen`), rasterised directly on
+specimen the simulator builds (:mod:`taichi_etgs.simulation.specimen`), rasterised directly on
 the requested grid and cut to it: positive density (volts), ice included.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import InputError
+from ..errors import InputError
 from .specimen import Grid, build_specimen, default_counts, render_potential
 
 __all__ = ["make_phantom"]
@@ -28,7 +28,7 @@ def make_phantom(shape_zyx: tuple[int, int, int], seed: int = 0, *,
     voxel_size_A: voxel size, A; sets the physical scale of the objects (particles
         80-220 A across, vesicles 240-600 A, actin filaments 7 nm thick).
     n_particles, n_vesicles, n_filaments: object counts; None: about as many as
-        :func:`taichi_etgs.specimen.default_counts` gives for the box area, as many of
+        :func:`taichi_etgs.simulation.specimen.default_counts` gives for the box area, as many of
         them as fit (whole, without overlaps).
     ice_thickness_A: ice slab thickness (centred); None: the whole box thickness.
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from taichi_etgs.errors import InputError
-from taichi_etgs.gaussians import GaussianParams
-from taichi_etgs.init import estimate_noise_sigma, init_from_volume
+from taichi_etgs.gaussian.params import GaussianParams
+from taichi_etgs.gaussian.seeding import estimate_noise_sigma, init_from_volume
 
 SHAPE = (24, 48, 40)
 

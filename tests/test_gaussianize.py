@@ -1,4 +1,5 @@
-"""gaussianize (fit Gaussians to a volume) and export_gaussians (CSV / 3DGS-style PLY)."""
+"""gaussianize (fit Gaussians to a volume: gaussian/gaussianize.py) and export_gaussians
+(CSV / 3DGS-style PLY: io/export.py)."""
 
 from __future__ import annotations
 
@@ -7,15 +8,10 @@ import os
 import numpy as np
 import pytest
 
-from taichi_etgs.convert import (
-    CSV_COLUMNS,
-    GaussianizeResult,
-    export_gaussians,
-    gaussianize,
-    ply_properties,
-)
 from taichi_etgs.errors import InputError
-from taichi_etgs.gaussians import GaussianParams, quats_to_rotmats
+from taichi_etgs.gaussian.gaussianize import GaussianizeResult, gaussianize
+from taichi_etgs.gaussian.params import GaussianParams, quats_to_rotmats
+from taichi_etgs.io.export import CSV_COLUMNS, export_gaussians, ply_properties
 
 SHAPE = (24, 32, 32)
 FLOOR = 2.0  # the phantom's background level

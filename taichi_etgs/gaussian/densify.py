@@ -81,7 +81,7 @@ leave the rendered views as they were and let the optimiser make use of the new 
   largest mass (19 % of the total): 0.08-0.2 % (the previous split, children drawn from
   ``N(mu, Sigma)`` with scales / 1.6: 10 %); the heaviest Gaussian's own views: 1.2 %
   (d/s = 0.4: 0.5 %, 0.6: 2.8 %, 0.7: 6.3 %); a clone step: < 1e-7 (float32 rounding). In a
-  fit (400 Gaussians, 100 Adam steps on the L1 of :func:`taichi_etgs.loss.view_loss`, then
+  fit (400 Gaussians, 100 Adam steps on the L1 of :func:`taichi_etgs.gaussian.loss.view_loss`, then
   ``densify_and_prune`` at the defaults): the loss over all views changed by +7e-5
   (noise-free views; the previous rule on the same Gaussians: +190 %) and -4e-6 (noise of
   half the views' std; previous rule: +0.8 %).
@@ -106,8 +106,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import InputError
-from .gaussians import GaussianParams, density_raw_from_densities
+from ..errors import InputError
+from .params import GaussianParams, density_raw_from_densities
 
 __all__ = [
     "DEFAULT_CONSISTENCY_THRESHOLD",
@@ -404,7 +404,7 @@ def densify_and_prune(params: GaussianParams, stats: DensifyStats, *,
     config: thresholds, cap fraction, pruning settings; None: ``DensifyConfig()``.
     max_scale: Gaussians whose largest scale exceeds it (voxels) are pruned. None: half the
         volume's largest side (a safety net against diverging scales; never below the
-        scales :func:`taichi_etgs.init.init_from_volume` gives, at most half a cell's
+        scales :func:`taichi_etgs.gaussian.seeding.init_from_volume` gives, at most half a cell's
         extent inside the volume).
 
     Returns

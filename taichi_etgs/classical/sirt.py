@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import InputError
-from .geometry import fov_padding
+from ..errors import InputError
+from ..geometry import fov_padding
 from .projector import VoxelProjector
 
 __all__ = ["SirtResult", "sirt"]
@@ -54,7 +54,7 @@ def sirt(views: np.ndarray, tilts_deg: np.ndarray, thickness: int, iterations: i
     -------
     :class:`SirtResult` with the float32 volume [nz, ny, nx] and the residuals.
     """
-    from .kernels.elementwise import (
+    from ..kernels.elementwise import (
         safe_reciprocal_kernel,
         sirt_update_kernel,
         weighted_residual_kernel,

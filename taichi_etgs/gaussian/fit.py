@@ -6,7 +6,7 @@ Pipeline (design.md section 3):
    (:func:`taichi_etgs.preprocess.density_views`) and divided by their overall standard
    deviation, so that learning rates and thresholds do not depend on the detector's units.
 2. A classical reconstruction (SIRT by default) of those views seeds the model through the
-   hierarchical octree initialisation (:func:`taichi_etgs.init.init_from_volume`).
+   hierarchical octree initialisation (:func:`taichi_etgs.gaussian.seeding.init_from_volume`).
 3. Each iteration renders ``views_per_step`` views, compares them with the measured ones
    (tilt-weighted L1 + D-SSIM; the rendered view's mean is matched to the measured one's,
    a per-view offset that absorbs the ice slab and the detector offset), back-propagates
@@ -30,9 +30,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import InputError
-from .gaussians import GaussianParams, density_raw_from_densities
-from .geometry import fov_padding
+from ..errors import InputError
+from ..geometry import fov_padding
+from .params import GaussianParams, density_raw_from_densities
 
 __all__ = ["ReconstructConfig", "Progress", "GaussianReconstruction", "heldout_views",
            "halves_fsc", "reconstruct_halves", "robust_range", "robust_scale"]
@@ -49,19 +49,19 @@ class ReconstructConfig:
         room for densification).
     init: "sirt", "wbp" (classical reconstruction of the same data).
     init_sirt_iterations: SIRT iterations when ``init == "sirt"``.
-    tilt_weight: "cos", "uniform" or "etgs" (see :func:`taichi_etgs.loss.tilt_weights`).
+    tilt_weight: "cos", "uniform" or "etgs" (see :func:`taichi_etgs.gaussian.loss.tilt_weights`).
     lambda_dssim: weight of D-SSIM against L1.
     densify_every, densify_from: densification period and first iteration.
     densify_until: fraction of the run after which the model stops growing.
     densify_max_fraction: at most this fraction of the model is cloned or split at once
-        (those pulled most consistently; :mod:`taichi_etgs.densify`).
+        (those pulled most consistently; :mod:`taichi_etgs.gaussian.densify`).
     min_density_fraction: prune Gaussians whose density falls below this fraction of the
         initial model's median density.
     extend_fov: model the specimen on a grid widened in X by
         :func:`~taichi_etgs.geometry.fov_padding`, so that what the high tilts see outside
         the tomogram's box is explained there instead of at the box's sides.
     background: "slab" (an ice slab with soft faces and ends, fitted to the data and then
-        jointly with the Gaussians: :mod:`taichi_etgs.background`) or "offset" (a per-view
+        jointly with the Gaussians: :mod:`taichi_etgs.gaussian.background`) or "offset" (a per-view
         offset only).
     fit_gain: fit a per-view gain (exposure drift, thickness attenuation), mean 1.
     heldout_every: one view in this many (in tilt order) is held out of the fit and only
@@ -72,11 +72,11 @@ class ReconstructConfig:
     min_scale: floor on every Gaussian's scales, voxels (no sub-voxel needles fitting
         single noisy pixels).
     tv_weight: weight of the 3D total variation of a random voxelised sub-volume per step
-        (:mod:`taichi_etgs.regularize`), relative to the data term, for volumes in units of
+        (:mod:`taichi_etgs.gaussian.regularize`), relative to the data term, for volumes in units of
         the seed volume's spread.
     tv_patch: side of that sub-volume, voxels.
     defocus_um: underfocus of the series, micrometres (> 0 puts the CTF in the forward
-        model, :mod:`taichi_etgs.transfer`; 0: views are taken as projections).
+        model, :mod:`taichi_etgs.gaussian.transfer`; 0: views are taken as projections).
     pixel_size_A, voltage_kV, cs_mm, amplitude_contrast: the rest of the CTF's constants
         (the pixel size is needed with a defocus).
     lr_scale: multiplies every learning rate (the rollback after a NaN halves it).
@@ -146,7 +146,7 @@ class ReconstructConfig:
         return dataclasses.asdict(self)
 
     def densify_config(self):
-        """The densification settings (:class:`taichi_etgs.densify.DensifyConfig`)."""
+        """The densification settings (:class:`taichi_etgs.gaussian.densify.DensifyConfig`)."""
         from .densify import DensifyConfig
 
         return DensifyConfig(every=self.densify_every, start=self.densify_from,
@@ -239,7 +239,7 @@ class GaussianReconstruction:
 
     The image model (docs/method.md): view ``t`` is predicted as
     ``gain_t * (P_t[Gaussians] + P_t[slab]) + offset_t``; the Gaussians carry the specimen,
-    the slab (:mod:`taichi_etgs.background`) the ice it sits in, ``gain_t`` exposure and
+    the slab (:mod:`taichi_etgs.gaussian.background`) the ice it sits in, ``gain_t`` exposure and
     attenuation, ``offset_t`` (matched to the view's mean) the unknown level.
 
     Parameters
@@ -335,7 +335,7 @@ class GaussianReconstruction:
 
     def _seed_model(self, initial_volume: np.ndarray | None,
                     specimen_views: np.ndarray) -> GaussianParams:
-        from .init import init_from_volume
+        from .seeding import init_from_volume
 
         if initial_volume is None:
             initial_volume = self.classical_reconstruction(specimen_views)
@@ -354,8 +354,8 @@ class GaussianReconstruction:
         """The initial volume: SIRT or WBP of the fitted views, slab removed, on the model's
         grid. [nz, ny, nx + 2 pad_x]; the widened grid already holds every ray's whole path.
         """
-        from .sirt import sirt
-        from .wbp import weighted_back_projection
+        from ..classical.sirt import sirt
+        from ..classical.wbp import weighted_back_projection
 
         views = self.measured if specimen_views is None else specimen_views
         views, tilts = views[self.train], self.tilts_deg[self.train]
@@ -396,7 +396,7 @@ class GaussianReconstruction:
     def predict(self, index: np.ndarray, params: GaussianParams | None = None) -> np.ndarray:
         """Model views ``CTF * (P[Gaussians] + P[slab])`` before gain and offset (the CTF
         when one is set). [n, ny, nu]"""
-        from .kernels.gaussian_projector import project_gaussians
+        from ..kernels.gaussian_projector import project_gaussians
 
         params = self.params if params is None else params
         _, ny, nu = self.measured.shape
@@ -421,7 +421,7 @@ class GaussianReconstruction:
     def loss_and_grad(self, selected: np.ndarray, params: GaussianParams | None = None):
         """Loss of the selected views, the projector's backward result and the gradient by
         the slab's parameters (zero without a slab). [6]"""
-        from .kernels.gaussian_projector import project_gaussians_backward
+        from ..kernels.gaussian_projector import project_gaussians_backward
         from .loss import view_loss
 
         params = self.params if params is None else params
@@ -499,7 +499,7 @@ class GaussianReconstruction:
     def _add_tv_grads(self, grads: GaussianParams) -> None:
         """Add the gradient of ``tv_weight * TV`` of a random sub-volume of the tomogram's
         box to ``grads`` (in place)."""
-        from .kernels.voxelizer import voxelize_gaussians, voxelize_gaussians_backward
+        from ..kernels.voxelizer import voxelize_gaussians, voxelize_gaussians_backward
         from .regularize import random_patch_origin, total_variation
 
         patch = tuple(min(self.config.tv_patch, n) for n in self.shape_zyx)
@@ -675,7 +675,7 @@ class GaussianReconstruction:
                  include_slab: bool = True) -> np.ndarray:
         """The model (Gaussians and, unless ``include_slab`` is false, the slab) voxelised
         on the tomogram grid, in the input views' units. [nz, ny, nx]"""
-        from .kernels.voxelizer import voxelize_gaussians
+        from ..kernels.voxelizer import voxelize_gaussians
 
         shape = self.shape_zyx if shape_zyx is None else shape_zyx
         volume = voxelize_gaussians(self.params, shape, voxel_size=voxel_size)
@@ -705,7 +705,7 @@ class GaussianReconstruction:
                 "detector_yx": list(self.measured.shape[1:])}
 
     def save_state(self, path, input_checksum: str, extra_geometry: dict | None = None) -> None:
-        """Write everything a bit-for-bit resume needs (:func:`taichi_etgs.state.save_state`).
+        """Write everything a bit-for-bit resume needs (:func:`.state.save_state`).
 
         Besides parameters, optimiser and RNG, the run-time quantities that are not settings
         (densification statistics, the pruning level, slab, gains, validation history and
@@ -735,7 +735,7 @@ class GaussianReconstruction:
                    self.rng.bit_generator.state, config, geometry, input_checksum)
 
     def restore(self, state) -> None:
-        """Continue from a saved state (:func:`taichi_etgs.state.load_state`)."""
+        """Continue from a saved state (:func:`taichi_etgs.gaussian.state.load_state`)."""
         from .background import SlabBackground
         from .densify import DensifyStats
         from .optim import Adam
@@ -787,7 +787,7 @@ def reconstruct_halves(views: np.ndarray, tilts_deg: np.ndarray, thickness: int,
     """Two independent reconstructions, from the odd and from the even views in tilt order.
 
     The gold-standard practice of RELION, cryoCARE and DeepDeWedge: their Fourier shell
-    correlation (:func:`taichi_etgs.metrics.half_map_fsc`) tells how far the tomogram is
+    correlation (:func:`taichi_etgs.evaluation.metrics.half_map_fsc`) tells how far the tomogram is
     reproducible from independent data, with no ground truth. Each half has its own seed,
     held-out views and early stop.
 
@@ -836,9 +836,9 @@ def halves_fsc(first: GaussianReconstruction, second: GaussianReconstruction,
 
     Returns
     -------
-    :func:`taichi_etgs.metrics.half_map_fsc`'s dictionary.
+    :func:`taichi_etgs.evaluation.metrics.half_map_fsc`'s dictionary.
     """
-    from .metrics import half_map_fsc
+    from ..evaluation.metrics import half_map_fsc
 
     volumes = [run.tomogram(voxel_size, shape_zyx, include_slab=False)
                for run in (first, second)]
