@@ -48,12 +48,14 @@ SHAPE_ZYX = (96, 256, 256)
 TILTS_DEG = np.arange(-60.0, 61.0, 3.0)  # 41 tilts
 VIEWS_PER_STEP = 8
 
-#: Modules a --baseline revision replaces (package-relative paths).
-BASELINE_MODULES = ("kernels/gaussian_projector.py", "kernels/ssim.py", "loss.py",
-                    "kernels/adam.py", "optim.py")
+#: Modules a --baseline revision replaces (package-relative paths; the revision must have
+#: the subpackage layout).
+BASELINE_MODULES = ("kernels/gaussian_projector.py", "kernels/voxelizer.py", "kernels/ssim.py",
+                    "kernels/adam.py", "gaussian/render.py", "gaussian/loss.py",
+                    "gaussian/optim.py")
 #: Modules the baseline copy shares with the working tree (one Taichi runtime, one model
 #: class, one set of exceptions).
-SHARED_MODULES = ("_ti", "runtime", "gaussians", "errors")
+SHARED_MODULES = ("_ti", "runtime", "gaussian.params", "errors")
 
 
 # ----------------------------------------------------------------------------------------
@@ -74,8 +76,10 @@ def load_baseline(ref: str):
     base = importlib.import_module("_etgs_baseline")
     for name in SHARED_MODULES:
         module = importlib.import_module(f"taichi_etgs.{name}")
-        sys.modules[f"_etgs_baseline.{name}"] = module
-        setattr(base, name, module)
+        alias = f"_etgs_baseline.{name}"
+        sys.modules[alias] = module
+        parent, _, leaf = alias.rpartition(".")
+        setattr(importlib.import_module(parent), leaf, module)
     return base
 
 
@@ -83,10 +87,10 @@ class Package:
     """The entry points of one copy of the package."""
 
     def __init__(self, root: str) -> None:
-        proj = importlib.import_module(f"{root}.kernels.gaussian_projector")
-        loss = importlib.import_module(f"{root}.loss")
-        optim = importlib.import_module(f"{root}.optim")
-        recon = importlib.import_module(f"{root}.reconstruct")
+        proj = importlib.import_module(f"{root}.gaussian.render")
+        loss = importlib.import_module(f"{root}.gaussian.loss")
+        optim = importlib.import_module(f"{root}.gaussian.optim")
+        recon = importlib.import_module(f"{root}.gaussian.fit")
         self.project = proj.project_gaussians
         self.backward = proj.project_gaussians_backward
         self.view_loss = loss.view_loss

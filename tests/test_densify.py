@@ -123,7 +123,7 @@ def test_stats_accumulate_select_append_reset_state():
 
 def test_stats_from_projector_count_steps(taichi_cpu, rng):
     """add() takes the backward pass's position gradient and visibility directly."""
-    from taichi_etgs.kernels.gaussian_projector import project_gaussians_backward
+    from taichi_etgs.gaussian.render import project_gaussians_backward
 
     p = five_gaussians()
     p.means_xyz[4] = [0.0, 500.0, 0.0]  # off the detector in every view
@@ -229,7 +229,7 @@ def test_mass_and_moments_conserved_exactly():
 
 def test_mass_conserved_voxelised(taichi_cpu):
     """The voxelised field's integral is preserved (the grid holds every footprint)."""
-    from taichi_etgs.kernels.voxelizer import voxelize_gaussians
+    from taichi_etgs.gaussian.render import voxelize_gaussians
 
     p = five_gaussians().subset(np.array([0, 1, 3]))
     r = run(p, stats_with([5.0, 4.0, 1.0]))
@@ -251,7 +251,7 @@ def test_views_barely_change(taichi_cpu, n):
     step: < 1e-7 (float32 rounding). The previous rule (children drawn from N(mu, Sigma),
     scales / 1.6) changed the views by 10 % for the 5 % of largest mass.
     """
-    from taichi_etgs.kernels.gaussian_projector import project_gaussians
+    from taichi_etgs.gaussian.render import project_gaussians
 
     rng = np.random.default_rng(n)
     p = random_model(rng, n)
@@ -515,7 +515,7 @@ def test_loss_does_not_jump_in_a_fit(taichi_cpu, noise):
     same Gaussians: +190 %), -4e-6 with noise 0.5 (previous rule: +0.8 %)."""
     from taichi_etgs.gaussian.loss import view_loss
     from taichi_etgs.gaussian.optim import Adam, learning_rates, scene_extent_vox
-    from taichi_etgs.kernels.gaussian_projector import project_gaussians, project_gaussians_backward
+    from taichi_etgs.gaussian.render import project_gaussians, project_gaussians_backward
 
     rng = np.random.default_rng(7)
     n = 400

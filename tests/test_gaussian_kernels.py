@@ -11,6 +11,7 @@ import math
 import numpy as np
 import pytest
 
+from taichi_etgs.gaussian import render
 from taichi_etgs.gaussian.params import (
     GaussianParams,
     covariances_from_raw,
@@ -20,14 +21,11 @@ from taichi_etgs.gaussian.params import (
     softplus,
     softplus_inverse,
 )
-from taichi_etgs.kernels import voxelizer
-from taichi_etgs.kernels.gaussian_projector import (
+from taichi_etgs.gaussian.render import (
     CUTOFF_SIGMA,
+    VOXEL_CUTOFF_SIGMA,
     project_gaussians,
     project_gaussians_backward,
-)
-from taichi_etgs.kernels.voxelizer import (
-    VOXEL_CUTOFF_SIGMA,
     voxelize_gaussians,
     voxelize_gaussians_backward,
 )
@@ -124,9 +122,7 @@ def test_kernel_matches_box_integrated_line_integral(taichi_cpu):
 @pytest.fixture(params=["cpu", "gpu"])
 def projector_path(request, monkeypatch):
     """Both kernel paths of the projector (per-row gather, per-pair scatter) on any arch."""
-    from taichi_etgs.kernels import gaussian_projector
-
-    monkeypatch.setattr(gaussian_projector, "_FORCE_PATH", request.param)
+    monkeypatch.setattr(render, "_FORCE_PATH", request.param)
     return request.param
 
 
@@ -304,7 +300,7 @@ def test_voxelizer_chunking_gives_the_same_volume(taichi_cpu, rng, monkeypatch):
     params = random_params(rng, 6, (3.0, 3.0, 3.0))
     whole = voxelize_gaussians(params, (9, 10, 11))
     grads_whole = voxelize_gaussians_backward(params, whole)
-    monkeypatch.setattr(voxelizer, "MAX_PAIRS_PER_CHUNK", 5)  # one Gaussian per chunk
+    monkeypatch.setattr(render, "MAX_PAIRS_PER_CHUNK", 5)  # one Gaussian per chunk
     chunked = voxelize_gaussians(params, (9, 10, 11))
     grads_chunked = voxelize_gaussians_backward(params, whole)
     # Atomic adds in another order: float32 rounding only.

@@ -61,7 +61,7 @@ def fitted():
 # ------------------------------------------------------------------------------------------
 
 def test_gaussianize_reproduces_the_volume(fitted):
-    from taichi_etgs.kernels.voxelizer import voxelize_gaussians
+    from taichi_etgs.gaussian.render import voxelize_gaussians
 
     vol, result, _ = fitted
     assert isinstance(result, GaussianizeResult)

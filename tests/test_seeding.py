@@ -74,7 +74,7 @@ def test_noise_sigma_thin_volume(rng):
 
 @pytest.mark.parametrize("max_gaussians", [300, 1500, 6000])
 def test_init_reproduces_blob_phantom(taichi_cpu, rng, max_gaussians):
-    from taichi_etgs.kernels.voxelizer import voxelize_gaussians
+    from taichi_etgs.gaussian.render import voxelize_gaussians
 
     vol = blob_phantom(rng)
     p = init_from_volume(vol, max_gaussians, min_cell=2, max_cell=16)
@@ -89,7 +89,7 @@ def test_init_reproduces_blob_phantom(taichi_cpu, rng, max_gaussians):
 
 
 def test_init_denoises_noisy_phantom(taichi_cpu, rng):
-    from taichi_etgs.kernels.voxelizer import voxelize_gaussians
+    from taichi_etgs.gaussian.render import voxelize_gaussians
 
     clean = blob_phantom(rng)
     noisy = clean + rng.normal(0, 0.5 * clean.std(), clean.shape)
@@ -195,7 +195,7 @@ def test_refinement_corrects_offset_volume(taichi_cpu, rng):
     """An absolute-density volume (a uniform slab level under the blobs): the lattice of
     Gaussians misses mass at the faces; refinement iterations bring the voxelised model
     closer to the input without moving or adding Gaussians."""
-    from taichi_etgs.kernels.voxelizer import voxelize_gaussians
+    from taichi_etgs.gaussian.render import voxelize_gaussians
 
     vol = blob_phantom(rng) / 20.0 + 4.0
     p0 = init_from_volume(vol, 3000, background=0.0)

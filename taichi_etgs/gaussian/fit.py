@@ -396,7 +396,7 @@ class GaussianReconstruction:
     def predict(self, index: np.ndarray, params: GaussianParams | None = None) -> np.ndarray:
         """Model views ``CTF * (P[Gaussians] + P[slab])`` before gain and offset (the CTF
         when one is set). [n, ny, nu]"""
-        from ..kernels.gaussian_projector import project_gaussians
+        from .render import project_gaussians
 
         params = self.params if params is None else params
         _, ny, nu = self.measured.shape
@@ -421,8 +421,8 @@ class GaussianReconstruction:
     def loss_and_grad(self, selected: np.ndarray, params: GaussianParams | None = None):
         """Loss of the selected views, the projector's backward result and the gradient by
         the slab's parameters (zero without a slab). [6]"""
-        from ..kernels.gaussian_projector import project_gaussians_backward
         from .loss import view_loss
+        from .render import project_gaussians_backward
 
         params = self.params if params is None else params
         tilts = self.tilts_deg[selected]
@@ -499,8 +499,8 @@ class GaussianReconstruction:
     def _add_tv_grads(self, grads: GaussianParams) -> None:
         """Add the gradient of ``tv_weight * TV`` of a random sub-volume of the tomogram's
         box to ``grads`` (in place)."""
-        from ..kernels.voxelizer import voxelize_gaussians, voxelize_gaussians_backward
         from .regularize import random_patch_origin, total_variation
+        from .render import voxelize_gaussians, voxelize_gaussians_backward
 
         patch = tuple(min(self.config.tv_patch, n) for n in self.shape_zyx)
         origin = random_patch_origin(self.rng, self.shape_zyx, patch)
@@ -675,7 +675,7 @@ class GaussianReconstruction:
                  include_slab: bool = True) -> np.ndarray:
         """The model (Gaussians and, unless ``include_slab`` is false, the slab) voxelised
         on the tomogram grid, in the input views' units. [nz, ny, nx]"""
-        from ..kernels.voxelizer import voxelize_gaussians
+        from .render import voxelize_gaussians
 
         shape = self.shape_zyx if shape_zyx is None else shape_zyx
         volume = voxelize_gaussians(self.params, shape, voxel_size=voxel_size)

@@ -4,7 +4,7 @@
 (a tomogram from any program, or a map): octree initialisation
 (:func:`taichi_etgs.gaussian.seeding.init_from_volume`), then Adam on a volume loss, the
 squared difference between the voxelised model
-(:func:`~taichi_etgs.kernels.voxelizer.voxelize_gaussians`, plus a constant background) and
+(:func:`~taichi_etgs.gaussian.render.voxelize_gaussians`, plus a constant background) and
 the volume.
 
 A model is written for viewers by :func:`taichi_etgs.io.export.export_gaussians`.
@@ -197,8 +197,8 @@ def gaussianize(volume_zyx: np.ndarray, *, max_gaussians: int = 50_000,
         learning rates divided by 1000.
     """
     from .. import runtime
-    from ..kernels.voxelizer import voxelize_gaussians, voxelize_gaussians_backward
     from .optim import Adam, lr_schedule
+    from .render import voxelize_gaussians, voxelize_gaussians_backward
     from .seeding import init_from_volume
 
     t_start = time.perf_counter()

@@ -4,7 +4,7 @@ The data term alone lets the Gaussians follow the noise of low-dose views (the h
 score starts to rise within tens of iterations). Total variation on random voxelised
 sub-volumes (R2-Gaussian's recipe: a 32^3 patch per step) penalises what noise builds,
 small oscillating density, and spares edges. It acts through the voxeliser's backward
-pass (:func:`taichi_etgs.kernels.voxelizer.voxelize_gaussians_backward`). Its weight is
+pass (:func:`taichi_etgs.gaussian.render.voxelize_gaussians_backward`). Its weight is
 not a knob: the reconstruction raises it whenever the held-out views say the model has
 started to fit noise (docs/method.md, "Validation").
 """

@@ -56,7 +56,7 @@ How it works (all vectorised numpy, no Python loop over voxels or cells):
    next to the volume's faces (a lattice of Gaussians misses the neighbours outside: the
    outermost voxels read 73 % of a uniform field with 2-voxel cells) and the few-percent
    bumps where cell sizes change. Each iteration is one
-   :func:`taichi_etgs.kernels.voxelizer.voxelize_gaussians` (Taichi).
+   :func:`taichi_etgs.gaussian.render.voxelize_gaussians` (Taichi).
 
 **Background.** ``background`` is subtracted first; the model represents
 ``volume - background`` (its negative part only through the floor). The default (None) is
@@ -361,7 +361,7 @@ def init_from_volume(volume_zyx: np.ndarray, max_gaussians: int, *, min_cell: in
     rho = np.maximum(target / (_GAUSS_NORM * np.prod(scales, axis=1)), floor_rho)
     params = GaussianParams.from_activated(means, scales, rho)
     if refine_iterations > 0:
-        from ..kernels.voxelizer import voxelize_gaussians  # Taichi only when asked for
+        from .render import voxelize_gaussians  # Taichi only when asked for
 
         for _ in range(int(refine_iterations)):
             got = _leaf_sums(voxelize_gaussians(params, shape), padded, m, leaf_masks)

@@ -45,29 +45,33 @@ Parallelism depends on the arch (the same pixels and formulas either way):
   through the activations).
 
 Taichi's autodiff is not used (it breaks on the footprint loops' dynamic trip counts,
-design.md section 5): :func:`project_gaussians` and :func:`project_gaussians_backward` are a
-plain function pair.
+design.md section 5): the forward and backward kernels are a plain pair, called by
+:func:`taichi_etgs.gaussian.render.project_gaussians` and
+:func:`~taichi_etgs.gaussian.render.project_gaussians_backward`, which turn a model into
+these kernels' plain arrays and pick the CPU or GPU path.
 
 Kernels compute in Taichi's default float (f32, or f64 when the runtime was started with
-``precision="f64"``); the public functions accept numpy arrays of any float type and return
-numpy arrays in that precision.
+``precision="f64"``) on plain arrays: the raw parameters (means [N, 3], log-scales [N, 3],
+quaternions [N, 4], raw densities [N]) and the per-Gaussian tables documented below.
 """
 
 import math
-from dataclasses import dataclass
 
-import numpy as np
-
-from .. import runtime
 from .._ti import ti
-from ..gaussian.params import GaussianParams
 
 __all__ = [
     "CUTOFF_SIGMA",
+    "N_ACC",
+    "N_G",
+    "N_P",
     "PIXEL_VARIANCE",
-    "ProjectionGrads",
-    "project_gaussians",
-    "project_gaussians_backward",
+    "forward_rows_kernel",
+    "forward_scatter_kernel",
+    "order_kernel",
+    "pair_table_kernel",
+    "prepare_kernel",
+    "project_backward_kernel",
+    "raw_grads_kernel",
 ]
 
 #: Footprints are cut at this Mahalanobis distance (in standard deviations).
@@ -160,7 +164,7 @@ def _index_range(lo, hi, c0, step, n: int):
 
 
 @ti.kernel
-def _raw_grads_kernel(log_scales: _nd2, quats: _nd2, density_raw: _nd1, acc: _nd2,
+def raw_grads_kernel(log_scales: _nd2, quats: _nd2, density_raw: _nd1, acc: _nd2,
                      g_means: _nd2, g_log_scales: _nd2, g_quats: _nd2, g_density_raw: _nd1):
     """Chain rule from accumulated dL/d(mu, Sigma, rho) (columns of ``acc``) to raw params.
 
@@ -211,24 +215,18 @@ def _raw_grads_kernel(log_scales: _nd2, quats: _nd2, density_raw: _nd1, acc: _nd
 # Projector kernels
 # ----------------------------------------------------------------------------------------
 
-# Columns of the per-Gaussian table written by _prepare_kernel: what the projection at any
+# Columns of the per-Gaussian table written by prepare_kernel: what the projection at any
 # tilt needs, view-independent (computed once per call instead of once per view).
 _G_MX, _G_MY, _G_MZ = 0, 1, 2  # centre mu
 _G_XX, _G_XZ, _G_ZZ, _G_XY, _G_YZ = 3, 4, 5, 6, 7  # entries of Sigma
 _G_VV = 8  # Sigma2'_vv = Sigma_yy + PIXEL_VARIANCE (the same at every tilt)
 _G_SP = 9  # s_x s_y s_z
 _G_RHO = 10  # rho
-_N_G = 11
+N_G = 11
 
 # Columns of the per-(view, Gaussian) table of the CPU forward pass (float64).
 _P_MU, _P_CUU, _P_CUV, _P_CVV, _P_AMP, _P_KK, _P_SHEAR, _P_INV_CUU = range(8)
-_N_P = 8
-
-#: Float64 bytes the CPU forward pass's per-(view, Gaussian) table may take; views are
-#: processed in chunks that keep it below this.
-_PAIR_TABLE_BYTES = 64 << 20
-#: Parallel iterations the CPU forward pass aims at: 512 per thread for 16 threads.
-_ROWS_FOR_THREADS = 512 * 16
+N_P = 8
 
 _nd1i = ti.types.ndarray(dtype=ti.i32, ndim=1)
 _nd2i = ti.types.ndarray(dtype=ti.i32, ndim=2)
@@ -303,10 +301,10 @@ def _row_start(du0, dv, cuu, cuv, cvv):
 
 
 @ti.kernel
-def _prepare_kernel(means: _nd2, log_scales: _nd2, quats: _nd2, density_raw: _nd1,
+def prepare_kernel(means: _nd2, log_scales: _nd2, quats: _nd2, density_raw: _nd1,
                     cutoff: float, ny: ti.i32, gauss: _nd2, rows: _nd2i, first_row_count: _nd1i,
                     row_count_diff: _nd1i, count: ti.i32):
-    """Per Gaussian: the table ``gauss`` [N, _N_G] and the detector rows [i0, i1] it covers.
+    """Per Gaussian: the table ``gauss`` [N, N_G] and the detector rows [i0, i1] it covers.
 
     With ``count`` != 0 also counts, for the CPU forward pass, the Gaussians whose first
     row is i (``first_row_count[i]``) and, as a difference array, the Gaussians covering
@@ -336,14 +334,14 @@ def _prepare_kernel(means: _nd2, log_scales: _nd2, quats: _nd2, density_raw: _nd
 
 
 @ti.kernel
-def _order_kernel(rows: _nd2i, first_cursor: _nd1i, row_cursor: _nd1i, order: _nd1i,
+def order_kernel(rows: _nd2i, first_cursor: _nd1i, row_cursor: _nd1i, order: _nd1i,
                   entries: _nd1i):
     """Sort the Gaussians by first row and list, per row, those that cover it.
 
     ``order[p]`` = the Gaussian at sorted position p (stable: by first row, then index);
     ``entries[offsets[i]:offsets[i + 1]]`` = the sorted positions of the Gaussians covering
     row i, increasing. ``first_cursor`` and ``row_cursor`` start at the exclusive prefix
-    sums of the counts from :func:`_prepare_kernel`. Serial loops: the lists are
+    sums of the counts from :func:`prepare_kernel`. Serial loops: the lists are
     deterministic, and the work (one write per Gaussian row) is small next to rendering.
     Sorted Gaussians make the row lists walk the pair table almost sequentially.
     """
@@ -364,12 +362,12 @@ def _order_kernel(rows: _nd2i, first_cursor: _nd1i, row_cursor: _nd1i, order: _n
 
 
 @ti.kernel
-def _pair_table_kernel(gauss: _nd2, cos_t: _nd1, sin_t: _nd1, t0: ti.i32, n_views: ti.i32,
+def pair_table_kernel(gauss: _nd2, cos_t: _nd1, sin_t: _nd1, t0: ti.i32, n_views: ti.i32,
                        pairs: _f64_1d, row_info: _f64_1d):
     """The projection of Gaussian p (rows of ``gauss`` in sorted order) at view t0 + tt, in
-    float64: columns _P_* of row ``tt * n_on + p`` of ``pairs`` [n_views * n_on * _N_P];
+    float64: columns _P_* of row ``tt * n_on + p`` of ``pairs`` [n_views * n_on * N_P];
     ``row_info`` [2 n_on] = (m_v, 1 / Sigma2'_vv) of each p (view-independent). Flat
-    arrays: see :func:`_forward_rows_kernel`."""
+    arrays: see :func:`forward_rows_kernel`."""
     n_on = gauss.shape[0]
     for tt, p in ti.ndrange(n_views, n_on):
         m_u, a, b, det2, amp = _projected_from_table(gauss, p, cos_t[t0 + tt], sin_t[t0 + tt])
@@ -378,7 +376,7 @@ def _pair_table_kernel(gauss: _nd2, cos_t: _nd1, sin_t: _nd1, t0: ti.i32, n_view
         d64 = ti.cast(gauss[p, _G_VV], ti.f64)
         det64 = ti.cast(det2, ti.f64)
         cuu = d64 / det64
-        base = (tt * n_on + p) * _N_P
+        base = (tt * n_on + p) * N_P
         pairs[base + _P_MU] = m_u
         pairs[base + _P_CUU] = cuu
         pairs[base + _P_CUV] = -b64 / det64
@@ -393,7 +391,7 @@ def _pair_table_kernel(gauss: _nd2, cos_t: _nd1, sin_t: _nd1, t0: ti.i32, n_view
 
 
 @ti.kernel
-def _forward_rows_kernel(pairs: _f64_1d, row_info: _f64_1d, offsets: _nd1i, entries: _nd1i,
+def forward_rows_kernel(pairs: _f64_1d, row_info: _f64_1d, offsets: _nd1i, entries: _nd1i,
                          n_views: ti.i32, n_parts: ti.i32, out: _nd1, out_views: ti.i32,
                          out_t0: ti.i32, ny: ti.i32, nu: ti.i32, cutoff: float):
     """CPU forward pass: one thread per (part, view, detector row) sums its Gaussians.
@@ -417,7 +415,7 @@ def _forward_rows_kernel(pairs: _f64_1d, row_info: _f64_1d, offsets: _nd1i, entr
         n_k = offsets[i + 1] - k_lo
         for k in range(k_lo + n_k * part // n_parts, k_lo + n_k * (part + 1) // n_parts):
             p = entries[k]
-            base = (tt * n_on + p) * _N_P
+            base = (tt * n_on + p) * N_P
             m_u = pairs[base + _P_MU]
             j0, j1, dv = _row_span(i, cv, cu, nu, k2, m_u, row_info[2 * p],
                                    row_info[2 * p + 1], pairs[base + _P_SHEAR],
@@ -434,7 +432,7 @@ def _forward_rows_kernel(pairs: _f64_1d, row_info: _f64_1d, offsets: _nd1i, entr
 
 
 @ti.kernel
-def _forward_scatter_kernel(gauss: _nd2, rows: _nd2i, cos_t: _nd1, sin_t: _nd1, views: _nd3,
+def forward_scatter_kernel(gauss: _nd2, rows: _nd2i, cos_t: _nd1, sin_t: _nd1, views: _nd3,
                             cutoff: float):
     """GPU forward pass: one thread per (view, Gaussian) adds its footprint atomically.
 
@@ -467,7 +465,7 @@ def _forward_scatter_kernel(gauss: _nd2, rows: _nd2i, cos_t: _nd1, sin_t: _nd1, 
 
 
 @ti.kernel
-def _project_backward_kernel(means: _nd2, log_scales: _nd2, quats: _nd2, density_raw: _nd1,
+def project_backward_kernel(means: _nd2, log_scales: _nd2, quats: _nd2, density_raw: _nd1,
                              cos_t: _nd1, sin_t: _nd1, grad_views: _nd3, cutoff: float,
                              acc: _nd2, uv_norm: _nd1, visible: _nd1i, wt: ti.template(),
                              incremental: ti.template()):
@@ -584,188 +582,3 @@ def _project_backward_kernel(means: _nd2, log_scales: _nd2, quats: _nd2, density
         acc[g, 9] = a_rho
         uv_norm[g] = norm_sum
         visible[g] = n_vis
-
-
-# ----------------------------------------------------------------------------------------
-# Public functions
-# ----------------------------------------------------------------------------------------
-
-def _work_dtype() -> type:
-    """numpy dtype of Taichi's default float in the running configuration."""
-    cfg = runtime.ensure_initialized()
-    return np.float64 if cfg.precision == "f64" else np.float32
-
-
-def _param_arrays(params: GaussianParams, dtype: type) -> tuple[np.ndarray, ...]:
-    """The four raw arrays, C-contiguous in ``dtype`` (for kernel arguments)."""
-    return tuple(np.ascontiguousarray(a, dtype=dtype) for a in
-                 (params.means_xyz, params.log_scales, params.quats_wxyz, params.density_raw))
-
-
-#: Which kernels run: None picks by the running arch ("cpu": per-row gather and float64
-#: recurrences; "gpu": per-(view, Gaussian) scatter). Tests set it to check both on a CPU.
-_FORCE_PATH: str | None = None
-
-
-def _cpu_path() -> bool:
-    if _FORCE_PATH is not None:
-        return _FORCE_PATH == "cpu"
-    return runtime.ensure_initialized().arch == "cpu"
-
-
-def _row_list_parts(n_rows: int) -> int:
-    """Pieces to cut each row's Gaussian list into, so that the CPU forward pass has work
-    for many threads: Taichi's CPU backend splits a parallel loop into one chunk per
-    thread of at least 512 iterations, so ``n_rows`` (views x detector rows) alone can
-    leave threads idle (a single 512-row view would run on one thread). The count depends
-    on the problem size only, never on the thread count, so neither does the result."""
-    return int(min(16, max(1, -(-_ROWS_FOR_THREADS // max(n_rows, 1)))))
-
-
-def _tilt_trig(tilts_deg: np.ndarray, dtype: type) -> tuple[np.ndarray, np.ndarray]:
-    theta = np.deg2rad(np.asarray(tilts_deg, dtype=np.float64).reshape(-1))
-    return (np.ascontiguousarray(np.cos(theta), dtype=dtype),
-            np.ascontiguousarray(np.sin(theta), dtype=dtype))
-
-
-@dataclass
-class ProjectionGrads:
-    """What :func:`project_gaussians_backward` returns.
-
-    grads: dL/d(raw parameters), same fields and shapes as the parameters (means_xyz
-        [N, 3], log_scales [N, 3], quats_wxyz [N, 4], density_raw [N]).
-    uv_grad_norm_sum: sum over the views where a Gaussian is visible of the norm of
-        ``dL/d(u, v)`` of its projected centre, in detector pixel units (the densification
-        statistic; no W/2, H/2 scaling). [N]
-    visible_views: number of views in which at least one pixel of the Gaussian's footprint
-        lies on the detector. [N]
-    """
-
-    grads: GaussianParams
-    uv_grad_norm_sum: np.ndarray
-    visible_views: np.ndarray
-
-
-def _check_tilts(tilts_deg: np.ndarray) -> np.ndarray:
-    tilts = np.asarray(tilts_deg, dtype=np.float64)
-    if tilts.ndim != 1:
-        raise ValueError(f"tilts_deg must be 1-D [n_tilts]; got shape {tilts.shape}")
-    return tilts
-
-
-def project_gaussians(params: GaussianParams, tilts_deg: np.ndarray, ny: int,
-                      nu: int) -> np.ndarray:
-    """Render N Gaussians into tilt views (line integrals along the beam, pixel-averaged).
-
-    Parameters
-    ----------
-    params: raw Gaussian parameters (N Gaussians).
-    tilts_deg: tilt angles in degrees. [n_tilts]
-    ny: detector rows (along the tilt axis Y).
-    nu: detector columns.
-
-    Returns
-    -------
-    views: projections in the working precision (float32, or float64 under an f64
-        runtime). [n_tilts, ny, nu]
-    """
-    tilts = _check_tilts(tilts_deg)
-    dtype = _work_dtype()
-    ny, nu = int(ny), int(nu)
-    views = np.zeros((tilts.size, ny, nu), dtype=dtype)
-    if params.n == 0 or views.size == 0:
-        return views
-    cos_t, sin_t = _tilt_trig(tilts, dtype)
-    raw = _param_arrays(params, dtype)
-    gauss = np.empty((params.n, _N_G), dtype=dtype)
-    rows = np.empty((params.n, 2), dtype=np.int32)
-    if not _cpu_path():
-        unused = np.zeros(1, dtype=np.int32)
-        _prepare_kernel(*raw, CUTOFF_SIGMA, ny, gauss, rows, unused, unused, 0)
-        _forward_scatter_kernel(gauss, rows, cos_t, sin_t, views, CUTOFF_SIGMA)
-        return views
-
-    # CPU: per-row lists of the Gaussians (sorted by first row), then one thread per
-    # (view, row) renders the row from a table of the Gaussians' projections.
-    first_row_count = np.zeros(ny + 1, dtype=np.int32)
-    row_count_diff = np.zeros(ny + 1, dtype=np.int32)
-    _prepare_kernel(*raw, CUTOFF_SIGMA, ny, gauss, rows, first_row_count, row_count_diff, 1)
-    first_start = np.zeros(ny + 1, dtype=np.int64)
-    np.cumsum(first_row_count[:ny], out=first_start[1:])
-    offsets = np.zeros(ny + 1, dtype=np.int64)
-    np.cumsum(np.cumsum(row_count_diff[:ny]), out=offsets[1:])
-    n_on = int(first_start[-1])  # Gaussians that cover at least one detector row
-    if n_on == 0:
-        return views
-    if offsets[-1] > np.iinfo(np.int32).max:
-        raise ValueError(f"{params.n} Gaussians cover {offsets[-1]} detector rows in all, "
-                         f"more than this projector indexes; project fewer at a time")
-    order = np.empty(n_on, dtype=np.int32)
-    entries = np.empty(int(offsets[-1]), dtype=np.int32)
-    offsets = offsets.astype(np.int32)
-    _order_kernel(rows, first_start[:-1].astype(np.int32), offsets[:-1].copy(), order,
-                  entries)
-    gauss = gauss[order]  # in sorted order: the pair tables read it sequentially
-    n_views = tilts.size
-    chunk = int(min(n_views, max(1, _PAIR_TABLE_BYTES // (n_on * _N_P * 8))))
-    chunk = -(-n_views // -(-n_views // chunk))  # equal chunks
-    pairs = np.empty(chunk * n_on * _N_P, dtype=np.float64)
-    row_info = np.empty(2 * n_on, dtype=np.float64)
-    flat_views = views.reshape(-1)
-    for t0 in range(0, n_views, chunk):
-        m = min(chunk, n_views - t0)
-        _pair_table_kernel(gauss, cos_t, sin_t, t0, m, pairs, row_info)
-        n_parts = _row_list_parts(m * ny)
-        if n_parts == 1:
-            _forward_rows_kernel(pairs, row_info, offsets, entries, m, 1, flat_views,
-                                 n_views, t0, ny, nu, CUTOFF_SIGMA)
-        else:
-            parts = np.zeros((n_parts, m, ny, nu), dtype=dtype)
-            _forward_rows_kernel(pairs, row_info, offsets, entries, m, n_parts,
-                                 parts.reshape(-1), m, 0, ny, nu, CUTOFF_SIGMA)
-            np.sum(parts, axis=0, out=views[t0:t0 + m])
-    return views
-
-
-def project_gaussians_backward(params: GaussianParams, tilts_deg: np.ndarray,
-                               grad_views: np.ndarray) -> ProjectionGrads:
-    """Gradients of a loss through :func:`project_gaussians`.
-
-    Parameters
-    ----------
-    params: raw Gaussian parameters (N Gaussians), as given to the forward call.
-    tilts_deg: tilt angles in degrees. [n_tilts]
-    grad_views: dL/dviews. [n_tilts, ny, nu]
-
-    Returns
-    -------
-    ProjectionGrads with dL/d(raw parameters) and the per-Gaussian image-space position
-    gradient statistics, in the working precision.
-    """
-    tilts = _check_tilts(tilts_deg)
-    grad_views = np.asarray(grad_views)
-    if grad_views.ndim != 3 or grad_views.shape[0] != tilts.size:
-        raise ValueError(f"grad_views must be [n_tilts={tilts.size}, ny, nu]; "
-                         f"got shape {grad_views.shape}")
-    dtype = _work_dtype()
-    n = params.n
-    if n == 0:
-        return ProjectionGrads(params.zeros_like().astype(dtype), np.zeros(0, dtype),
-                               np.zeros(0, np.int32))
-    acc = np.zeros((n, N_ACC), dtype=dtype)
-    uv_norm = np.zeros(n, dtype=dtype)
-    visible = np.zeros(n, dtype=np.int32)
-    raw = _param_arrays(params, dtype)
-    if grad_views.size:
-        cos_t, sin_t = _tilt_trig(tilts, dtype)
-        cpu = _cpu_path()
-        wide = cpu or dtype == np.float64
-        _project_backward_kernel(*raw, cos_t, sin_t,
-                                 np.ascontiguousarray(grad_views, dtype=dtype),
-                                 CUTOFF_SIGMA, acc, uv_norm, visible,
-                                 ti.f64 if wide else ti.f32, cpu)
-    grads = GaussianParams(np.empty((n, 3), dtype), np.empty((n, 3), dtype),
-                           np.empty((n, 4), dtype), np.empty(n, dtype))
-    _raw_grads_kernel(raw[1], raw[2], raw[3], acc, grads.means_xyz, grads.log_scales,
-                     grads.quats_wxyz, grads.density_raw)
-    return ProjectionGrads(grads, uv_norm, visible)

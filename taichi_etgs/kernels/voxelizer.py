@@ -26,35 +26,16 @@ many threads. The pair list is built on the host and processed in chunks of at m
 pass scatters with atomic adds; the backward pass gathers ``dL/dvolume`` per pair and adds
 the pair's gradients atomically into per-Gaussian accumulators, then the projector's
 chain-rule kernel turns them into gradients of the raw parameters. Plain forward/backward
-function pair (no Taichi autodiff, design.md section 5).
+kernel pair (no Taichi autodiff, design.md section 5), called by
+:func:`taichi_etgs.gaussian.render.voxelize_gaussians` and
+:func:`~taichi_etgs.gaussian.render.voxelize_gaussians_backward`, which build the pair
+list in chunks.
 """
 
-from collections.abc import Iterator, Sequence
-
-import numpy as np
-
 from .._ti import ti
-from ..gaussian.params import GaussianParams, normalize_quats
-from .gaussian_projector import (
-    N_ACC,
-    _gaussian,
-    _index_range,
-    _param_arrays,
-    _raw_grads_kernel,
-    _work_dtype,
-)
+from .gaussian_projector import _gaussian, _index_range
 
-__all__ = [
-    "MAX_PAIRS_PER_CHUNK",
-    "VOXEL_CUTOFF_SIGMA",
-    "voxelize_gaussians",
-    "voxelize_gaussians_backward",
-]
-
-#: Footprints are cut at this Mahalanobis distance (in standard deviations).
-VOXEL_CUTOFF_SIGMA = 4.0
-#: (Gaussian, z slice) pairs per kernel launch; bounds the host and device memory used.
-MAX_PAIRS_PER_CHUNK = 1 << 22
+__all__ = ["voxelize_backward_kernel", "voxelize_forward_kernel"]
 
 _nd1 = ti.types.ndarray(ndim=1)
 _nd2 = ti.types.ndarray(ndim=2)
@@ -72,7 +53,7 @@ def _blurred(means: ti.template(), log_scales: ti.template(), quats: ti.template
 
 
 @ti.kernel
-def _voxelize_forward_kernel(means: _nd2, log_scales: _nd2, quats: _nd2, density_raw: _nd1,
+def voxelize_forward_kernel(means: _nd2, log_scales: _nd2, quats: _nd2, density_raw: _nd1,
                              pair_g: _nd1, pair_z: _nd1, volume: _nd3, x0: float,
                              y0: float, z0: float, h: float, blur: float, cutoff: float):
     """volume[k, j, i] += the Gaussians of the (Gaussian, slice) pairs given."""
@@ -108,7 +89,7 @@ def _voxelize_forward_kernel(means: _nd2, log_scales: _nd2, quats: _nd2, density
 
 
 @ti.kernel
-def _voxelize_backward_kernel(means: _nd2, log_scales: _nd2, quats: _nd2, density_raw: _nd1,
+def voxelize_backward_kernel(means: _nd2, log_scales: _nd2, quats: _nd2, density_raw: _nd1,
                               pair_g: _nd1, pair_z: _nd1, grad_volume: _nd3, x0: float,
                               y0: float, z0: float, h: float, blur: float, cutoff: float,
                               acc: _nd2):
@@ -161,130 +142,3 @@ def _voxelize_backward_kernel(means: _nd2, log_scales: _nd2, quats: _nd2, densit
             acc[g, 7] += gs[1, 2]
             acc[g, 8] += gs[2, 2]
             acc[g, 9] += g_amp * amp_per_rho
-
-
-def _grid_start(shape_zyx: Sequence[int], voxel_size: float,
-                origin_xyz: Sequence[float] | None) -> tuple[float, float, float]:
-    """Centre (x, y, z) of voxel (0, 0, 0)."""
-    nz, ny, nx = shape_zyx
-    ox, oy, oz = (0.0, 0.0, 0.0) if origin_xyz is None else (float(v) for v in origin_xyz)
-    return (ox + (0.5 - nx / 2.0) * voxel_size, oy + (0.5 - ny / 2.0) * voxel_size,
-            oz + (0.5 - nz / 2.0) * voxel_size)
-
-
-def _slice_pairs(params: GaussianParams, nz: int, z0: float, h: float, blur: float,
-                 cutoff: float, max_pairs: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(Gaussian index, z slice) pairs, in chunks of at most ``max_pairs`` (int32 arrays).
-
-    A Gaussian covers slices whose centre is within ``cutoff`` standard deviations of its
-    blurred marginal along z; one Gaussian never spans chunks unless it alone exceeds
-    ``max_pairs`` (impossible when ``nz <= max_pairs``).
-    """
-    # Variance along z: sum_k R[2, k]^2 s_k^2 (third row of gaussians.quats_to_rotmats).
-    q = normalize_quats(np.asarray(params.quats_wxyz, np.float64))
-    w, x, y, z = q[:, 0], q[:, 1], q[:, 2], q[:, 3]
-    rz = np.stack([2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)], -1)
-    var_z = np.sum(rz * rz * np.exp(2.0 * np.asarray(params.log_scales, np.float64)), -1)
-    half = cutoff * np.sqrt(var_z + blur)
-    mu_z = np.asarray(params.means_xyz[:, 2], np.float64)
-    lo = np.clip((mu_z - half - z0) / h, -1.0, nz + 1.0)
-    hi = np.clip((mu_z + half - z0) / h, -2.0, nz + 1.0)
-    k0 = np.maximum(np.ceil(lo), 0).astype(np.int64)
-    k1 = np.minimum(np.floor(hi), nz - 1).astype(np.int64)
-    counts = np.maximum(k1 - k0 + 1, 0)
-    idx = np.flatnonzero(counts)
-    if idx.size == 0:
-        return
-    counts, k0 = counts[idx], k0[idx]
-    ends = np.cumsum(counts)
-    start = 0
-    while start < idx.size:
-        before = ends[start - 1] if start else 0
-        stop = max(int(np.searchsorted(ends, before + max_pairs, side="right")), start + 1)
-        c = counts[start:stop]
-        pair_g = np.repeat(idx[start:stop], c).astype(np.int32)
-        offsets = np.arange(int(c.sum())) - np.repeat(np.cumsum(c) - c, c)
-        pair_z = (np.repeat(k0[start:stop], c) + offsets).astype(np.int32)
-        yield pair_g, pair_z
-        start = stop
-
-
-def _check_grid(shape_zyx: Sequence[int], voxel_size: float) -> tuple[int, int, int]:
-    shape = tuple(int(n) for n in shape_zyx)
-    if len(shape) != 3 or min(shape) < 0:
-        raise ValueError(f"shape_zyx must be three non-negative sizes; got {shape_zyx}")
-    if not voxel_size > 0:
-        raise ValueError(f"voxel_size must be > 0; got {voxel_size}")
-    return shape  # type: ignore[return-value]
-
-
-def voxelize_gaussians(params: GaussianParams, shape_zyx: Sequence[int],
-                       voxel_size: float = 1.0,
-                       origin_xyz: Sequence[float] | None = None) -> np.ndarray:
-    """Sample the Gaussian field (box-averaged over each voxel) on a regular grid.
-
-    Parameters
-    ----------
-    params: raw Gaussian parameters (N Gaussians), centres in model voxel units.
-    shape_zyx: grid size (nz, ny, nx).
-    voxel_size: grid spacing in model voxel units (< 1 samples finer, > 1 coarser).
-    origin_xyz: model coordinates (x, y, z) of the grid's centre; None for (0, 0, 0),
-        the centred grid of the tomogram.
-
-    Returns
-    -------
-    volume: mean density per voxel, in the working precision. [nz, ny, nx]
-    """
-    nz, ny, nx = _check_grid(shape_zyx, voxel_size)
-    dtype = _work_dtype()
-    volume = np.zeros((nz, ny, nx), dtype=dtype)
-    if params.n == 0 or volume.size == 0:
-        return volume
-    x0, y0, z0 = _grid_start((nz, ny, nx), voxel_size, origin_xyz)
-    blur = voxel_size * voxel_size / 12.0
-    raw = _param_arrays(params, dtype)
-    for pair_g, pair_z in _slice_pairs(params, nz, z0, voxel_size, blur, VOXEL_CUTOFF_SIGMA,
-                                       MAX_PAIRS_PER_CHUNK):
-        _voxelize_forward_kernel(*raw, pair_g, pair_z, volume, x0, y0, z0, voxel_size, blur,
-                                 VOXEL_CUTOFF_SIGMA)
-    return volume
-
-
-def voxelize_gaussians_backward(params: GaussianParams, grad_volume: np.ndarray,
-                                voxel_size: float = 1.0,
-                                origin_xyz: Sequence[float] | None = None) -> GaussianParams:
-    """Gradients of a loss through :func:`voxelize_gaussians`.
-
-    Parameters
-    ----------
-    params: raw Gaussian parameters (N Gaussians), as given to the forward call.
-    grad_volume: dL/dvolume, on the forward call's grid. [nz, ny, nx]
-    voxel_size, origin_xyz: as given to the forward call.
-
-    Returns
-    -------
-    dL/d(raw parameters), same fields and shapes as ``params``, in the working precision.
-    """
-    grad_volume = np.asarray(grad_volume)
-    if grad_volume.ndim != 3:
-        raise ValueError(f"grad_volume must be [nz, ny, nx]; got shape {grad_volume.shape}")
-    nz, ny, nx = _check_grid(grad_volume.shape, voxel_size)
-    dtype = _work_dtype()
-    n = params.n
-    grads = GaussianParams(np.zeros((n, 3), dtype), np.zeros((n, 3), dtype),
-                           np.zeros((n, 4), dtype), np.zeros(n, dtype))
-    if n == 0:
-        return grads
-    acc = np.zeros((n, N_ACC), dtype=dtype)
-    raw = _param_arrays(params, dtype)
-    if grad_volume.size:
-        x0, y0, z0 = _grid_start((nz, ny, nx), voxel_size, origin_xyz)
-        blur = voxel_size * voxel_size / 12.0
-        gvol = np.ascontiguousarray(grad_volume, dtype=dtype)
-        for pair_g, pair_z in _slice_pairs(params, nz, z0, voxel_size, blur,
-                                           VOXEL_CUTOFF_SIGMA, MAX_PAIRS_PER_CHUNK):
-            _voxelize_backward_kernel(*raw, pair_g, pair_z, gvol, x0, y0, z0, voxel_size,
-                                      blur, VOXEL_CUTOFF_SIGMA, acc)
-    _raw_grads_kernel(raw[1], raw[2], raw[3], acc, grads.means_xyz, grads.log_scales,
-                      grads.quats_wxyz, grads.density_raw)
-    return grads

@@ -70,7 +70,7 @@ def run_project(state_path: str | PathLike, angles: str | PathLike | Sequence[fl
                           [output.parent], final=True,
                           advice="fewer views (--angles) or a smaller --size")
     session.start_compute()
-    from ..kernels.gaussian_projector import project_gaussians
+    from ..gaussian.render import project_gaussians
 
     start = time.perf_counter()
     views = project_gaussians(state.params, tilts, height, width)
@@ -148,7 +148,7 @@ def model_volume(state, shape_zyx, voxel_size: float = 1.0) -> np.ndarray:
     the run that saved it made its tomogram: the Gaussians and the ice slab, in the units
     of the views it was fitted to (bright). [nz, ny, nx]"""
     from ..gaussian.background import SlabBackground
-    from ..kernels.voxelizer import voxelize_gaussians
+    from ..gaussian.render import voxelize_gaussians
 
     volume = voxelize_gaussians(state.params, shape_zyx, voxel_size=voxel_size)
     slab = state.config.get("_slab")  # the run's fitted slab (edge 1 voxel)
