@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from taichi_etgs.gaussian.params import GaussianParams
 from taichi_etgs.gaussian.state import (
     FORMAT_NAME,
     FORMAT_VERSION,
+    ModelGeometry,
     input_checksum,
     load_state,
     restore_rng,
@@ -92,12 +94,41 @@ def test_config_and_geometry_round_trip(tmp_path, rng):
     assert c["third"] == 1.0 / 3.0  # exact float round trip
     assert c["views_per_step"] == 10 and type(c["views_per_step"]) is int
     g = st.geometry
-    assert g["tilts_deg"].dtype == np.float64
-    np.testing.assert_array_equal(g["tilts_deg"], GEOMETRY["tilts_deg"])
-    assert g["excluded_views"].dtype == np.int32
-    np.testing.assert_array_equal(g["excluded_views"], [0, 40])
-    assert g["shape_zyx"] == [64, 128, 128]  # tuples come back as lists
-    assert g["pixel_size_A"] == 13.48
+    assert isinstance(g, ModelGeometry)
+    assert g.tilts_deg.dtype == np.float64
+    np.testing.assert_array_equal(g.tilts_deg, GEOMETRY["tilts_deg"])
+    assert g.shape_zyx == (64, 128, 128) and g.pixel_size_A == 13.48
+    # A key this version does not know is kept as it was, and written back.
+    assert g.extra["excluded_views"].dtype == np.int32
+    np.testing.assert_array_equal(g.extra["excluded_views"], [0, 40])
+    assert set(g.to_dict()) == set(GEOMETRY)
+
+
+def test_model_geometry_reads_older_files_and_names_bad_values_in_words(tmp_path, rng):
+    # What taichi-etgs wrote before the geometry was typed (no contrast, no run record).
+    old = {"tilts_deg": [-60.0, 0.0, 60.0], "shape_zyx": [12, 10, 24],
+           "model_shape_zyx": [12, 10, 40], "view_scale": 2.5, "n_views": 3,
+           "detector_yx": [10, 24], "pixel_size_A": 0.0, "source": "/data/ts.mrc",
+           "background": 0.5}
+    path = tmp_path / "old.h5"
+    save_state(path, _params(rng), None, 0, np.random.default_rng(0).bit_generator.state,
+               {}, old, "x")
+    with h5py.File(path, "r") as f:  # the file holds what was given (defaults left out)
+        assert set(json.loads(f["meta/geometry"].asstr()[()])) == set(old) - {"pixel_size_A"}
+    g = load_state(path).geometry
+    assert (g.shape_zyx, g.model_shape_zyx, g.detector_yx) == ((12, 10, 24), (12, 10, 40),
+                                                               (10, 24))
+    assert g.view_scale == 2.5 and g.n_views == 3 and g.contrast is None and g.run is None
+    assert g.voxel_size_A == 1.0  # no pixel size: 1 A assumed
+    assert g.frame_A() == (12.0, 10.0, 24.0)
+    assert ModelGeometry.from_dict(g.to_dict()).shape_zyx == g.shape_zyx
+    for bad, words in (({"shape_zyx": [12, "ten", 24]}, "tomogram size"),
+                       ({"shape_zyx": [12, 10]}, "tomogram size"),
+                       ({"contrast": "grey"}, "image contrast"),
+                       ({"view_scale": "big"}, "density units")):
+        with pytest.raises(InputError, match=f"unreadable {words}") as info:
+            ModelGeometry.from_dict(bad)
+        assert "shape_zyx" not in str(info.value) and "view_scale" not in str(info.value)
 
 
 def test_nan_and_inf_survive(tmp_path, rng):

@@ -9,6 +9,7 @@
 - :mod:`.background`, :mod:`.transfer`: what is not specimen (the ice slab) and the
   microscope (the CTF).
 - :mod:`.fit`: the reconstruction itself (:class:`~.fit.GaussianReconstruction`).
-- :mod:`.state`: state files (save, resume).
+- :mod:`.state`: state files (save, resume) and the model's geometry
+  (:class:`~.state.ModelGeometry`).
 - :mod:`.gaussianize`: a model fitted to any tomogram.
 """

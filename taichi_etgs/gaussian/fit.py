@@ -698,18 +698,24 @@ class GaussianReconstruction:
 
     # -- state ----------------------------------------------------------------------------
 
-    def geometry(self) -> dict:
-        return {"tilts_deg": self.tilts_deg, "shape_zyx": list(self.shape_zyx),
-                "model_shape_zyx": list(self.model_shape_zyx),
-                "view_scale": self.scale, "n_views": int(self.measured.shape[0]),
-                "detector_yx": list(self.measured.shape[1:])}
+    def geometry(self, **known):
+        """The model's :class:`~taichi_etgs.gaussian.state.ModelGeometry`; ``known``: what
+        the caller knows besides (``pixel_size_A``, ``source``, ``contrast``, ``run``)."""
+        from .state import ModelGeometry
+
+        return ModelGeometry(shape_zyx=tuple(self.shape_zyx),
+                             model_shape_zyx=tuple(self.model_shape_zyx),
+                             tilts_deg=self.tilts_deg, view_scale=float(self.scale),
+                             n_views=int(self.measured.shape[0]),
+                             detector_yx=tuple(self.measured.shape[1:]), **known)
 
     def save_state(self, path, input_checksum: str, extra_geometry: dict | None = None) -> None:
         """Write everything a bit-for-bit resume needs (:func:`.state.save_state`).
 
         Besides parameters, optimiser and RNG, the run-time quantities that are not settings
         (densification statistics, the pruning level, slab, gains, validation history and
-        the best model so far) go into the config under ``_`` keys.
+        the best model so far) go into the config under ``_`` keys. ``extra_geometry``:
+        more fields of the model's geometry (:meth:`geometry`).
         """
         from .state import save_state
 
@@ -729,8 +735,7 @@ class GaussianReconstruction:
             lowest, fitted, noise_var = self._heldout_reference
             config.update(_heldout_reference=[lowest, noise_var, self._heldout_energy],
                           _heldout_reference_views=fitted.astype(np.float32))
-        geometry = self.geometry()
-        geometry.update(extra_geometry or {})
+        geometry = self.geometry(**(extra_geometry or {}))
         save_state(path, self.params, self.adam.state(), self.iteration,
                    self.rng.bit_generator.state, config, geometry, input_checksum)
 

@@ -19,8 +19,8 @@ File layout (``format = "taichi-etgs-state"``, ``format_version = 1``)::
     /adam/exp_avg_sq/<field>  second moments
     /adam/lr                  JSON {group: learning rate}
     /meta/config              JSON of the configuration dict
-    /meta/geometry            JSON of the geometry dict (tilts_deg, shape_zyx,
-                              pixel_size_A, ...)
+    /meta/geometry            JSON of the model's geometry (:class:`ModelGeometry`,
+                              :meth:`ModelGeometry.to_dict`)
     /meta/rng_state           JSON of numpy's ``Generator.bit_generator.state``
 
 JSON texts are scalar UTF-8 string *datasets* rather than attributes: HDF5 limits an
@@ -39,6 +39,7 @@ a hidden ``.<name>.<random>.tmp`` next to the state, harmless and safe to delete
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from os import PathLike
 from pathlib import Path
@@ -56,6 +57,7 @@ from .params import GaussianParams
 __all__ = [
     "FORMAT_NAME",
     "FORMAT_VERSION",
+    "ModelGeometry",
     "State",
     "input_checksum",
     "load_state",
@@ -114,6 +116,136 @@ def _loads(text: str) -> Any:
 # The state
 # ----------------------------------------------------------------------------------------
 
+# What a geometry value is, in words (error messages name no JSON key).
+_GEOMETRY_WORDS = {"shape_zyx": "tomogram size", "model_shape_zyx": "model grid",
+                   "pixel_size_A": "pixel size", "tilts_deg": "tilt angles",
+                   "n_views": "number of views", "detector_yx": "detector size",
+                   "view_scale": "density units", "contrast": "image contrast",
+                   "background": "background level", "source": "source file",
+                   "run": "record of its run"}
+
+
+@dataclass
+class ModelGeometry:
+    """Where a saved model lives: the tomogram it makes and the data it was fitted to.
+
+    The state file holds it as a JSON object (:meth:`to_dict`, :meth:`from_dict`; the keys
+    are the field names). Every field but ``shape_zyx`` may be absent from older files.
+
+    shape_zyx: the tomogram's grid (nz, ny, nx) in voxels, the model's length unit; None
+        for a file that records none (not usable as a model).
+    pixel_size_A: that voxel's size in A; 0 when the data gave none (1 A is then assumed:
+        :attr:`voxel_size_A`).
+    model_shape_zyx: the grid the model was fitted on (the tomogram widened in X so that
+        the high tilts' rays are whole; docs/method.md), or None (the tomogram's).
+    tilts_deg: the tilts the model was fitted to, or None (a model of a volume).
+    n_views, detector_yx: how many views, and their size (ny, nx) in pixels, or None.
+    view_scale: the densities' unit: a model density times ``view_scale`` is in the
+        input's units per voxel (the views' robust scale; 1 for a model of a volume).
+    contrast: how density looked in the input ("dark" or "bright"), or None (not recorded:
+        older files).
+    background: the level a model of a volume sits on (``gaussianize``), input units.
+    source: the input file.
+    run: the record of the run that saved it (the pipeline's ``RunRecord.to_dict()``),
+        or None.
+    extra: keys this version does not know, kept and written back as they were.
+    """
+
+    shape_zyx: tuple[int, int, int] | None = None
+    pixel_size_A: float = 0.0
+    model_shape_zyx: tuple[int, int, int] | None = None
+    tilts_deg: np.ndarray | None = None
+    n_views: int | None = None
+    detector_yx: tuple[int, int] | None = None
+    view_scale: float = 1.0
+    contrast: str | None = None
+    background: float = 0.0
+    source: str = ""
+    run: dict | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def voxel_size_A(self) -> float:
+        """The pixel size, or 1 A when none is known."""
+        pixel = float(self.pixel_size_A)
+        return pixel if np.isfinite(pixel) and pixel > 0 else 1.0
+
+    def frame_A(self) -> tuple[float, float, float]:
+        """The extent (z, y, x) in A of the full tomogram the model belongs to: its
+        thickness and the detector's height and width (the MRC origin's frame)."""
+        nz, ny, nx = self.shape_zyx
+        if self.detector_yx is not None:
+            ny, nx = self.detector_yx
+        pixel = self.voxel_size_A
+        return (nz * pixel, ny * pixel, nx * pixel)
+
+    def to_dict(self) -> dict:
+        """The JSON object of the state file: the fields that differ from their defaults,
+        then ``extra``."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "extra" or value is None or (
+                    isinstance(value, (str, float)) and value == f.default):
+                continue
+            if f.name in ("shape_zyx", "model_shape_zyx", "detector_yx"):
+                value = [int(n) for n in value]
+            out[f.name] = value
+        for key, value in self.extra.items():
+            out.setdefault(key, value)
+        return out
+
+    @classmethod
+    def from_dict(cls, values: Mapping, path=None) -> ModelGeometry:
+        """Read the state file's geometry object (keys it does not know go to ``extra``).
+
+        Raises
+        ------
+        InputError: a value of the wrong kind (naming what it is, not the key).
+        """
+        known = {f.name for f in fields(cls)} - {"extra"}
+        kwargs: dict[str, Any] = {"extra": {k: v for k, v in values.items()
+                                            if k not in known}}
+        for key in known & set(values):
+            value = values[key]
+            try:
+                kwargs[key] = None if value is None else _GEOMETRY_PARSERS[key](value)
+            except (TypeError, ValueError):
+                raise InputError(f"holds an unreadable {_GEOMETRY_WORDS[key]} "
+                                 f"({value!r:.60})", path) from None
+        return cls(**kwargs)
+
+
+def _sizes(count: int):
+    def parse(value) -> tuple[int, ...]:
+        sizes = tuple(int(n) for n in value)
+        if len(sizes) != count or min(sizes) < 1 or any(float(a) != b for a, b in
+                                                        zip(value, sizes)):
+            raise ValueError(value)
+        return sizes
+    return parse
+
+
+def _contrast(value) -> str:
+    if value not in ("dark", "bright"):
+        raise ValueError(value)
+    return str(value)
+
+
+def _mapping(value) -> dict:
+    if not isinstance(value, Mapping):
+        raise TypeError(value)
+    return dict(value)
+
+
+_GEOMETRY_PARSERS = {
+    "shape_zyx": _sizes(3), "model_shape_zyx": _sizes(3), "detector_yx": _sizes(2),
+    "pixel_size_A": float, "view_scale": float, "background": float, "n_views": int,
+    "tilts_deg": lambda v: np.asarray(v, dtype=np.float64).reshape(-1),
+    "contrast": _contrast, "source": str, "run": _mapping,
+}
+
+
 @dataclass
 class State:
     """A reconstruction state as read by :func:`load_state`.
@@ -123,7 +255,7 @@ class State:
     iteration: iterations completed.
     rng_state: ``Generator.bit_generator.state`` at save time (:func:`restore_rng`).
     config: the configuration dict.
-    geometry: the geometry dict (tilts_deg, shape_zyx, pixel_size_A, ...).
+    geometry: where the model lives (:class:`ModelGeometry`).
     input_checksum: :func:`input_checksum` of the input data.
     format_version: the file's format version.
     package_version: version of taichi-etgs that wrote it.
@@ -134,7 +266,7 @@ class State:
     iteration: int
     rng_state: dict
     config: dict = field(default_factory=dict)
-    geometry: dict = field(default_factory=dict)
+    geometry: ModelGeometry = field(default_factory=ModelGeometry)
     input_checksum: str = ""
     format_version: int = FORMAT_VERSION
     package_version: str = ""
@@ -183,8 +315,9 @@ def _write_json(group: Any, name: str, obj: Any) -> None:
 
 
 def save_state(path: str | PathLike, params: GaussianParams, adam_state: AdamState | None,
-               iteration: int, rng_state: dict, config: dict, geometry: dict,
-               input_checksum: str, *, force: bool = True) -> Path:
+               iteration: int, rng_state: dict, config: dict,
+               geometry: ModelGeometry | Mapping, input_checksum: str, *,
+               force: bool = True) -> Path:
     """Write a reconstruction state atomically (see the module docstring for the layout).
 
     Parameters
@@ -196,7 +329,8 @@ def save_state(path: str | PathLike, params: GaussianParams, adam_state: AdamSta
     iteration: iterations completed.
     rng_state: ``rng.bit_generator.state`` of the run's numpy Generator.
     config: configuration, any JSON-able nested dict (numpy values allowed).
-    geometry: tilts_deg, volume shape_zyx, pixel_size_A, ... (same rules as ``config``).
+    geometry: where the model lives (:class:`ModelGeometry`, or its dict:
+        :meth:`ModelGeometry.from_dict` checks it).
     input_checksum: :func:`input_checksum` of the input tilt series.
     force: overwrite an existing file (the default: a run replaces its own checkpoint).
 
@@ -209,6 +343,7 @@ def save_state(path: str | PathLike, params: GaussianParams, adam_state: AdamSta
     InputError: the folder does not exist, ``path`` is a folder, or it exists and
         ``force`` is False.
     ValueError: moments that do not match the parameters in N.
+    InputError: a geometry value of the wrong kind.
     TypeError: a config/geometry value that cannot be stored as JSON.
     OSError: the disk refused the write (the previous file, if any, is untouched).
     """
@@ -221,8 +356,10 @@ def save_state(path: str | PathLike, params: GaussianParams, adam_state: AdamSta
                                        == params.n):
         raise ValueError(f"Adam moments are for {adam_state.exp_avg.n} Gaussians, the "
                          f"parameters for {params.n}")
+    if not isinstance(geometry, ModelGeometry):
+        geometry = ModelGeometry.from_dict(geometry)
     # Serialise first: a value that is not JSON-able fails before any file is created.
-    texts = {"config": _dumps(dict(config)), "geometry": _dumps(dict(geometry)),
+    texts = {"config": _dumps(dict(config)), "geometry": _dumps(geometry.to_dict()),
              "rng_state": _dumps(dict(rng_state))}
     lr_text = None if adam_state is None else _dumps(dict(adam_state.lr))
 
@@ -395,7 +532,8 @@ def _read_state(f: Any, p: Path) -> State:
         if not isinstance(value, dict):
             raise InputError(f"has 'meta/{name}' that is not a JSON object", p)
     return State(params=params, adam=adam, iteration=int(_attr(f.attrs, "iteration", p)),
-                 rng_state=rng_state, config=config, geometry=geometry,
+                 rng_state=rng_state, config=config,
+                 geometry=ModelGeometry.from_dict(geometry, p),
                  input_checksum=_as_str(_attr(f.attrs, "input_checksum", p)),
                  format_version=version_int,
                  package_version=_as_str(f.attrs.get("package_version", "")))

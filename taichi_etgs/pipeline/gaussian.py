@@ -20,7 +20,6 @@ from . import checkpoint, inputs, sizes
 from .inputs import StackSource
 from .outputs import check_writable, os_reason
 from .resume import (
-    RECORD_KEY,
     RunRecord,
     check_resume,
     check_state_output,
@@ -191,7 +190,7 @@ def _seed(settings: GaussianSettings, source: StackSource, shape, session: Sessi
     if init_path.suffix.lower() in _MODEL_SUFFIXES:
         init_state = load_state(init_path)
         check_resume(init_state, init_path, source, shape, "", force=True)
-        return None, init_state.params, float(init_state.geometry.get("view_scale", 1.0))
+        return None, init_state.params, init_state.geometry.view_scale
     from ..io import read_volume
     from ..preprocess import to_output_polarity
 
@@ -335,11 +334,11 @@ def run_reconstruct(source: StackSource, target: VolumeTarget,
         del views
     log.info("configuration: %s", run.config.to_dict())
 
+    # What the state's ModelGeometry records besides what the run knows of itself.
     state_geometry = {"pixel_size_A": series.pixel_size_A, "source": str(series.source),
                       "contrast": source.contrast}
     if not source.in_memory and output is not None:
-        state_geometry[RECORD_KEY] = RunRecord(source, target, voxel_size,
-                                               settings.halves).to_dict()
+        state_geometry["run"] = RunRecord(source, target, voxel_size, settings.halves).to_dict()
     saved = {"iteration": None}
 
     def save(r) -> None:

@@ -14,7 +14,7 @@ import numpy as np
 from ..errors import InputError
 from . import sizes
 from .outputs import check_writable
-from .resume import RunRecord, state_frame, state_geometry
+from .resume import RunRecord, state_geometry
 from .session import Session
 from .tomograms import check_finite, mrc_origin, relative_to_mean, write_tomogram
 
@@ -75,7 +75,7 @@ def run_project(state_path: str | PathLike, angles: str | PathLike | Sequence[fl
     start = time.perf_counter()
     views = project_gaussians(state.params, tilts, height, width)
     seconds = time.perf_counter() - start
-    views *= float(state.geometry.get("view_scale", 1.0))
+    views *= state.geometry.view_scale
     if contrast == "dark":
         views = -views
     check_finite(views, state_path)
@@ -136,7 +136,7 @@ def run_voxelize(state_path: str | PathLike, output: str | PathLike, *,
         volume = relative_to_mean(volume)
     else:  # part of it, or more: on the level of the reconstruction's tomogram
         volume -= np.float32(np.mean(model_volume(state, model_shape), dtype=np.float64))
-    origin = mrc_origin(grid, voxel, state_frame(state, model_shape, pixel))
+    origin = mrc_origin(grid, voxel, state.geometry.frame_A())
     write_tomogram(session, output, volume, voxel, state_contrast(state), output_contrast,
                    force, f"voxelize {state.params.n} Gaussians",
                    {"n_gaussians": state.params.n}, origin)
@@ -157,17 +157,17 @@ def model_volume(state, shape_zyx, voxel_size: float = 1.0) -> np.ndarray:
         if slab.density != 0.0:
             volume += slab.volume(shape_zyx, voxel_size)
     # As GaussianReconstruction.tomogram computes it: the two agree to float32 rounding.
-    return (volume * float(state.geometry.get("view_scale", 1.0))).astype(np.float32)
+    return (volume * state.geometry.view_scale).astype(np.float32)
 
 
 def state_contrast(state) -> str:
     """The polarity of the images (or volume) a saved model was fitted to: "dark" or
     "bright" (states saved before it was recorded: their run's, else "dark")."""
-    contrast = state.geometry.get("contrast")
+    contrast = state.geometry.contrast
     if contrast is None:
         record = RunRecord.from_state(state)
         contrast = record.source.contrast if record is not None else "dark"
-    return contrast if contrast in ("dark", "bright") else "dark"
+    return contrast
 
 
 @dataclass
@@ -188,7 +188,7 @@ def run_gaussianize(volume_path: str | PathLike, output: str | PathLike, *,
     contrast: how density looks in the volume ("dark": the raw images' polarity).
     """
     from ..gaussian.gaussianize import gaussianize
-    from ..gaussian.state import input_checksum, save_state
+    from ..gaussian.state import ModelGeometry, input_checksum, save_state
     from ..io import read_volume
 
     session = session or Session()
@@ -202,9 +202,9 @@ def run_gaussianize(volume_path: str | PathLike, output: str | PathLike, *,
         result = gaussianize(volume, max_gaussians=max_gaussians, iterations=iterations,
                              seed=seed,
                              progress=lambda i, loss: bar.update(i, loss=f"{loss:.4f}"))
-    geometry = {"shape_zyx": list(volume.shape), "model_shape_zyx": list(volume.shape),
-                "pixel_size_A": voxel, "view_scale": 1.0, "background": result.background,
-                "source": str(volume_path), "contrast": contrast}
+    geometry = ModelGeometry(shape_zyx=tuple(volume.shape), model_shape_zyx=tuple(volume.shape),
+                             pixel_size_A=voxel, background=result.background,
+                             source=str(volume_path), contrast=contrast)
     save_state(output, result.params, None, 0, np.random.default_rng(seed).bit_generator.state,
                {"gaussianize_iterations": iterations, "max_gaussians": max_gaussians},
                geometry, input_checksum(volume), force=True)

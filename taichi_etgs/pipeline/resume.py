@@ -17,18 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from ..errors import InputError
 from .inputs import StackSource
 from .outputs import check_writable
 from .tomograms import VolumeTarget
 
-__all__ = ["INPUT_OPTIONS", "RECORD_KEY", "RunRecord", "check_resume", "check_state_output",
+__all__ = ["INPUT_OPTIONS", "RunRecord", "check_resume", "check_state_output",
            "default_state_path", "half_paths", "resolve", "saved_config", "state_geometry"]
-
-#: The key of the run record in a state's geometry.
-RECORD_KEY = "run"
 #: Reading options that change the data a model was fitted to (compared on resume).
 INPUT_OPTIONS = ("binning", "exclude_views", "xf", "aln", "apply_aln", "contrast")
 _EXTRA_OPTIONS = ("voxel_size", "halves")
@@ -68,7 +63,7 @@ class RunRecord:
     def from_state(cls, state, path=None) -> RunRecord | None:
         """The record a state holds, or None (a state saved by an older version, or not
         by a reconstruction)."""
-        values = state.geometry.get(RECORD_KEY)
+        values = state.geometry.run
         return None if values is None else cls.from_dict(values, path)
 
     def options(self) -> dict[str, Any]:
@@ -140,10 +135,7 @@ def check_resume(state, path, source: StackSource, shape, checksum: str, force: 
                                  f"{_option_text(name, now.get(name))}: resume with the "
                                  f"state's setting (leave the option out: the state knows "
                                  f"it), or use --force to use the state anyway", path)
-    try:
-        geometry_shape = tuple(int(n) for n in state.geometry.get("shape_zyx", ()))
-    except (TypeError, ValueError):
-        raise InputError("holds an unreadable tomogram size", path) from None
+    geometry_shape = state.geometry.shape_zyx
     if state.input_checksum != checksum and not force:
         raise InputError("was made from other data (input checksum differs); use --force to "
                          "use it anyway", path)
@@ -171,27 +163,11 @@ def saved_config(state, path, config_class, session):
 
 
 def state_geometry(state, path) -> tuple[tuple[int, int, int], float]:
-    """Tomogram shape (z, y, x) and pixel size (A) a state was made for."""
-    try:
-        shape = tuple(int(n) for n in state.geometry.get("shape_zyx", ()))
-        pixel = float(state.geometry.get("pixel_size_A", 0.0) or 0.0) or 1.0
-    except (TypeError, ValueError):
-        raise InputError("holds an unreadable tomogram size or pixel size", path) from None
-    if len(shape) != 3 or min(shape) < 1:
+    """Tomogram shape (z, y, x) and voxel size (A; 1 when unknown) a state was made for."""
+    geometry = state.geometry
+    if geometry.shape_zyx is None:
         raise InputError("holds no tomogram size (not a model of a reconstruction?)", path)
-    if not (np.isfinite(pixel) and pixel > 0):
-        pixel = 1.0
-    return shape, pixel
-
-
-def state_frame(state, shape, pixel: float) -> tuple[float, float, float]:
-    """The extent (z, y, x) in A of the full tomogram a state's model belongs to: its
-    thickness and the detector's height and width (the MRC origin's frame)."""
-    try:
-        ny, nx = (int(n) for n in state.geometry.get("detector_yx", shape[1:]))
-    except (TypeError, ValueError):
-        ny, nx = shape[1:]
-    return (shape[0] * pixel, ny * pixel, nx * pixel)
+    return geometry.shape_zyx, geometry.voxel_size_A
 
 
 def default_state_path(output: Path) -> Path:
