@@ -35,14 +35,15 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
 from run import markdown_table  # noqa: E402
 
 from taichi_etgs.evaluation.metrics import (  # noqa: E402
     DEFAULT_BAND_PER_A,
     band_average,
-    json_safe,
     resolution_at,
 )
+from taichi_etgs.pipeline import jsonio  # noqa: E402
 
 PRESETS = ("small", "medium", "paper")
 NOTE = ("Rescored with `bench/rescore.py` from the stored FSC curves (issue 8: FSC "
@@ -100,7 +101,7 @@ def main() -> None:
         report = json.loads(path.read_text())
         changes = rescore(report)
         # The same layout as run.py writes.
-        path.write_text(json.dumps(json_safe(report), indent=1))
+        path.write_text(jsonio.dumps(report, indent=1))
         (HERE / "results" / f"{preset}.md").write_text(markdown_table(preset, report))
         print(f"{preset}: FSC 0.5 / FSC 0.143 (A), old -> new; band FSC, wedge band FSC")
         for name, c in changes.items():

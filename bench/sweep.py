@@ -330,7 +330,7 @@ def _value(metrics: dict | None, key: str) -> float:
     if not metrics or metrics.get(key) is None or "error" in metrics:
         return float("nan")
     v = metrics[key]
-    return float(v) if not isinstance(v, str) else float(v)  # "inf" from json_safe
+    return float(v) if not isinstance(v, str) else float(v)  # "inf" from strict JSON
 
 
 def _best(methods: dict, key: str) -> tuple[str | None, float]:
@@ -464,11 +464,11 @@ def figure(report: dict, path: Path) -> None:
 
 def write_outputs(report: dict, out: Path, figure_too: bool) -> None:
     from taichi_etgs._atomic import write_text_atomic
-    from taichi_etgs.evaluation.metrics import json_safe
+    from taichi_etgs.pipeline import jsonio
 
     out.mkdir(parents=True, exist_ok=True)
-    report = json_safe(report)
-    write_text_atomic(out / "sweep.json", json.dumps(report, indent=1, allow_nan=False) + "\n")
+    report = jsonio.to_jsonable(report)  # strict JSON: "inf", null for NaN
+    write_text_atomic(out / "sweep.json", jsonio.dumps(report, indent=1) + "\n")
     write_text_atomic(out / "sweep.md", markdown(report))
     if figure_too:
         try:

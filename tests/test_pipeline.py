@@ -40,6 +40,7 @@ def test_check_writable_messages(tmp_path):
 def _writers(tmp_path):
     """Every writer of the package that refuses an existing file, with one call each."""
     from taichi_etgs.evaluation.figures import evaluation_figure
+    from taichi_etgs.evaluation.metrics import write_metrics_json
     from taichi_etgs.gaussian.params import GaussianParams
     from taichi_etgs.gaussian.state import save_state
     from taichi_etgs.io import write_stack, write_volume
@@ -57,6 +58,7 @@ def _writers(tmp_path):
                                                force=False),
         "model.csv": lambda p: export_gaussians(params, p),
         "figure.png": lambda p: evaluation_figure(volume, volume, {}, p),
+        "metrics.json": lambda p: write_metrics_json({"psnr": float("inf")}, p),
     }
 
 
@@ -83,6 +85,14 @@ def test_strict_json_of_numpy_paths_and_non_finite_numbers():
     assert json.loads(text) == {"a": 1.5, "b": [0, 1, 2], "c": "inf", "d": None,
                                 "e": "x/y.mrc", "f": [1, 2], "g": [1.0, "-inf"], "h": True,
                                 "3": {"nested": [0.25]}}
+
+
+def test_metrics_json_is_the_encoders_strict_json():
+    from taichi_etgs.evaluation import metrics
+
+    value = {"psnr": np.float64(np.inf), "fsc": np.array([1.0, np.nan]), "n": np.int64(3)}
+    assert metrics.metrics_to_json(value) == jsonio.dumps(value, indent=1) + "\n"
+    assert not hasattr(metrics, "json_safe")  # one encoder: pipeline.jsonio
 
 
 def test_exact_json_round_trips_arrays_and_refuses_other_objects():

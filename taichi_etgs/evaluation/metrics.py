@@ -70,13 +70,13 @@ which no score uses.
 
 JSON
 ----
-``metrics_to_json`` writes ``inf`` (PSNR of identical volumes) as the string ``"inf"``
-(``float("inf")`` reads it back) and NaN (empty shells) as ``null``.
+``metrics_to_json`` writes through the package's one JSON encoder
+(:mod:`taichi_etgs.pipeline.jsonio`, strict mode): ``inf`` (PSNR of identical volumes) as
+the string ``"inf"`` (``float("inf")`` reads it back) and NaN (empty shells) as ``null``.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from os import PathLike
 from pathlib import Path
@@ -85,6 +85,8 @@ import numpy as np
 
 from .._atomic import write_text_atomic
 from ..errors import InputError
+from ..pipeline import jsonio
+from ..pipeline.outputs import check_writable
 
 __all__ = [
     "DEFAULT_BAND_PER_A",
@@ -94,7 +96,6 @@ __all__ = [
     "evaluate",
     "fsc",
     "half_map_fsc",
-    "json_safe",
     "metrics_to_json",
     "normalise_to_reference",
     "psnr",
@@ -593,31 +594,10 @@ def evaluate(recon: np.ndarray, reference: np.ndarray, voxel_size_A: float,
     }
 
 
-def json_safe(value):
-    """Copy of nested dicts, lists and numpy scalars for strict JSON: inf -> "inf", NaN -> None."""
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    if isinstance(value, (np.floating, float)):
-        v = float(value)
-        if math.isnan(v):
-            return None
-        if math.isinf(v):
-            return "inf" if v > 0 else "-inf"
-        return v
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, np.bool_):
-        return bool(value)
-    if isinstance(value, np.ndarray):
-        return json_safe(value.tolist())
-    return value
-
-
 def metrics_to_json(metrics: dict) -> str:
-    """Strict JSON text of a metrics dict: ``inf`` -> ``"inf"``, NaN -> ``null``."""
-    return json.dumps(json_safe(metrics), indent=1, allow_nan=False) + "\n"
+    """Strict JSON text of a metrics dict (the package's encoder,
+    :func:`taichi_etgs.pipeline.jsonio.dumps`): ``inf`` -> ``"inf"``, NaN -> ``null``."""
+    return jsonio.dumps(metrics, indent=1) + "\n"
 
 
 def write_metrics_json(metrics: dict, path: str | PathLike, force: bool = False) -> Path:
@@ -625,12 +605,9 @@ def write_metrics_json(metrics: dict, path: str | PathLike, force: bool = False)
 
     Raises
     ------
-    InputError: the file exists and ``force`` is False, or its folder does not exist.
+    InputError: the file exists and ``force`` is False, or its folder does not exist
+        (:func:`taichi_etgs.pipeline.outputs.check_writable`).
     """
-    p = Path(path)
-    if p.exists() and not force:
-        raise InputError("exists; use --force to overwrite", p)
-    if not p.parent.is_dir():
-        raise InputError(f"cannot be written: the folder {p.parent} does not exist", p)
+    p = check_writable(path, force)
     write_text_atomic(p, metrics_to_json(metrics))
     return p
