@@ -1,4 +1,4 @@
-"""Single-axis tilt geometry (design.md section 2).
+"""Single-axis tilt geometry: the reference formulas of docs/conventions.md ("Geometry").
 
 A point ``(x, y, z)`` in centred voxel coordinates lands at tilt ``theta`` on detector
 ``(u, v) = (x cos(theta) + z sin(theta), y)``: the specimen turns by ``+theta`` about ``+Y``

@@ -1,9 +1,10 @@
 """Plain numpy references for the Gaussian projector and voxeliser (slow, float64, dense).
 
-Each function evaluates the formulas of design.md section 3 directly, on every pixel or
+Each function evaluates the formulas of docs/method.md ("Forward model") and of the
+kernels' docstrings directly, on every pixel or
 voxel, for tiny test problems. Only the activations come from the package
 (:mod:`taichi_etgs.gaussian.params`, numpy only); the geometry is written out again here from
-design.md section 2 with an explicit rotation matrix, independently of the kernels'
+docs/conventions.md with an explicit rotation matrix, independently of the kernels'
 hand-expanded algebra.
 """
 

@@ -73,3 +73,15 @@ def test_command_modules_stay_thin():
                 assert imported and all(n.endswith("Config") for n in imported), \
                     f"cli/{path.name} imports {imported} from {module}: commands go " \
                     f"through the pipeline"
+
+
+def test_docstrings_point_at_documents_in_the_repository():
+    """Docstrings cite docs/method.md, docs/conventions.md, docs/architecture.md: files
+    that exist, and no design notes that are not in the repository."""
+    docs = PACKAGE.parent / "docs"
+    for path in sorted(PACKAGE.rglob("*.py")):
+        text = path.read_text()
+        assert "design.md" not in text, path.relative_to(PACKAGE)
+        for name in ("method.md", "conventions.md", "architecture.md"):
+            if f"docs/{name}" in text:
+                assert (docs / name).is_file(), name

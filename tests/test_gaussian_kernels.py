@@ -137,7 +137,7 @@ def test_forward_matches_reference(taichi_arch, projector_path, rng):
 
 
 def test_off_centre_gaussian_lands_where_the_convention_says(taichi_arch):
-    """(x, y, z) = (5, -3, 7) projects to u = x cos + z sin, v = y (design.md section 2)."""
+    """(x, y, z) = (5, -3, 7) projects to u = x cos + z sin, v = y (docs/conventions.md)."""
     p = GaussianParams.from_activated([[5.0, -3.0, 7.0]], [[1.0, 1.0, 1.0]], [1.0])
     ny, nu = 24, 32
     v, u = np.meshgrid(np.arange(ny) + 0.5 - ny / 2, np.arange(nu) + 0.5 - nu / 2, indexing="ij")

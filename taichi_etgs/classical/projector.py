@@ -1,4 +1,5 @@
-"""Voxel projector and back-projector: numpy in, numpy out, design.md geometry.
+"""Voxel projector and back-projector: numpy in, numpy out, in the geometry of
+docs/conventions.md.
 
 The kernels (``kernels/voxel_projector.py``) implement Joseph's ray-driven model and its
 exact transpose. :class:`VoxelProjector` keeps the per-view geometry and, on a GPU, the

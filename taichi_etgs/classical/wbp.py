@@ -1,6 +1,6 @@
 """Weighted (filtered) back-projection with IMOD's radial filter and a SIRT-like option.
 
-FBP in the design.md geometry: each view row is filtered along u with the ramp |f|
+FBP in the geometry of docs/conventions.md: each view row is filtered along u with the ramp |f|
 (spatial-domain discretisation, Kak & Slaney eq. 61, zero padded to avoid wrap-around),
 times IMOD's radial low-pass (flat up to ``cutoff``, then a Gaussian fall-off of width
 ``falloff``, both in cycles/pixel), then back-projected with each view weighted by the

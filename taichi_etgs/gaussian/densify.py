@@ -1,4 +1,5 @@
-"""Adaptive density control: clone, split and prune Gaussians (design.md section 3).
+"""Adaptive density control: clone, split and prune Gaussians (docs/method.md,
+"Densification").
 
 Every ``DensifyConfig.every`` iterations (from ``start`` until ``stop_fraction`` of the run)
 the model is adapted where the optimiser keeps pulling it one way:

@@ -1,6 +1,6 @@
 """The Gaussian reconstruction: fit adaptive 3D Gaussians to a tilt series.
 
-Pipeline (design.md section 3):
+Pipeline (docs/method.md):
 
 1. The views are turned into positive density with each view's mean removed
    (:func:`taichi_etgs.preprocess.density_views`) and divided by their overall standard

@@ -1,6 +1,6 @@
 """Fit Gaussians to an existing tomogram (``taichi-etgs gaussianize``).
 
-:func:`gaussianize` fits the Gaussian model (design.md section 3) directly to a volume
+:func:`gaussianize` fits the Gaussian model (docs/method.md) directly to a volume
 (a tomogram from any program, or a map): octree initialisation
 (:func:`taichi_etgs.gaussian.seeding.init_from_volume`), then Adam on a volume loss, the
 squared difference between the voxelised model

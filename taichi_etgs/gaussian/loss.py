@@ -1,4 +1,5 @@
-"""The image loss of the Gaussian reconstruction: tilt-weighted L1 + D-SSIM (design.md section 3).
+"""The image loss of the Gaussian reconstruction: tilt-weighted L1 + D-SSIM (docs/method.md,
+"Loss and optimisation").
 
 For rendered views ``r_t`` and measured views ``m_t`` (``t`` = view, ``P = ny nx`` pixels),
 per-view weights ``w_t`` and ``lambda = lambda_dssim``:

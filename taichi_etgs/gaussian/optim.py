@@ -23,7 +23,7 @@ Learning rates (:data:`DEFAULT_LR`, decayed log-linearly by :func:`lr_schedule`)
   by to ``[-1, 1]^3`` and for which it uses 2e-4 (3DGS: 1.6e-4 times its scene radius). For
   a 512-voxel-wide tomogram that is 0.05 voxel per step at the start and 5e-4 at the end:
   well below the size of the smallest Gaussians, so positions do not jump over detail.
-  CryoETGS's 0.01 -> 1e-5 (design.md section 7) is in its own normalised coordinates and
+  CryoETGS's 0.01 -> 1e-5 (its published setting) is in its own normalised coordinates and
   would be 2.6 voxels per step here, too large to reuse as is.
 - ``log_scales``: 0.01 -> 5e-5, ``quats_wxyz``: 0.01 -> 5e-5, ``density_raw``: 0.05 -> 5e-5
   (CryoETGS's values). These parameters are unitless (a step in ``log_scales`` is a relative

@@ -1,4 +1,4 @@
-"""The Gaussian model's parameters and their activations (design.md section 3).
+"""The Gaussian model's parameters and their activations (docs/method.md, "Forward model").
 
 A model is N anisotropic 3D Gaussians stored as *raw, unconstrained* parameters, the
 quantities an optimiser updates. Every consumer (initialisation, projector, voxeliser,

@@ -7,7 +7,7 @@ kernels' modules (:mod:`taichi_etgs.kernels.gaussian_projector`,
 :mod:`taichi_etgs.kernels.voxelizer`); this module turns a
 :class:`~taichi_etgs.gaussian.params.GaussianParams` into the kernels' plain arrays, picks
 the kernels for the running arch, and cuts big problems into chunks that bound memory.
-Taichi's autodiff is not used (docs/method.md, "Gradients"): each function has its
+Taichi's autodiff is not used (docs/architecture.md, "Kernels"): each function has its
 explicit backward.
 
 Functions take numpy arrays of any float type and return numpy arrays in the working

@@ -1,6 +1,6 @@
 """Hierarchical (octree) initialisation of the Gaussian model from a classical tomogram.
 
-design.md section 3: an octree over a fast reconstruction (WBP/SIRT) splits cells where
+docs/method.md, "Seeding": an octree over a fast reconstruction (WBP/SIRT) splits cells where
 the signal is strong or varies, down to ``min_cell`` voxels; each leaf seeds one Gaussian;
 weak regions keep a few coarse Gaussians so that the whole volume is covered; the count
 is capped.

@@ -3,9 +3,9 @@ Gaussian-splatting layout (``taichi-etgs export``).
 
 Export coordinates
 ------------------
-The model holds centred voxel coordinates (design.md section 2: voxel ``i`` of an axis of
-length ``n`` is at ``i + 0.5 - n/2``). :func:`export_gaussians` converts them to Angstrom with
-``voxel_size_A`` and one of three origins (``origin``):
+The model holds centred voxel coordinates (docs/conventions.md, "Geometry": voxel ``i`` of
+an axis of length ``n`` is at ``i + 0.5 - n/2``). :func:`export_gaussians` converts them to
+Angstrom with ``voxel_size_A`` and one of three origins (``origin``):
 
 - ``"centre"`` (default): ``x_A = x * voxel_size_A``; (0, 0, 0) is the tomogram's centre.
 - ``"corner"``: ``x_A = (x + nx/2) * voxel_size_A``; the tomogram's box fills

@@ -1,8 +1,8 @@
 """Gaussian projector: exact line integrals of 3D Gaussians at arbitrary tilts, and backward.
 
-Geometry (design.md section 2): a point ``(x, y, z)`` lands at tilt ``theta`` on detector
-``(u, v) = (x cos(theta) + z sin(theta), y)``; views are ``(n_tilts, ny, nu)`` with pixel
-``(i, j)`` centred at ``v = i + 0.5 - ny/2``, ``u = j + 0.5 - nu/2``.
+Geometry (docs/conventions.md, "Geometry"): a point ``(x, y, z)`` lands at tilt ``theta`` on
+detector ``(u, v) = (x cos(theta) + z sin(theta), y)``; views are ``(n_tilts, ny, nu)`` with
+pixel ``(i, j)`` centred at ``v = i + 0.5 - ny/2``, ``u = j + 0.5 - nu/2``.
 
 For Gaussian ``(mu, Sigma, rho)`` (activations in :mod:`taichi_etgs.gaussian.params`) at tilt
 ``theta`` with ``P = [[cos, 0, sin], [0, 1, 0]]``: the projected mean is ``m = P mu`` and the
@@ -45,7 +45,7 @@ Parallelism depends on the arch (the same pixels and formulas either way):
   through the activations).
 
 Taichi's autodiff is not used (it breaks on the footprint loops' dynamic trip counts,
-design.md section 5): the forward and backward kernels are a plain pair, called by
+docs/architecture.md, "Kernels"): the forward and backward kernels are a plain pair, called by
 :func:`taichi_etgs.gaussian.render.project_gaussians` and
 :func:`~taichi_etgs.gaussian.render.project_gaussians_backward`, which turn a model into
 these kernels' plain arrays and pick the CPU or GPU path.

@@ -12,7 +12,7 @@ projector's pixels: a box of width ``h`` has variance ``h^2 / 12`` per axis, so
 so ``sum(volume) * h^3`` is the total mass and, at ``h = 1``, summing a volume along Z gives
 the projector's 0-degree view. Grid: volume ``(nz, ny, nx)``; voxel ``(k, j, i)`` is centred
 at ``origin_xyz + ((i, j, k) + 0.5 - (nx, ny, nz) / 2) * h``; the default origin (0, 0, 0)
-gives the centred grid of the tomogram (design.md section 2).
+gives the centred grid of the tomogram (docs/conventions.md, "Geometry").
 
 Footprints are cut at Mahalanobis distance ``VOXEL_CUTOFF_SIGMA = 4`` (a 3D Gaussian keeps
 less mass inside a given number of sigma than a 2D one: 4 sigma drops 0.11 % of the
@@ -26,7 +26,7 @@ many threads. The pair list is built on the host and processed in chunks of at m
 pass scatters with atomic adds; the backward pass gathers ``dL/dvolume`` per pair and adds
 the pair's gradients atomically into per-Gaussian accumulators, then the projector's
 chain-rule kernel turns them into gradients of the raw parameters. Plain forward/backward
-kernel pair (no Taichi autodiff, design.md section 5), called by
+kernel pair (no Taichi autodiff: docs/architecture.md, "Kernels"), called by
 :func:`taichi_etgs.gaussian.render.voxelize_gaussians` and
 :func:`~taichi_etgs.gaussian.render.voxelize_gaussians_backward`, which build the pair
 list in chunks.

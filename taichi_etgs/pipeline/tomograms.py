@@ -121,7 +121,8 @@ def relative_to_mean(volume: np.ndarray) -> np.ndarray:
     """``volume`` minus its mean, in place (float32): the level every tomogram is written
     on. WBP and SIRT are there by construction (each view's mean is removed); a model's
     voxelisation (Gaussians and ice slab over an empty background) is moved there, so that
-    every command writes density relative to the mean (README, "Conventions")."""
+    every command writes density relative to the mean (docs/conventions.md, "Contrast,
+    polarity and level")."""
     volume = np.asarray(volume, dtype=np.float32)
     volume -= np.float32(np.mean(volume, dtype=np.float64))
     return volume

@@ -1,7 +1,7 @@
 """Specimen potentials (volts): atoms, procedural particles, membranes, filaments and ice.
 
 A :class:`Specimen` is a scene described analytically in Angstrom, centred on the
-tomogram box (design.md coordinates: voxel ``i`` of an axis of length ``n`` at
+tomogram box (docs/conventions.md's coordinates: voxel ``i`` of an axis of length ``n`` at
 ``(i + 0.5 - n/2) * voxel_size_A``). :func:`render_potential` rasterises it on any grid,
 or on a band of rows of that grid (so a large fine grid can be built and projected a slab
 of Y at a time, since ``v = y`` in every view).
@@ -9,8 +9,8 @@ of Y at a time, since ``v = y`` in every view).
 Every component is box-integrated, not point-sampled: a voxel holds the *mean* potential
 over its volume. Gaussians are integrated exactly (separable erf differences); membrane
 profiles and the ice slab edges analytically or with the 1/12 voxel-variance rule of
-design.md. The mean potential is what a projection of the voxel grid integrates, and it
-does not alias when atoms are far smaller than the voxel.
+docs/conventions.md ("Geometry"). The mean potential is what a projection of the voxel grid
+integrates, and it does not alias when atoms are far smaller than the voxel.
 
 Physical constants and model choices
 ------------------------------------
@@ -488,7 +488,7 @@ def _rasterise_vesicle(potential: np.ndarray, occupancy: np.ndarray, row0: int, 
     """Add a bilayer shell: tails and occupancy as a smoothed slab, heads as Gaussians.
 
     Box integration is approximated by widening every profile by the voxel's variance
-    along the membrane normal, ``voxel^2 / 12`` (design.md's anti-aliasing rule).
+    along the membrane normal, ``voxel^2 / 12`` (the pixel-area rule of docs/conventions.md).
     """
     vox = grid.voxel_size_A
     extra = vox ** 2 / 12.0
