@@ -21,6 +21,7 @@ from taichi_etgs.gaussian.fit import (
     reconstruct_halves,
     robust_range,
     robust_scale,
+    view_spectrum,
 )
 from taichi_etgs.io import write_stack
 
@@ -106,32 +107,55 @@ def test_the_kept_model_is_the_last_within_noise_of_the_best(isolated_views):
     assert run.heldout_loss() == pytest.approx(min(scores), rel=0.01)
 
 
-def _fake_heldout(run, monkeypatch, fitted_views):
-    """Make the held-out predictions ``fitted_views`` in turn, scored honestly."""
-    measured = run.measured[run.heldout].astype(np.float64)
-    energy = float(np.sum((measured - measured.mean(axis=(1, 2), keepdims=True)) ** 2))
-    views = iter(fitted_views)
-
-    def fit(params=None):
-        fitted = next(views)
-        return float(np.sum((measured - fitted) ** 2)) / energy, fitted.astype(np.float32)
-
-    monkeypatch.setattr(run, "_heldout_fit", fit)
-    return measured
+def _fake_heldout(run, monkeypatch, predictions):
+    """Make the held-out predictions ``predictions`` in turn, scored as the run scores."""
+    views = iter(predictions)
+    monkeypatch.setattr(run, "_heldout_fit", lambda params=None: run._score_prediction(
+        next(views)))
 
 
-def test_a_heldout_score_worse_only_by_noise_is_a_tie(isolated_views, monkeypatch, rng):
-    # Held-out views = prediction + noise of sd 1. A later model whose predictions move by
-    # a tenth of the noise scores worse or better by chance (the cross term with the noise
-    # dominates): it is kept, having seen more data. One that moves by twice the noise
-    # is worse beyond doubt and is not.
-    _, views = isolated_views
+def _ring_means(share, rings, edges, shape):
+    freq = np.hypot(*np.meshgrid(np.fft.fftfreq(shape[0]), np.fft.fftfreq(shape[1]),
+                                 indexing="ij"))
+    per_coefficient = share[rings]
+    return [float(per_coefficient[(freq > lo) & (freq <= hi)].mean()) for lo, hi in edges]
+
+
+def test_view_spectrum_follows_the_signal_to_noise_ratio(rng):
+    from scipy.ndimage import gaussian_filter
+
+    signal = np.stack([gaussian_filter(rng.normal(size=(64, 64)), 3) for _ in range(8)])
+    signal /= signal.std()
+    edges, shape = [(0.01, 0.05), (0.3, 0.45)], (64, 64)
+    # Noise-free: every frequency is signal (measured >= 0.98 up to Nyquist).
+    clean = view_spectrum(signal)
+    assert min(_ring_means(clean.signal_share, clean.rings, edges, shape)) > 0.95
+    # SNR 1: the smooth signal's low frequencies stay, the noise-only ones drop (measured
+    # 0.98 and 0.04); the noise power is that of unit white noise, 64^2 per coefficient.
+    noisy = view_spectrum(signal + rng.normal(size=signal.shape))
+    low, high = _ring_means(noisy.signal_share, noisy.rings, edges, shape)
+    assert low > 0.9 and high < 0.2
+    assert noisy.noise_power == pytest.approx(64 * 64, rel=0.1)  # median of ~1000 coefficients
+    # White noise: nothing is signal (measured mean 0.05: rings fluctuate about the median).
+    assert view_spectrum(rng.normal(size=(8, 64, 64))).signal_share.mean() < 0.15
+
+
+def test_a_heldout_score_worse_only_by_noise_is_a_tie(taichi_cpu, monkeypatch, rng):
+    # Noise-free views; the held-out ones then get white noise of sd 1 (and the run is told
+    # so). A later prediction that moves by a twentieth of the noise scores worse or better
+    # by chance (the cross term with the noise dominates): it is kept, having seen more
+    # data. One that moves by twice the noise is worse beyond doubt and is not.
+    volume = _specimen()
+    views = forward_project(volume, TILTS).astype(np.float32)
     run = GaussianReconstruction(views, TILTS, SHAPE[0], CONFIG)
-    measured = run.measured[run.heldout].astype(np.float64)
-    base = measured - rng.normal(size=measured.shape)
-    small = base + 0.1 * rng.normal(size=measured.shape)
-    large = base + 2.0 * rng.normal(size=measured.shape)
-    _fake_heldout(run, monkeypatch, [base, small, large])
+    clean = run.measured[run.heldout].astype(np.float64)
+    run.measured[run.heldout] += rng.normal(size=clean.shape).astype(np.float32)
+    run.spectrum = dataclasses.replace(run.spectrum, noise_power=float(clean[0].size),
+                                       signal_share=np.where(run.spectrum.signal_share > 0,
+                                                             1.0, 0.0))
+    small = clean + 0.05 * rng.normal(size=clean.shape)
+    large = clean + 2.0 * rng.normal(size=clean.shape)
+    _fake_heldout(run, monkeypatch, [clean, small, large])
     run.validate()
     run.iteration = 20
     run.validate()
@@ -148,7 +172,8 @@ def test_early_stop_when_the_heldout_views_get_worse(isolated_views, monkeypatch
     # Held-out predictions that drift steadily away from the views: every later score is
     # worse beyond noise, so the run stops after `patience` iterations on the seed.
     measured = run.measured[run.heldout].astype(np.float64)
-    _fake_heldout(run, monkeypatch, [measured * (1 + 0.5 * k) for k in range(100)])
+    drift = np.random.default_rng(0).normal(size=measured.shape) * measured.std()
+    _fake_heldout(run, monkeypatch, [measured + 0.5 * k * drift for k in range(100)])
     seed = run.params.copy()
     messages = []
     run.run(progress=lambda info: messages.append(info.message))

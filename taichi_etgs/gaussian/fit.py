@@ -35,7 +35,8 @@ from ..geometry import fov_padding
 from .params import GaussianParams, density_raw_from_densities
 
 __all__ = ["ReconstructConfig", "Progress", "GaussianReconstruction", "heldout_views",
-           "halves_fsc", "reconstruct_halves", "robust_range", "robust_scale"]
+           "halves_fsc", "reconstruct_halves", "robust_range", "robust_scale",
+           "view_spectrum"]
 
 
 @dataclass
@@ -197,6 +198,49 @@ def robust_range(views: np.ndarray) -> float:
     return hi - lo if hi > lo else float(np.ptp(sample)) or 1.0
 
 
+@dataclass
+class ViewSpectrum:
+    """How signal and noise share the views' spatial frequencies (:func:`view_spectrum`).
+
+    rings: the ring of equal spatial frequency of each ``np.fft.fft2`` coefficient (0: DC).
+        [ny, nx]
+    signal_share: ``S / (S + N)`` per ring, in ``[0, 1]``. [n_rings]
+    noise_power: ``E |F(noise)|^2`` per coefficient (white), ``n_pixels * variance``.
+    """
+
+    rings: np.ndarray
+    signal_share: np.ndarray
+    noise_power: float
+
+
+def view_spectrum(views: np.ndarray, max_views: int = 16) -> ViewSpectrum:
+    """The views' power spectrum split into signal and white noise.
+
+    The power is averaged over (at most ``max_views``) views and over rings of equal
+    spatial frequency; the noise is taken as white at the median power of the spectrum's
+    corners (beyond the inscribed Nyquist circle, where detectors and binning leave little
+    signal). Noise-free views give every ring a share of about 1; at low dose the rings
+    beyond the signal get about 0.
+    """
+    views = np.asarray(views)
+    n, ny, nx = views.shape
+    pick = np.unique(np.linspace(0, n - 1, min(n, max_views)).round().astype(int))
+    power = np.zeros((ny, nx))
+    for t in pick:
+        v = np.asarray(views[t], dtype=np.float64)
+        power += np.abs(np.fft.fft2(v - v.mean())) ** 2
+    power /= pick.size
+    freq = np.hypot(*np.meshgrid(np.fft.fftfreq(ny), np.fft.fftfreq(nx), indexing="ij"))
+    rings = (freq * min(ny, nx)).round().astype(np.int64)
+    ring_power = (np.bincount(rings.ravel(), power.ravel())
+                  / np.maximum(np.bincount(rings.ravel()), 1))
+    corners = freq > 0.5
+    noise = float(np.median(power[corners])) if corners.any() else 0.0
+    share = np.clip((ring_power - noise) / np.where(ring_power > 0, ring_power, 1.0), 0.0, 1.0)
+    share[0] = 0.0  # the mean is the offset's
+    return ViewSpectrum(rings, share, noise)
+
+
 def heldout_views(tilts_deg: np.ndarray, every: int) -> np.ndarray:
     """Indices of the views held out for validation: one in ``every`` in tilt order.
 
@@ -307,6 +351,9 @@ class GaussianReconstruction:
         self.measured = (np.asarray(views) / self.scale).astype(np.float32)
         self.slab.density /= self.scale
         self.data_range = robust_range(specimen[self.train] / self.scale)
+        # The held-out score weighs each frequency ring by its share of signal: at low dose
+        # the rings beyond the signal only add noise to the score (docs/method.md).
+        self.spectrum = view_spectrum(specimen[self.train])
         self.weights = tilt_weights(self.tilts_deg, self.config.tilt_weight)
         self.gains = np.ones(n_tilts)
         self.iteration = 0
@@ -381,9 +428,8 @@ class GaussianReconstruction:
         self._snapshot = None
         self._take_snapshot()
         self._best = None
-        # (lowest held-out loss, its fitted held-out views, their noise variance per view)
+        # (lowest held-out score, the ring-normalised spectra of its predictions)
         self._heldout_reference = None
-        self._heldout_energy = 1.0
 
     def _clamp_scales(self) -> None:
         from .densify import clamp_scales
@@ -514,49 +560,73 @@ class GaussianReconstruction:
     # -- validation -----------------------------------------------------------------------
 
     def heldout_loss(self, params: GaussianParams | None = None) -> float:
-        """Relative squared error of the held-out views after a per-view gain and offset.
+        """One minus the held-out views' Fourier ring correlation with their prediction,
+        averaged over the rings weighted by each ring's share of signal.
 
-        ``sum |m - a r - b|^2 / sum |m - mean m|^2`` over the held-out views (a, b fitted
-        per view by least squares): 1 for a model that predicts nothing, the noise's share
-        of the views' variance for a perfect one. NaN without held-out views.
+        The 2D analogue of the FSC the tomogram is judged by: per ring it is blind to
+        gain, offset and per-ring scale, and rings that hold only noise weigh nothing.
+        0 for a perfect prediction of noise-free views, 1 for one that predicts nothing;
+        noise sets the floor. NaN without held-out views.
         """
         return self._heldout_fit(params)[0]
 
+    def _ring_sums(self, spectra: np.ndarray) -> np.ndarray:
+        """Sum of each ring's coefficients over the held-out views. [n_rings]"""
+        rings = self.spectrum.rings
+        n = self.spectrum.signal_share.size
+        return np.bincount(np.broadcast_to(rings, spectra.shape).ravel(),
+                           np.asarray(spectra).ravel(), minlength=n)[:n]
+
+    def _normalised_prediction(self, predicted: np.ndarray) -> np.ndarray:
+        """Spectra of the predicted views, each ring scaled to unit energy over the views:
+        what the FRC compares. [n_heldout, ny, nx] complex"""
+        spectra = np.fft.fft2(predicted - predicted.mean(axis=(1, 2), keepdims=True))
+        energy = self._ring_sums(np.abs(spectra) ** 2)
+        return spectra / np.sqrt(np.where(energy > 0, energy, 1.0))[self.spectrum.rings]
+
     def _heldout_fit(self, params: GaussianParams | None = None
                      ) -> tuple[float, np.ndarray | None]:
-        """The held-out loss and the fitted predictions ``a r + b`` of the held-out views."""
-        if self.heldout.size == 0:
+        """The held-out score and the ring-normalised spectra of the predictions."""
+        if self.heldout.size == 0 or self.spectrum.signal_share.sum() <= 0:
             return float("nan"), None
-        model = self.predict(self.heldout, params).astype(np.float64)
-        fitted = np.empty(model.shape, dtype=np.float32)
-        num = den = 0.0
-        for k, (r, m) in enumerate(zip(model, self.measured[self.heldout].astype(np.float64))):
-            r = r - r.mean()
-            m_mean = m.mean()
-            m = m - m_mean
-            var = float(np.sum(r * r))
-            a = float(np.sum(r * m)) / var if var > 0 else 0.0
-            fitted[k] = a * r + m_mean
-            num += float(np.sum((m - a * r) ** 2))
-            den += float(np.sum(m * m))
-        return (num / den if den > 0 else float("nan")), fitted
+        return self._score_prediction(self.predict(self.heldout, params))
 
-    def _worse_beyond_noise(self, value: float, fitted: np.ndarray) -> bool:
-        """Whether the held-out loss ``value`` exceeds the lowest so far by more than the
+    def _score_prediction(self, predicted: np.ndarray) -> tuple[float, np.ndarray]:
+        """Score predicted held-out views (:meth:`heldout_loss`). [n_heldout, ny, nx]"""
+        share = self.spectrum.signal_share
+        q = self._normalised_prediction(np.asarray(predicted, dtype=np.float64))
+        frc = self._ring_sums((q * np.conj(self._heldout_spectra)).real) / self._heldout_norm
+        return float(1.0 - np.sum(share * frc) / share.sum()), q
+
+    @property
+    def _heldout_spectra(self) -> np.ndarray:
+        if getattr(self, "_heldout_spectra_cache", None) is None:
+            m = self.measured[self.heldout].astype(np.float64)
+            self._heldout_spectra_cache = np.fft.fft2(m - m.mean(axis=(1, 2), keepdims=True))
+        return self._heldout_spectra_cache
+
+    @property
+    def _heldout_norm(self) -> np.ndarray:
+        norm = np.sqrt(self._ring_sums(np.abs(self._heldout_spectra) ** 2))
+        return np.where(norm > 0, norm, 1.0)
+
+    def _worse_beyond_noise(self, value: float, normalised: np.ndarray) -> bool:
+        """Whether the held-out score ``value`` exceeds the lowest so far by more than the
         held-out views' own noise can explain.
 
-        Two models' held-out losses differ by their error on the signal plus a cross term
-        ``2 <noise, prediction difference>`` whose standard deviation is
-        ``2 sqrt(sum_v s_v^2 |d_v|^2)`` (``s_v^2``: the noise variance of view ``v``, at most
-        its residual variance under the best model; ``d_v``: the two predictions'
-        difference). At low dose that term alone moves the loss by more than fitting does,
-        so a loss within two of those standard deviations of the lowest is a tie, and a tie
-        goes to the later model: it has seen more of the data.
+        Two predictions' ring correlations differ by their agreement with the signal plus
+        ``sum Re((q1 - q2) conj F(noise)) / |F(m)|`` per ring, whose standard deviation
+        for white noise of power ``N`` per coefficient is ``sqrt(N sum |q1 - q2|^2) /
+        |F(m)|``. At low dose that term moves the score by more than fitting does, so a
+        score within two of its standard deviations of the lowest is a tie, and a tie goes
+        to the later model: it has seen more of the data.
         """
-        lowest, reference, noise_var = self._heldout_reference
-        diff = (fitted.astype(np.float64) - reference).reshape(len(noise_var), -1)
-        spread = 2.0 * np.sqrt(float(np.sum(noise_var * np.einsum("ij,ij->i", diff, diff))))
-        return value > lowest + 2.0 * spread / self._heldout_energy
+        lowest, reference = self._heldout_reference
+        share = self.spectrum.signal_share
+        moved = self._ring_sums(np.abs(normalised - reference) ** 2)
+        spread = np.sqrt(self.spectrum.noise_power * moved) / self._heldout_norm
+        sd = float(np.sqrt(np.sum((share * spread) ** 2)) / share.sum())
+        return value > lowest + 2.0 * sd
 
     def validate(self) -> float:
         """Score the held-out views now; the model becomes the one to keep unless its score
@@ -567,12 +637,7 @@ class GaussianReconstruction:
         if not np.isfinite(value):
             return value
         if self._heldout_reference is None or value < self._heldout_reference[0]:
-            measured = self.measured[self.heldout].astype(np.float64)
-            residual = (measured - fitted).reshape(len(self.heldout), -1)
-            self._heldout_energy = float(np.sum(
-                (measured - measured.mean(axis=(1, 2), keepdims=True)) ** 2))
-            self._heldout_reference = (value, fitted.astype(np.float64),
-                                       np.mean(residual ** 2, axis=1))
+            self._heldout_reference = (value, fitted)
         elif self._worse_beyond_noise(value, fitted):
             return value
         self._best = (value, self.params.copy(), self.slab.vector(), self.gains.copy(),
@@ -732,9 +797,10 @@ class GaussianReconstruction:
                           _best_params=[params.means_xyz, params.log_scales,
                                         params.quats_wxyz, params.density_raw])
         if self._heldout_reference is not None:
-            lowest, fitted, noise_var = self._heldout_reference
-            config.update(_heldout_reference=[lowest, noise_var, self._heldout_energy],
-                          _heldout_reference_views=fitted.astype(np.float32))
+            lowest, normalised = self._heldout_reference
+            config.update(_heldout_reference=[lowest],
+                          _heldout_reference_spectra=np.stack(
+                              [normalised.real, normalised.imag]).astype(np.float32))
         geometry = self.geometry(**(extra_geometry or {}))
         save_state(path, self.params, self.adam.state(), self.iteration,
                    self.rng.bit_generator.state, config, geometry, input_checksum)
@@ -772,11 +838,9 @@ class GaussianReconstruction:
                           int(iteration))
             self.best_iteration = int(iteration)
         if "_heldout_reference" in config:
-            lowest, noise_var, energy = config["_heldout_reference"]
-            self._heldout_reference = (
-                float(lowest), np.asarray(config["_heldout_reference_views"], np.float64),
-                np.asarray(noise_var, dtype=np.float64))
-            self._heldout_energy = float(energy)
+            re_im = np.asarray(config["_heldout_reference_spectra"], dtype=np.float64)
+            self._heldout_reference = (float(config["_heldout_reference"][0]),
+                                       re_im[0] + 1j * re_im[1])
         self._take_snapshot()
 
 
