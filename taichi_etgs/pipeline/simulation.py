@@ -36,7 +36,12 @@ def run_simulate(config, output_dir: str | PathLike | None = None, *, force: boo
 
     Returns a :class:`Simulated`.
     """
-    from ..simulation.simulate import OUTPUT_FILES, simulate_tilt_series, write_simulation
+    from ..simulation.simulate import (
+        DEFOCUS_FILE,
+        OUTPUT_FILES,
+        simulate_tilt_series,
+        write_simulation,
+    )
     from ..simulation.specimen import PlacementWarning
 
     session = session or Session()
@@ -44,7 +49,7 @@ def run_simulate(config, output_dir: str | PathLike | None = None, *, force: boo
         out = Path(output_dir)
         if out.exists() and not out.is_dir():
             raise InputError("exists and is not a folder", out)
-        for name in OUTPUT_FILES:
+        for name in OUTPUT_FILES + ((DEFOCUS_FILE,) if config.noise == "physical" else ()):
             check_writable(out / name, force, folder_must_exist=False)
     for path in config.structures:
         session.add_input("structure", path)

@@ -467,11 +467,15 @@ def simulate_tilt_series(config: SimulationConfig | None = None, *,
 
 
 OUTPUT_FILES = ("tilts.mrc", "tilts.tlt", "ground_truth.mrc", "simulation.json")
+#: Written besides with the physical noise model (the views then carry a CTF).
+DEFOCUS_FILE = "tilts.defocus"
 
 
 def write_simulation(result: SimulationResult, out_dir: str | PathLike, force: bool = False,
                      ) -> dict[str, Path]:
-    """Write ``tilts.mrc``, ``tilts.tlt``, ``ground_truth.mrc`` and ``simulation.json``.
+    """Write ``tilts.mrc``, ``tilts.tlt``, ``ground_truth.mrc`` and ``simulation.json``,
+    and with the physical noise model (views with a CTF) ``tilts.defocus``: the defocus
+    of every view in IMOD's format (``--defocus tilts.defocus``).
 
     The folder is created if needed. Nothing is written when any of the files exists and
     ``force`` is False. Each file is written atomically.
@@ -490,7 +494,8 @@ def write_simulation(result: SimulationResult, out_dir: str | PathLike, force: b
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise InputError("exists and is not a folder", out)
-    paths = {name: out / name for name in OUTPUT_FILES}
+    names = OUTPUT_FILES + ((DEFOCUS_FILE,) if result.config.get("noise") == "physical" else ())
+    paths = {name: out / name for name in names}
     for path in paths.values():
         check_writable(path, force, folder_must_exist=False)
     out.mkdir(parents=True, exist_ok=True)
@@ -503,6 +508,12 @@ def write_simulation(result: SimulationResult, out_dir: str | PathLike, force: b
                  force=force, labels=[label, "ground truth: potential (V), ice included"])
     write_text_atomic(paths["tilts.tlt"],
                        "".join(f"{t:.4f}\n" for t in np.asarray(result.tilts_deg)))
+    if DEFOCUS_FILE in paths:
+        from ..io.defocus import write_imod_defocus
+
+        n = len(result.tilts_deg)
+        write_imod_defocus(paths[DEFOCUS_FILE], result.tilts_deg,
+                           np.full(n, float(cfg["defocus_um"])))
     document = {"software": f"taichi-etgs {__version__}", "seed": cfg.get("seed"),
                 "pixel_size_A": result.pixel_size_A,
                 "shape_zyx": list(result.ground_truth.shape),
