@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from scipy.ndimage import gaussian_filter
 
+from taichi_etgs.errors import InputError
 from taichi_etgs.gaussian.transfer import Microscope, ViewFilter
 
 SCOPE = Microscope(defocus_um=3.0, pixel_size_A=8.0)
@@ -124,3 +125,93 @@ def test_apply_rows_broadcasts_over_leading_axes(rng):
     assert out.shape == profiles.shape
     np.testing.assert_allclose(out[2, 4], f.apply_rows(profiles[2, 4]), rtol=0,
                                atol=1e-12)  # same FFT per row: round-off
+
+
+# -- per-view and astigmatic CTF -------------------------------------------------------
+
+PER_VIEW = Microscope(defocus_um=(2.0, 3.0, 4.5), pixel_size_A=8.0)
+ASTIG = Microscope(defocus_um=(3.4, 2.5, 3.0), pixel_size_A=8.0, defocus2_um=(2.6, 2.5, 2.0),
+                   astigmatism_deg=(30.0, 0.0, -75.0))
+
+
+@pytest.mark.parametrize("scope", [PER_VIEW, ASTIG], ids=["per-view", "astigmatic"])
+def test_per_view_adjoint_is_transpose_of_apply(rng, scope):
+    f = ViewFilter(scope, (20, 24))
+    index = np.array([2, 0, 1, 2])  # any views, in any order, repeated
+    x = rng.normal(size=(4, 20, 24))
+    y = rng.normal(size=(4, 20, 24))
+    lhs, rhs = np.vdot(f.apply(x, index), y), np.vdot(x, f.adjoint(y, index))
+    assert abs(lhs) > 1e-3
+    assert abs(lhs - rhs) <= 1e-10 * abs(lhs)  # float64 FFT round-off (measured 1e-15)
+
+
+@pytest.mark.parametrize("scope", [PER_VIEW, ASTIG], ids=["per-view", "astigmatic"])
+def test_per_view_filter_is_each_views_own_filter(rng, scope):
+    # View t of a per-view filter is the single-defocus filter of view t's constants.
+    f = ViewFilter(scope, (16, 20))
+    x = rng.normal(size=(3, 16, 20))
+    out = f.apply(x, [1, 2, 0])
+    for k, t in enumerate([1, 2, 0]):
+        d1, d2, azimuth = scope.view(t)
+        single = ViewFilter(Microscope(d1, 8.0, defocus2_um=d2, astigmatism_deg=azimuth),
+                            (16, 20))
+        np.testing.assert_allclose(out[k], single.apply(x[k:k + 1])[0], rtol=0,
+                                   atol=1e-12)  # same FFT chain: round-off
+    # And the views differ from one another (the per-view constants are used).
+    assert np.abs(f.apply(x[:1], [0]) - f.apply(x[:1], [2])).max() > 0.1
+    with pytest.raises(ValueError, match="2 view indices for 3 views"):
+        f.apply(x, [0, 1])
+
+
+def test_per_view_apply_rows_is_row_average_of_apply(rng):
+    ny, nu = 8, 48
+    f = ViewFilter(ASTIG, (ny, nu))
+    profiles = rng.normal(size=(3, nu))
+    index = [2, 1, 0]
+    rows = f.apply_rows(profiles, index)
+    views = np.repeat(profiles[:, None, :], ny, axis=1)
+    np.testing.assert_allclose(f.apply(views, index).mean(axis=1), rows, rtol=0,
+                               atol=1e-12 * np.abs(rows).max())  # FFT round-off
+    # The Jacobian layout of the slab fit: views first, then anything, profiles last.
+    stacked = f.apply_rows(np.stack([profiles, 2 * profiles], axis=1), index)
+    np.testing.assert_allclose(stacked[:, 1], 2 * rows, rtol=0, atol=1e-12)
+
+
+def test_astigmatic_ctf_follows_its_azimuth():
+    from taichi_etgs.simulation.imaging import ctf_2d
+
+    shape, pix = (64, 64), 5.0
+    iso = ctf_2d(shape, pix, 3.0)
+    np.testing.assert_array_equal(ctf_2d(shape, pix, 3.0, defocus2_um=3.0,
+                                         astigmatism_deg=40.0), iso)
+    # Along the azimuth the CTF is the isotropic one of defocus 1, across it of defocus 2.
+    astig = ctf_2d(shape, pix, 3.5, defocus2_um=2.5, astigmatism_deg=0.0)
+    np.testing.assert_allclose(astig[0, :], ctf_2d(shape, pix, 3.5)[0, :], atol=1e-12)
+    np.testing.assert_allclose(astig[:, 0], ctf_2d(shape, pix, 2.5)[:, 0], atol=1e-12)
+    # An azimuth of 90 degrees swaps them; +Y is the row index (ky > 0 for rows 1..).
+    turned = ctf_2d(shape, pix, 3.5, defocus2_um=2.5, astigmatism_deg=90.0)
+    np.testing.assert_allclose(turned[:, 0], ctf_2d(shape, pix, 3.5)[:, 0], atol=1e-12)
+    # At 45 degrees the diagonal (kx = ky > 0) sees defocus 1.
+    diag = ctf_2d(shape, pix, 3.5, defocus2_um=2.5, astigmatism_deg=45.0)
+    k = np.arange(1, 20)
+    np.testing.assert_allclose(diag[k, k], ctf_2d(shape, pix, 3.5)[k, k], atol=1e-12)
+    assert np.abs(diag[k, k] - ctf_2d(shape, pix, 2.5)[k, k]).max() > 0.1
+
+
+def test_config_per_view_ctf_survives_a_state_file_round_trip():
+    import json
+
+    from taichi_etgs.gaussian.fit import ReconstructConfig
+
+    cfg = ReconstructConfig(defocus_per_view_um=[3.0, 3.1, 3.2],
+                            defocus2_per_view_um=[2.8, 2.9, 3.0],
+                            astigmatism_per_view_deg=[10.0, 11.0, 12.0], pixel_size_A=8.0)
+    back = ReconstructConfig(**json.loads(json.dumps(cfg.to_dict())))
+    assert back == cfg and back.has_ctf
+    assert back.microscope().view(2) == (3.2, 3.0, 12.0)
+    assert back.select_views([2, 0]).defocus_per_view_um == [3.2, 3.0]
+    with pytest.raises(InputError, match="one value per view"):
+        ReconstructConfig(defocus_per_view_um=[3.0, 3.1], defocus2_per_view_um=[2.0],
+                          pixel_size_A=8.0)
+    with pytest.raises(InputError, match="pixel size"):
+        ReconstructConfig(defocus_per_view_um=[3.0])

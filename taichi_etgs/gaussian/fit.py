@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
@@ -78,6 +79,11 @@ class ReconstructConfig:
     tv_patch: side of that sub-volume, voxels.
     defocus_um: underfocus of the series, micrometres (> 0 puts the CTF in the forward
         model, :mod:`taichi_etgs.gaussian.transfer`; 0: views are taken as projections).
+    defocus_per_view_um: the underfocus of each view instead (a list, in the order of the
+        views; a file's values, :mod:`taichi_etgs.io.defocus`); with
+        ``defocus2_per_view_um`` and ``astigmatism_per_view_deg`` the astigmatism: then
+        the defocus along the azimuth, the defocus across it, and the azimuth (degrees
+        from image X towards +Y). Lists, so that the state file records them (JSON).
     pixel_size_A, voltage_kV, cs_mm, amplitude_contrast: the rest of the CTF's constants
         (the pixel size is needed with a defocus).
     lr_scale: multiplies every learning rate (the rollback after a NaN halves it).
@@ -107,6 +113,9 @@ class ReconstructConfig:
     tv_weight: float = 0.0
     tv_patch: int = 32
     defocus_um: float = 0.0
+    defocus_per_view_um: list | None = None
+    defocus2_per_view_um: list | None = None
+    astigmatism_per_view_deg: list | None = None
     pixel_size_A: float = 0.0
     voltage_kV: float = 300.0
     cs_mm: float = 2.7
@@ -136,8 +145,16 @@ class ReconstructConfig:
             (self.tv_weight >= 0, "the TV weight must be >= 0"),
             (self.tv_patch >= 4, "the TV patch must be >= 4 voxels"),
             (self.defocus_um >= 0, "the defocus is an underfocus in micrometres, >= 0"),
-            (self.defocus_um == 0 or self.pixel_size_A > 0,
-             "a CTF (defocus) needs the pixel size"),
+            (not self.has_ctf or self.pixel_size_A > 0, "a CTF (defocus) needs the pixel size"),
+            (self.defocus2_per_view_um is None or self.defocus_per_view_um is not None,
+             "a second defocus per view needs the first (defocus_per_view_um)"),
+            (len({len(v) for v in (self.defocus_per_view_um, self.defocus2_per_view_um,
+                                   self.astigmatism_per_view_deg) if v is not None}) <= 1,
+             "per-view defocus, second defocus and azimuth must have one value per view"),
+            (all(np.isfinite(v).all() for v in (self.defocus_per_view_um,
+                                                self.defocus2_per_view_um,
+                                                self.astigmatism_per_view_deg)
+                 if v is not None), "per-view defocus values must be finite numbers"),
         ]
         for ok, message in checks:
             if not ok:
@@ -145,6 +162,35 @@ class ReconstructConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    @property
+    def has_ctf(self) -> bool:
+        """Whether the CTF is in the forward model (a defocus, one or per view)."""
+        return self.defocus_um > 0 or self.defocus_per_view_um is not None
+
+    def microscope(self):
+        """The CTF's constants (:class:`~taichi_etgs.gaussian.transfer.Microscope`)."""
+        from .transfer import Microscope
+
+        defocus = (self.defocus_um if self.defocus_per_view_um is None
+                   else tuple(self.defocus_per_view_um))
+        return Microscope(defocus, self.pixel_size_A, self.voltage_kV, self.cs_mm,
+                          self.amplitude_contrast,
+                          None if self.defocus2_per_view_um is None
+                          else tuple(self.defocus2_per_view_um),
+                          None if self.astigmatism_per_view_deg is None
+                          else tuple(self.astigmatism_per_view_deg))
+
+    def select_views(self, index) -> ReconstructConfig:
+        """The settings for the views ``index`` of the series (per-view defocus picked)."""
+        index = np.asarray(index, dtype=np.int64)
+
+        def pick(v):
+            return None if v is None else [float(v[i]) for i in index]
+
+        return dataclasses.replace(self, defocus_per_view_um=pick(self.defocus_per_view_um),
+                                   defocus2_per_view_um=pick(self.defocus2_per_view_um),
+                                   astigmatism_per_view_deg=pick(self.astigmatism_per_view_deg))
 
     def densify_config(self):
         """The densification settings (:class:`taichi_etgs.gaussian.densify.DensifyConfig`)."""
@@ -327,19 +373,23 @@ class GaussianReconstruction:
         self.train = np.setdiff1d(np.arange(n_tilts), self.heldout)
         self.nu = nu
         self.ctf = None
-        if self.config.defocus_um > 0:
-            from .transfer import Microscope, ViewFilter
+        if self.config.has_ctf:
+            from .transfer import ViewFilter
 
-            c = self.config
-            self.ctf = ViewFilter(Microscope(c.defocus_um, c.pixel_size_A, c.voltage_kV,
-                                             c.cs_mm, c.amplitude_contrast), (ny, nu))
+            microscope = self.config.microscope()
+            if microscope.n_views not in (None, n_tilts):
+                raise InputError(f"the defocus is given for {microscope.n_views} views but "
+                                 f"there are {n_tilts}")
+            self.ctf = ViewFilter(microscope, (ny, nu))
         # The slab is found in the row averages before anything else, so that the units,
         # the SSIM range and the seed volume are those of the specimen, not of slab edges.
         row_means = np.stack([np.asarray(v, dtype=np.float64).mean(axis=0) for v in views])
         if self.config.background == "slab":
             self.slab, self.slab_explained = fit_slab(
                 row_means[self.train], self.tilts_deg[self.train], self.shape_zyx[0],
-                self.shape_zyx[2], transfer=None if self.ctf is None else self.ctf.apply_rows)
+                self.shape_zyx[2],
+                transfer=None if self.ctf is None else partial(self.ctf.apply_rows,
+                                                               index=self.train))
         else:
             self.slab, self.slab_explained = SlabBackground(0.0, 0.0, 0.0, 0.0, 0.0), 0.0
         slab_views = self._slab_profiles(np.arange(n_tilts))
@@ -450,7 +500,7 @@ class GaussianReconstruction:
         if self.slab.density != 0.0:
             rendered += self._slab_profiles(index)[:, None, :].astype(rendered.dtype)
         if self.ctf is not None:
-            rendered = self.ctf.apply(rendered)
+            rendered = self.ctf.apply(rendered, index)
         return rendered
 
     # -- the loop -------------------------------------------------------------------------
@@ -484,7 +534,7 @@ class GaussianReconstruction:
         # The offset depends on the rendering: d(r - mean r)/dr removes each view's mean.
         grad = (grad - grad.mean(axis=(1, 2), keepdims=True)) * gain
         if self.ctf is not None:
-            grad = self.ctf.adjoint(grad)
+            grad = self.ctf.adjoint(grad, selected)
         slab_grad = np.zeros(6)
         if self.slab.density != 0.0:
             _, jac = self.slab.profiles(tilts, self.nu, with_jacobian=True)
@@ -881,7 +931,8 @@ def reconstruct_halves(views: np.ndarray, tilts_deg: np.ndarray, thickness: int,
     runs = []
     for k, index in enumerate((np.sort(order[0::2]), np.sort(order[1::2])), start=1):
         run = GaussianReconstruction(np.asarray(views)[index], tilts[index], thickness,
-                                     dataclasses.replace(config, seed=config.seed + k),
+                                     dataclasses.replace(config.select_views(index),
+                                                         seed=config.seed + k),
                                      width=width)
         run.run(progress=None if progress is None else (lambda info, k=k: progress(k, info)))
         runs.append(run)

@@ -27,31 +27,93 @@ __all__ = ["Microscope", "ViewFilter"]
 
 @dataclass(frozen=True)
 class Microscope:
-    """Imaging constants: defocus (micrometres, positive = underfocus, one value for the
-    series), voltage (kV), spherical aberration (mm), amplitude contrast, pixel size (A)."""
+    """Imaging constants: defocus (micrometres, positive = underfocus: one value for the
+    series, or one per view), voltage (kV), spherical aberration (mm), amplitude contrast,
+    pixel size (A), and optionally the astigmatism per view: ``defocus_um`` is then the
+    defocus along the azimuth ``astigmatism_deg`` (from image X towards +Y) and
+    ``defocus2_um`` the defocus across it (:func:`~taichi_etgs.simulation.imaging.ctf_2d`).
+    """
 
-    defocus_um: float
+    defocus_um: float | tuple
     pixel_size_A: float
     voltage_kV: float = 300.0
     cs_mm: float = 2.7
     amplitude_contrast: float = 0.07
+    defocus2_um: tuple | None = None
+    astigmatism_deg: tuple | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("defocus_um", "defocus2_um", "astigmatism_deg"):
+            value = getattr(self, name)
+            if value is not None and np.ndim(value) > 0:
+                object.__setattr__(self, name, tuple(float(v) for v in np.ravel(value)))
+        sizes = {len(v) for v in (self.defocus_um, self.defocus2_um, self.astigmatism_deg)
+                 if isinstance(v, tuple)}
+        if len(sizes) > 1:
+            raise ValueError(f"per-view defocus and astigmatism of different lengths {sizes}")
+
+    @property
+    def n_views(self) -> int | None:
+        """The number of views the constants are given for (None: one for all)."""
+        for v in (self.defocus_um, self.defocus2_um, self.astigmatism_deg):
+            if isinstance(v, tuple):
+                return len(v)
+        return None
+
+    def view(self, t: int) -> tuple[float, float | None, float]:
+        """``(defocus 1, defocus 2 or None, azimuth)`` of view ``t``."""
+        def pick(v, default):
+            if v is None:
+                return default
+            return float(v[t]) if isinstance(v, tuple) else float(v)
+
+        return (pick(self.defocus_um, 0.0), pick(self.defocus2_um, None),
+                pick(self.astigmatism_deg, 0.0))
 
 
 class ViewFilter:
     """The CTF of positive-density views, ``H = -CTF`` (density views are negated images),
-    applied to mean-free views with mirror padding (at most one pixel less than the view)."""
+    applied to mean-free views with mirror padding (at most one pixel less than the view).
+
+    With per-view constants (:attr:`Microscope.n_views`) every method takes ``index``, the
+    views (of the series) that the first axis of its argument holds; default all of them.
+    """
 
     def __init__(self, microscope: Microscope, shape_yx: tuple[int, int],
                  pad: int = 16) -> None:
-        from ..simulation.imaging import ctf_2d
-
         self.pad = max(0, min(int(pad), shape_yx[0] - 1, shape_yx[1] - 1))
         self.shape = (shape_yx[0] + 2 * self.pad, shape_yx[1] + 2 * self.pad)
-        m = microscope
-        self.h = -ctf_2d(self.shape, m.pixel_size_A, m.defocus_um, m.voltage_kV, m.cs_mm,
-                         m.amplitude_contrast)
+        self.microscope = microscope
+        self.n_views = microscope.n_views
+        self._cache: dict[tuple, np.ndarray] = {}
+        # The filter of view 0 (of every view when the constants are one for all).
+        self.h = self.h_for(0)
         # 1D transfer of row averages: averaging over y keeps the ky = 0 line.
         self.h_rows = self.h[0]
+
+    def h_for(self, t: int) -> np.ndarray:
+        """The filter of view ``t`` on the padded rfft2 grid (cached per distinct view)."""
+        from ..simulation.imaging import ctf_2d
+
+        m = self.microscope
+        key = m.view(int(t))
+        h = self._cache.get(key)
+        if h is None:
+            df1, df2, azimuth = key
+            h = -ctf_2d(self.shape, m.pixel_size_A, df1, m.voltage_kV, m.cs_mm,
+                        m.amplitude_contrast, defocus2_um=df2, astigmatism_deg=azimuth)
+            if len(self._cache) < 256:
+                self._cache[key] = h
+        return h
+
+    def _filters(self, n: int, index) -> np.ndarray:
+        """The filters of ``n`` views: one broadcast array, or a stack. [(n,) ky, kx]"""
+        if self.n_views is None:
+            return self.h
+        index = np.arange(n) if index is None else np.asarray(index).reshape(-1)
+        if index.size != n:
+            raise ValueError(f"{index.size} view indices for {n} views")
+        return np.stack([self.h_for(int(t)) for t in index])
 
     def _filter(self, views: np.ndarray, h: np.ndarray, transpose: bool = False
                 ) -> np.ndarray:
@@ -68,35 +130,44 @@ class ViewFilter:
             return out[:, p:p + ny, p:p + nx]
         return _fold_mirror(_fold_mirror(out, p, axis=1), p, axis=2)
 
-    def apply(self, views: np.ndarray) -> np.ndarray:
+    def apply(self, views: np.ndarray, index=None) -> np.ndarray:
         """Filtered views (each view's mean removed first). [n, ny, nx]"""
         v = np.asarray(views, dtype=np.float64)
-        return self._filter(v - v.mean(axis=(1, 2), keepdims=True), self.h).astype(views.dtype)
+        h = self._filters(v.shape[0], index)
+        return self._filter(v - v.mean(axis=(1, 2), keepdims=True), h).astype(views.dtype)
 
-    def adjoint(self, grad: np.ndarray) -> np.ndarray:
+    def adjoint(self, grad: np.ndarray, index=None) -> np.ndarray:
         """The transpose of :meth:`apply`, for gradients. [n, ny, nx]"""
-        g = self._filter(np.asarray(grad, dtype=np.float64), self.h, transpose=True)
+        h = self._filters(grad.shape[0], index)
+        g = self._filter(np.asarray(grad, dtype=np.float64), h, transpose=True)
         return (g - g.mean(axis=(1, 2), keepdims=True)).astype(grad.dtype)
 
-    def phase_flip(self, views: np.ndarray) -> np.ndarray:
+    def phase_flip(self, views: np.ndarray, index=None) -> np.ndarray:
         """Views with the CTF's sign undone (IMOD's ctfphaseflip without strips): what a
         classical reconstruction of the seed wants. [n, ny, nx]"""
         out = np.empty(views.shape, dtype=np.float32)
-        sign = np.sign(self.h)
-        for t in range(views.shape[0]):
-            v = np.asarray(views[t:t + 1], dtype=np.float64)
-            out[t] = self._filter(v - v.mean(), sign)[0]
+        index = np.arange(views.shape[0]) if index is None else np.asarray(index).reshape(-1)
+        for k, t in enumerate(index):
+            v = np.asarray(views[k:k + 1], dtype=np.float64)
+            out[k] = self._filter(v - v.mean(), np.sign(self.h_for(int(t))))[0]
         return out
 
-    def apply_rows(self, profiles: np.ndarray) -> np.ndarray:
-        """The filter's effect on row averages (1D, along u). [..., nu]"""
+    def apply_rows(self, profiles: np.ndarray, index=None) -> np.ndarray:
+        """The filter's effect on row averages (1D, along u). [..., nu]; with per-view
+        constants the first axis is the views ``index``."""
         p = self.pad
         a = np.asarray(profiles, dtype=np.float64)
         a = a - a.mean(axis=-1, keepdims=True)
         nu = a.shape[-1]
         widths = [(0, 0)] * (a.ndim - 1) + [(p, p)]
         padded = np.pad(a, widths, mode="reflect")
-        out = np.fft.irfft(np.fft.rfft(padded, axis=-1) * self.h_rows, n=self.shape[1], axis=-1)
+        if self.n_views is None or a.ndim == 1:
+            h = self.h_rows if self.n_views is None else self.h_for(
+                0 if index is None else int(np.ravel(index)[0]))[0]
+        else:
+            rows = self._filters(a.shape[0], index)[:, 0, :]
+            h = rows.reshape((a.shape[0],) + (1,) * (a.ndim - 2) + (rows.shape[-1],))
+        out = np.fft.irfft(np.fft.rfft(padded, axis=-1) * h, n=self.shape[1], axis=-1)
         return out[..., p:p + nu]
 
 

@@ -65,23 +65,36 @@ def _frequencies(shape_yx: tuple[int, int], pixel_size_A: float) -> np.ndarray:
 
 def ctf_2d(shape_yx: tuple[int, int], pixel_size_A: float, defocus_um: float,
            voltage_kV: float = 300.0, cs_mm: float = 2.7,
-           amplitude_contrast: float = 0.07) -> np.ndarray:
+           amplitude_contrast: float = 0.07, *, defocus2_um: float | None = None,
+           astigmatism_deg: float = 0.0) -> np.ndarray:
     """Contrast transfer function on the ``numpy.fft.rfft2`` grid of an image.
 
     Parameters
     ----------
     shape_yx: image shape (ny, nx).
     pixel_size_A: pixel size, A.
-    defocus_um: defocus, micrometres; positive is underfocus.
+    defocus_um: defocus, micrometres; positive is underfocus. With ``defocus2_um``, the
+        defocus along the astigmatism's azimuth (CTFFIND's defocus 1).
     voltage_kV, cs_mm, amplitude_contrast: microscope.
+    defocus2_um: the defocus across the azimuth (None: no astigmatism).
+    astigmatism_deg: the azimuth: the angle of the defocus-1 axis from the image's X axis
+        (columns) towards +Y (rows), degrees. A spatial frequency at angle ``phi`` sees
+        ``df(phi) = (df1 + df2)/2 + (df1 - df2)/2 cos 2(phi - azimuth)``.
 
     Returns
     -------
     CTF, negative at low frequency (dark contrast for positive phase). [ny, nx // 2 + 1]
     """
     lam = electron_wavelength_A(voltage_kV)
-    k2 = _frequencies(shape_yx, pixel_size_A) ** 2
+    ky = np.fft.fftfreq(shape_yx[0], d=pixel_size_A)[:, None]
+    kx = np.fft.rfftfreq(shape_yx[1], d=pixel_size_A)[None, :]
+    k2 = ky ** 2 + kx ** 2
     df = float(defocus_um) * 1e4
+    if defocus2_um is not None and float(defocus2_um) != float(defocus_um):
+        d1, d2 = df, float(defocus2_um) * 1e4
+        phi = np.arctan2(ky, kx)
+        df = 0.5 * (d1 + d2) + 0.5 * (d1 - d2) * np.cos(2.0 * (phi - np.radians(
+            float(astigmatism_deg))))
     cs = float(cs_mm) * 1e7
     chi = np.pi * lam * df * k2 - 0.5 * np.pi * cs * lam ** 3 * k2 ** 2
     w = float(amplitude_contrast)
