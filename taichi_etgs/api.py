@@ -58,10 +58,17 @@ def _target(thickness, output, width, output_contrast, force):
                         force=force)
 
 
+def _ctf(defocus, voltage_kV, cs_mm, amplitude_contrast):
+    from .pipeline.ctf import CtfSettings
+
+    return CtfSettings(defocus, voltage_kV, cs_mm, amplitude_contrast)
+
+
 def wbp(stack, angles=None, *, thickness: int, output=None, width: int | None = None,
         binning: int = 1, contrast: str = "dark", output_contrast: str = "input",
         pixel_size: float | None = None, radial: tuple[float, float] = (0.35, 0.035),
-        fake_sirt: int = 0, force: bool = False, arch: str | None = None,
+        fake_sirt: int = 0, defocus=None, voltage_kV: float = 300.0, cs_mm: float = 2.7,
+        amplitude_contrast: float = 0.07, force: bool = False, arch: str | None = None,
         threads: int | None = None, **read: Any):
     """Weighted back-projection (``taichi-etgs wbp``).
 
@@ -70,6 +77,8 @@ def wbp(stack, angles=None, *, thickness: int, output=None, width: int | None = 
     output: the MRC to write (None: returned only).
     binning, contrast, output_contrast, pixel_size, force: as the command's options.
     radial, fake_sirt: the filter (IMOD's radial cutoff and falloff; FakeSIRTiterations).
+    defocus, voltage_kV, cs_mm, amplitude_contrast: the CTF (``--defocus``: micrometres of
+        underfocus or a defocus file; None: none): the views are phase-flipped first.
     read: more reading options (``xf``, ``aln``, ``apply_aln``, ``aligned``,
         ``exclude_views``).
 
@@ -80,14 +89,16 @@ def wbp(stack, angles=None, *, thickness: int, output=None, width: int | None = 
     session = _session("wbp", locals(), arch, threads)
     return run_wbp(_source(stack, angles, pixel_size, contrast, dict(read, binning=binning)),
                    _target(thickness, output, width, output_contrast, force),
-                   radial=radial, fake_sirt=fake_sirt, session=session)
+                   radial=radial, fake_sirt=fake_sirt,
+                   ctf=_ctf(defocus, voltage_kV, cs_mm, amplitude_contrast), session=session)
 
 
 def sirt(stack, angles=None, *, thickness: int, output=None, iterations: int = 20,
          relaxation: float = 1.0, positivity: bool = False, width: int | None = None,
          binning: int = 1, contrast: str = "dark", output_contrast: str = "input",
-         pixel_size: float | None = None, force: bool = False, arch: str | None = None,
-         threads: int | None = None, **read: Any):
+         pixel_size: float | None = None, defocus=None, voltage_kV: float = 300.0,
+         cs_mm: float = 2.7, amplitude_contrast: float = 0.07, force: bool = False,
+         arch: str | None = None, threads: int | None = None, **read: Any):
     """SIRT (``taichi-etgs sirt``); arguments as :func:`wbp`, and ``iterations``,
     ``relaxation`` (in (0, 2)) and ``positivity``.
 
@@ -99,7 +110,7 @@ def sirt(stack, angles=None, *, thickness: int, output=None, iterations: int = 2
     return run_sirt(_source(stack, angles, pixel_size, contrast, dict(read, binning=binning)),
                     _target(thickness, output, width, output_contrast, force),
                     iterations=iterations, relaxation=relaxation, positivity=positivity,
-                    session=session)
+                    ctf=_ctf(defocus, voltage_kV, cs_mm, amplitude_contrast), session=session)
 
 
 def reconstruct(stack, angles=None, *, thickness: int, output=None,
@@ -115,10 +126,10 @@ def reconstruct(stack, angles=None, *, thickness: int, output=None,
         ``exclude_views``).
     settings: :class:`~taichi_etgs.pipeline.gaussian.GaussianSettings` fields:
         ``iterations``, ``max_gaussians``, ``views_per_step``, ``init``, ``tilt_weight``,
-        ``seed``, ``heldout_every``, ``defocus_um`` (and ``voltage_kV``, ``cs_mm``,
-        ``amplitude_contrast``), ``voxel_size``, ``halves``, ``state`` (default with an
-        output: OUTPUT.state.h5), ``save_every``, ``resume``, or ``config`` (a whole
-        :class:`~taichi_etgs.gaussian.fit.ReconstructConfig`).
+        ``seed``, ``heldout_every``, ``defocus_um`` (micrometres, or a defocus file; and
+        ``voltage_kV``, ``cs_mm``, ``amplitude_contrast``), ``voxel_size``, ``halves``,
+        ``state`` (default with an output: OUTPUT.state.h5), ``save_every``, ``resume``,
+        or ``config`` (a whole :class:`~taichi_etgs.gaussian.fit.ReconstructConfig`).
 
     Returns a :class:`~taichi_etgs.pipeline.gaussian.ReconstructResult` (``.volume``,
     ``.run`` with the model, ``.validation``).

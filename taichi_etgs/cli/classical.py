@@ -6,7 +6,15 @@ import click
 
 from ..pipeline.classical import run_sirt, run_wbp
 from .app import cli, command, session
-from .options import parse_radial, runtime_options, stack_options, volume_options
+from .options import (
+    ctf_options,
+    parse_radial,
+    runtime_options,
+    stack_options,
+    volume_options,
+)
+
+_FLIP = ": the views are phase-flipped first, in strips along the tilt axis"
 
 
 @cli.command()
@@ -20,22 +28,24 @@ from .options import parse_radial, runtime_options, stack_options, volume_option
               show_default=True,
               help="Shape the filter like N SIRT iterations (IMOD's FakeSIRTiterations): "
                    "smoother, higher-contrast tomograms. 0 = plain weighted back-projection.")
+@ctf_options(note=_FLIP)
 @runtime_options
-def wbp(source, target, radial, fake_sirt):
+def wbp(source, target, radial, fake_sirt, ctf):
     """Weighted back-projection of STACK into a tomogram (fast; the classical baseline).
 
     STACK is an MRC tilt series (.mrc, .st, .ali; one view per section) with the tilt
     axis along Y: aligned (IMOD .ali) or aligned on load with --xf or --aln --apply-aln.
 
     Each view is filtered with the ramp times IMOD's radial low-pass, then smeared back
-    through the volume. Seconds to minutes; sharp but noisy and streaky along the
-    missing wedge. The memory it needs is checked before it starts (-v shows the estimate).
+    through the volume (with --defocus, phase-flipped first, as IMOD's ctfphaseflip).
+    Seconds to minutes; sharp but noisy and streaky along the missing wedge. The memory
+    it needs is checked before it starts (-v shows the estimate).
 
     \b
     Example:
       taichi-etgs wbp TS_01.ali --angles TS_01.tlt --binning 4 --thickness 300 -o TS_01_wbp.mrc
     """
-    run_wbp(source, target, radial=parse_radial(radial), fake_sirt=fake_sirt,
+    run_wbp(source, target, radial=parse_radial(radial), fake_sirt=fake_sirt, ctf=ctf,
             session=session())
 
 
@@ -51,8 +61,9 @@ def wbp(source, target, radial, fake_sirt):
 @click.option("--positivity", is_flag=True,
               help="Clamp negative density to zero each iteration (only meaningful when the "
                    "background is zero, e.g. isolated simulated specimens).")
+@ctf_options(note=_FLIP)
 @runtime_options
-def sirt(source, target, iterations, relaxation, positivity):
+def sirt(source, target, iterations, relaxation, positivity, ctf):
     """SIRT reconstruction of STACK (row- and column-normalised, from zero).
 
     STACK is an MRC tilt series with the tilt axis along Y, as for wbp.
@@ -68,4 +79,4 @@ def sirt(source, target, iterations, relaxation, positivity):
           --iterations 20 -o TS_01_sirt.mrc
     """
     run_sirt(source, target, iterations=iterations, relaxation=relaxation,
-             positivity=positivity, session=session())
+             positivity=positivity, ctf=ctf, session=session())

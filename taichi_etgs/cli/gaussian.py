@@ -12,6 +12,7 @@ from .app import cli, command, session
 from .options import (
     STACK_NAMES,
     VOLUME_NAMES,
+    ctf_options,
     given_options,
     require,
     runtime_options,
@@ -65,21 +66,12 @@ _REQUIRED_NOTE = " Required unless --resume (the state knows it)."
               metavar="N",
               help="Hold one view in N (in tilt order) out of the fit to validate it: the "
                    "model that predicts them best is written (early stop). 0: fit all views.")
-@click.option("--defocus", "defocus_um", type=click.FloatRange(min=0), default=0.0,
-              metavar="UM",
-              help="Underfocus of the series in micrometres (positive): puts the CTF in the "
-                   "model, so that it fits the specimen's potential, not a CTF-filtered image "
-                   "[default: none, for phase-flipped or CTF-corrected stacks].")
-@click.option("--voltage", "voltage_kV", type=click.FloatRange(min=1), default=300.0,
-              show_default=True, metavar="KV", help="Acceleration voltage (with --defocus).")
-@click.option("--cs", "cs_mm", type=click.FloatRange(min=0), default=2.7, show_default=True,
-              metavar="MM", help="Spherical aberration (with --defocus).")
-@click.option("--amplitude-contrast", type=click.FloatRange(min=0, max=0.99), default=0.07,
-              show_default=True, metavar="W", help="Amplitude contrast (with --defocus).")
+@ctf_options(note=": the CTF goes into the model, so that it fits the specimen's "
+                  "potential, not a CTF-filtered image of it")
 @runtime_options
 def reconstruct(source, target, iterations, max_gaussians, views_per_step, init, tilt_weight,
                 seed, state_path, save_every, resume_path, voxel_size, halves, heldout_every,
-                defocus_um, voltage_kV, cs_mm, amplitude_contrast):
+                ctf):
     """Reconstruct STACK as adaptive 3D Gaussians (the CryoETGS method).
 
     STACK is an MRC tilt series with the tilt axis along Y, as for wbp.
@@ -113,7 +105,7 @@ def reconstruct(source, target, iterations, max_gaussians, views_per_step, init,
     settings = GaussianSettings(
         iterations=iterations, max_gaussians=max_gaussians, views_per_step=views_per_step,
         init=init, tilt_weight=tilt_weight, seed=seed, heldout_every=heldout_every,
-        defocus_um=defocus_um, voltage_kV=voltage_kV, cs_mm=cs_mm,
-        amplitude_contrast=amplitude_contrast, voxel_size=voxel_size, halves=halves,
+        defocus_um=ctf.defocus or 0.0, voltage_kV=ctf.voltage_kV, cs_mm=ctf.cs_mm,
+        amplitude_contrast=ctf.amplitude_contrast, voxel_size=voxel_size, halves=halves,
         state=state_path, save_every=save_every, resume=resume_path)
     run_reconstruct(source, target, settings, session=session())

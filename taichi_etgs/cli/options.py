@@ -19,7 +19,7 @@ from click.core import ParameterSource
 from ..errors import InputError
 from .app import session, warn
 
-__all__ = ["given_options", "parse_angles", "parse_int_triple", "parse_radial",
+__all__ = ["ctf_options", "given_options", "parse_angles", "parse_int_triple", "parse_radial",
            "parse_size", "parse_tilt_range", "require", "runtime_options", "stack_options",
            "volume_options"]
 
@@ -108,6 +108,55 @@ def volume_options(func=None, *, required: bool = True, note: str = ""):
         click.option("--force", is_flag=True,
                      help="Overwrite the output if it exists; also accept tilt angles that "
                           "look like radians (all under 2 degrees) as degrees."),
+    ]
+    for decorator in reversed(decorators):
+        wrapper = decorator(wrapper)
+    return wrapper
+
+
+class DefocusParam(click.ParamType):
+    """``--defocus``: a number (micrometres of underfocus) or a defocus file."""
+
+    name = "UM|FILE"
+
+    def convert(self, value, param, ctx):
+        from ..pipeline.ctf import parse_defocus
+
+        try:
+            return parse_defocus(value)
+        except InputError as exc:
+            self.fail(str(exc).removeprefix(f"--defocus {value}: "), param, ctx)
+
+
+def ctf_options(func=None, *, note: str = ""):
+    """--defocus (a number or a file), --voltage, --cs, --amplitude-contrast; the command
+    receives them as ``ctf`` (:class:`~taichi_etgs.pipeline.ctf.CtfSettings`)."""
+    if func is None:
+        return functools.partial(ctf_options, note=note)
+
+    @functools.wraps(func)
+    def wrapper(*args, defocus, voltage_kV, cs_mm, amplitude_contrast, **kwargs):
+        from ..pipeline.ctf import CtfSettings
+
+        return func(*args, ctf=CtfSettings(defocus, voltage_kV, cs_mm, amplitude_contrast),
+                    **kwargs)
+
+    decorators = [
+        click.option("--defocus", type=DefocusParam(), default=None, metavar="UM|FILE",
+                     help="The views' CTF: underfocus in micrometres (positive) for every "
+                          "view, or a file with each view's defocus: IMOD ctfplotter "
+                          ".defocus, CTFFIND4 output or AreTomo3 _CTF.txt (astigmatism "
+                          "where the file gives it)" + note + " [default: none, for "
+                          "phase-flipped or CTF-corrected stacks]."),
+        click.option("--voltage", "voltage_kV", type=click.FloatRange(min=1), default=300.0,
+                     show_default=True, metavar="KV", help="Acceleration voltage (with "
+                                                           "--defocus)."),
+        click.option("--cs", "cs_mm", type=click.FloatRange(min=0), default=2.7,
+                     show_default=True, metavar="MM",
+                     help="Spherical aberration (with --defocus)."),
+        click.option("--amplitude-contrast", type=click.FloatRange(min=0, max=0.99),
+                     default=0.07, show_default=True, metavar="W",
+                     help="Amplitude contrast (with --defocus)."),
     ]
     for decorator in reversed(decorators):
         wrapper = decorator(wrapper)

@@ -10,6 +10,7 @@ import numpy as np
 
 from ..errors import InputError
 from . import inputs, sizes
+from .ctf import CtfSettings, phase_flip
 from .inputs import StackSource
 from .outputs import check_writable
 from .session import Session
@@ -68,8 +69,21 @@ def _radial(radial: Sequence[float]) -> tuple[float, float]:
     return cutoff, falloff
 
 
+def _flipped_views(source: StackSource, series, ctf, session: Session):
+    """Unit views (:func:`~taichi_etgs.pipeline.inputs.unit_views`), phase-flipped with
+    ``ctf`` (:class:`~taichi_etgs.pipeline.ctf.CtfSettings`) when it has a defocus; their
+    scale and what the sidecar records of the CTF."""
+    views, scale = inputs.unit_views(series, source.contrast)
+    if ctf is None or not ctf.active:
+        return views, scale, {}
+    n_raw = series.n_tilts if source.in_memory else inputs.peek(source).n_raw
+    views, info = phase_flip(views, series, ctf, n_raw, series.pixel_size_A, session)
+    return views, scale, info
+
+
 def run_wbp(source: StackSource, target: VolumeTarget, *,
             radial: Sequence[float] = (0.35, 0.035), fake_sirt: int = 0,
+            ctf: CtfSettings | None = None,
             session: Session | None = None) -> TomogramResult:
     """Weighted back-projection of a tilt series into a tomogram.
 
@@ -80,6 +94,8 @@ def run_wbp(source: StackSource, target: VolumeTarget, *,
         ``output=None`` only returns it).
     radial: IMOD's radial filter (cutoff, falloff), cycles/pixel.
     fake_sirt: shape the filter like this many SIRT iterations (0: plain WBP).
+    ctf: with a defocus (one value or a file), the views are phase-flipped first, in strips
+        along the tilt axis (:mod:`taichi_etgs.classical.phaseflip`).
     session: where messages go and what is recorded (default: logging, no sidecar).
 
     Returns
@@ -98,7 +114,7 @@ def run_wbp(source: StackSource, target: VolumeTarget, *,
     if int(fake_sirt) < 0:
         raise InputError(f"--fake-sirt must be >= 0, got {fake_sirt}")
     series, shape = prepare("wbp", source, target, session)
-    views, scale = inputs.unit_views(series, source.contrast)
+    views, scale, ctf_info = _flipped_views(source, series, ctf, session)
     session.start_compute()
     start = time.perf_counter()
     volume = weighted_back_projection(views, series.tilts_deg, shape[0], radial=radial_pair,
@@ -107,17 +123,18 @@ def run_wbp(source: StackSource, target: VolumeTarget, *,
     seconds = time.perf_counter() - start
     session.tell(f"weighted back-projection: {seconds:.1f} s")
     volume = inputs.rescaled(volume, scale, series.source)
-    return _finish(session, source, target, series, shape, volume, seconds, "wbp", {})
+    return _finish(session, source, target, series, shape, volume, seconds, "wbp", ctf_info)
 
 
 def run_sirt(source: StackSource, target: VolumeTarget, *, iterations: int = 20,
              relaxation: float = 1.0, positivity: bool = False,
+             ctf: CtfSettings | None = None,
              session: Session | None = None) -> TomogramResult:
     """SIRT of a tilt series (row- and column-normalised, from zero).
 
     Parameters
     ----------
-    source, target, session: as :func:`run_wbp`.
+    source, target, ctf, session: as :func:`run_wbp`.
     iterations: SIRT iterations (10-30 is usual).
     relaxation: step size, in (0, 2).
     positivity: clamp negative density to zero each iteration.
@@ -135,7 +152,7 @@ def run_sirt(source: StackSource, target: VolumeTarget, *, iterations: int = 20,
     if int(iterations) < 1:
         raise InputError(f"--iterations must be at least 1, got {iterations}")
     series, shape = prepare("sirt", source, target, session)
-    views, scale = inputs.unit_views(series, source.contrast)
+    views, scale, ctf_info = _flipped_views(source, series, ctf, session)
     session.start_compute()
     start = time.perf_counter()
     with session.progress(iterations, "SIRT") as bar:
@@ -155,4 +172,4 @@ def run_sirt(source: StackSource, target: VolumeTarget, *, iterations: int = 20,
                          "values; check it with `taichi-etgs info`", series.source)
     volume = inputs.rescaled(result.volume, scale, series.source)
     return _finish(session, source, target, series, shape, volume, seconds,
-                   f"sirt {iterations} it", {"final_residual": residuals[-1]})
+                   f"sirt {iterations} it", {"final_residual": residuals[-1], **ctf_info})

@@ -53,7 +53,9 @@ class GaussianSettings:
         :class:`~taichi_etgs.gaussian.fit.ReconstructConfig`.
     init: what seeds the model: "sirt", "wbp", a tomogram (.mrc, in the output's size and
         the input's polarity) or a model state (.h5) to refine.
-    defocus_um, voltage_kV, cs_mm, amplitude_contrast: the CTF (defocus 0: none).
+    defocus_um, voltage_kV, cs_mm, amplitude_contrast: the CTF: the underfocus in
+        micrometres of every view (0: none) or a file with each view's
+        (:mod:`taichi_etgs.io.defocus`; astigmatism where it gives it).
     voxel_size: voxel size of the written tomogram in A (None: the stack's pixel size).
     halves: also reconstruct the odd and the even tilts and write both with their FSC.
     state: the state file (None: OUTPUT with .state.h5; none without an output).
@@ -71,7 +73,7 @@ class GaussianSettings:
     tilt_weight: str = "cos"
     seed: int = 0
     heldout_every: int = 10
-    defocus_um: float = 0.0
+    defocus_um: float | str | PathLike = 0.0
     voltage_kV: float = 300.0
     cs_mm: float = 2.7
     amplitude_contrast: float = 0.07
@@ -87,24 +89,43 @@ class GaussianSettings:
     def init_path(self) -> Path | None:
         return None if str(self.init) in ("sirt", "wbp") else Path(self.init)
 
-    def build_config(self, pixel: float):
-        """The :class:`~taichi_etgs.gaussian.fit.ReconstructConfig` of a new run."""
+    def ctf(self):
+        """The CTF settings (:class:`~taichi_etgs.pipeline.ctf.CtfSettings`)."""
+        from .ctf import CtfSettings
+
+        return CtfSettings(self.defocus_um or None, self.voltage_kV, self.cs_mm,
+                           self.amplitude_contrast)
+
+    def build_config(self, pixel: float, defocus=None):
+        """The :class:`~taichi_etgs.gaussian.fit.ReconstructConfig` of a new run;
+        ``defocus``: the views' :class:`~taichi_etgs.io.defocus.DefocusSeries` (from a
+        file: per view; one value: ``defocus_um``)."""
         from ..gaussian.fit import ReconstructConfig
 
         if self.config is not None:
             config = dataclasses.replace(self.config)
             if self.iterations is not None:
                 config.iterations = int(self.iterations)
-            if config.defocus_um > 0 and not config.pixel_size_A > 0:
+            if config.has_ctf and not config.pixel_size_A > 0:
                 config = dataclasses.replace(config, pixel_size_A=pixel)
             return config
         init = str(self.init) if str(self.init) in ("sirt", "wbp") else "sirt"
+        ctf: dict = {"defocus_um": 0.0}
+        if defocus is not None and defocus.format == "value":
+            ctf["defocus_um"] = float(defocus.defocus_um[0])
+        elif defocus is not None:
+            astig = defocus.astigmatic
+            first = defocus.defocus1_um if astig else defocus.defocus_um
+            ctf["defocus_per_view_um"] = [float(v) for v in first]
+            if astig:
+                ctf["defocus2_per_view_um"] = [float(v) for v in defocus.defocus2_um]
+                ctf["astigmatism_per_view_deg"] = [float(v) for v in defocus.astigmatism_deg]
         return ReconstructConfig(iterations=self.iterations or 600,
                                  max_gaussians=self.max_gaussians,
                                  views_per_step=self.views_per_step,
                                  tilt_weight=self.tilt_weight, seed=self.seed, init=init,
-                                 heldout_every=self.heldout_every, defocus_um=self.defocus_um,
-                                 pixel_size_A=pixel if self.defocus_um > 0 else 0.0,
+                                 heldout_every=self.heldout_every, **ctf,
+                                 pixel_size_A=pixel if defocus is not None else 0.0,
                                  voltage_kV=self.voltage_kV, cs_mm=self.cs_mm,
                                  amplitude_contrast=self.amplitude_contrast)
 
@@ -315,7 +336,16 @@ def run_reconstruct(source: StackSource, target: VolumeTarget,
                              resume_path) from None
         session.tell(f"resuming {resume_path} at iteration {run.iteration}")
     else:
-        config = settings.build_config(pixel)
+        defocus = None
+        if settings.config is None:
+            from .ctf import defocus_of_views
+
+            ctf = settings.ctf()
+            defocus = defocus_of_views(ctf, series, header.n_raw, session)
+            if defocus is not None and not series.pixel_size_A > 0:
+                raise InputError("--defocus needs the pixel size, which the stack's header "
+                                 "does not give: pass --pixel-size", series.source)
+        config = settings.build_config(pixel, defocus)
         initial_volume, params, params_view_scale = _seed(settings, source, shape, session)
         seed_from = config.init if initial_volume is None and params is None else settings.init
         session.start_compute()
