@@ -167,6 +167,10 @@ def test_reconstruct_with_a_defocus_file_keeps_it_in_the_state(ctf_stack, tmp_pa
                          "--arch", "cpu"], capsys)
     assert code == 0, err
     assert load_state(state).config["defocus_per_view_um"] == config["defocus_per_view_um"]
+    # A --defocus given with --resume is said to be unused.
+    code, _, err = _run(["reconstruct", "--resume", state, "--iterations", 5, "--force",
+                         "--defocus", 3, "--arch", "cpu"], capsys)
+    assert code == 0 and "--defocus 3.0 is not used" in err, err
 
 
 def test_per_view_defocus_reaches_each_views_prediction(taichi_cpu):

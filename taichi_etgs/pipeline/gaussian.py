@@ -319,6 +319,9 @@ def run_reconstruct(source: StackSource, target: VolumeTarget,
     if state is not None:
         check_resume(state, resume_path, source, shape, checksum, force)
         config = saved_config(state, resume_path, ReconstructConfig, session)
+        if settings.config is None and settings.ctf().active:
+            session.warn(f"{resume_path}: --defocus {settings.defocus_um} is not used: a "
+                         f"resumed run keeps the CTF it was started with")
         if settings.iterations is not None:
             if settings.iterations < state.iteration:
                 session.warn(f"{resume_path}: the run is already at iteration "
