@@ -86,12 +86,12 @@ def ctf_2d(shape_yx: tuple[int, int], pixel_size_A: float, defocus_um: float,
     CTF, negative at low frequency (dark contrast for positive phase). [ny, nx // 2 + 1]
     """
     lam = electron_wavelength_A(voltage_kV)
-    ky = np.fft.fftfreq(shape_yx[0], d=pixel_size_A)[:, None]
-    kx = np.fft.rfftfreq(shape_yx[1], d=pixel_size_A)[None, :]
-    k2 = ky ** 2 + kx ** 2
+    k2 = _frequencies(shape_yx, pixel_size_A) ** 2
     df = float(defocus_um) * 1e4
     if defocus2_um is not None and float(defocus2_um) != float(defocus_um):
         d1, d2 = df, float(defocus2_um) * 1e4
+        ky = np.fft.fftfreq(shape_yx[0], d=pixel_size_A)[:, None]
+        kx = np.fft.rfftfreq(shape_yx[1], d=pixel_size_A)[None, :]
         phi = np.arctan2(ky, kx)
         df = 0.5 * (d1 + d2) + 0.5 * (d1 - d2) * np.cos(2.0 * (phi - np.radians(
             float(astigmatism_deg))))
