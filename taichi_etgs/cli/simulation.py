@@ -25,6 +25,12 @@ from .options import parse_int_triple, parse_tilt_range, runtime_options
                    "the former MIN,MAX,STEP still works).")
 @click.option("--dose-symmetric", is_flag=True,
               help="Acquire in the dose-symmetric order (dose accumulates accordingly).")
+@click.option("--tilt-order", type=click.Choice(["sequential", "bidirectional",
+                                                 "dose-symmetric"]), default=None,
+              help="Acquisition order (instead of --dose-symmetric) [default: sequential, "
+                   "from the lowest tilt].")
+@click.option("--tilt-start", type=float, default=None, metavar="DEG",
+              help="Start angle of a bidirectional or dose-symmetric order [default: 0].")
 @click.option("--dose", type=float, default=120.0, show_default=True,
               help="Total dose in e/A^2, split evenly over the views.")
 @click.option("--noise", type=click.Choice(["gaussian", "physical", "none"]), default="gaussian",
@@ -52,8 +58,9 @@ from .options import parse_int_triple, parse_tilt_range, runtime_options
               help="Seed: the same seed gives the same files.")
 @click.option("--force", is_flag=True, help="Overwrite earlier files in the folder.")
 @runtime_options
-def simulate(output_dir, shape, pixel_size, tilt_range, dose_symmetric, dose, noise, snr,
-             defocus, isolated, structures, particles, vesicles, filaments, seed, force):
+def simulate(output_dir, shape, pixel_size, tilt_range, dose_symmetric, tilt_order, tilt_start,
+             dose, noise, snr, defocus, isolated, structures, particles, vesicles, filaments,
+             seed, force):
     """Simulate a tilt series with its ground truth (to test and compare methods).
 
     The specimen (macromolecules, vesicles, filaments in ice) is built and projected on a
@@ -72,7 +79,8 @@ def simulate(output_dir, shape, pixel_size, tilt_range, dose_symmetric, dose, no
     t_min, t_max, t_step = parse_tilt_range(tilt_range, "--tilt-range", old_commas=True)
     config = SimulationConfig(shape_zyx=shape_zyx, pixel_size_A=pixel_size, tilt_min_deg=t_min,
                               tilt_max_deg=t_max, tilt_step_deg=t_step,
-                              dose_symmetric=dose_symmetric, total_dose_e_per_A2=dose,
+                              dose_symmetric=dose_symmetric, tilt_order=tilt_order or "",
+                              tilt_start_deg=tilt_start, total_dose_e_per_A2=dose,
                               noise=noise, snr=snr, defocus_um=defocus, isolated=isolated,
                               structures=tuple(str(p) for p in structures),
                               n_particles=particles, n_vesicles=vesicles, n_filaments=filaments,

@@ -80,7 +80,8 @@ def _parse_mdoc(path: str | PathLike) -> tuple[Path, dict, np.ndarray]:
             if z in sections:
                 raise InputError(f"[ZValue = {z}] appears twice (first on line "
                                  f"{sections[z]['line']})", p, number)
-            current = {"line": number, "tilt": None, "tilt_line": None, "spacing": None}
+            current = {"line": number, "tilt": None, "tilt_line": None, "spacing": None,
+                       "ExposureDose": None, "PriorRecordDose": None, "DateTime": None}
             sections[z] = current
             continue
         key, sep, value = text.partition("=")
@@ -108,6 +109,14 @@ def _parse_mdoc(path: str | PathLike) -> tuple[Path, dict, np.ndarray]:
             if tilt is None:
                 raise InputError(f"TiltAngle '{value}' is not a number", p, number)
             current["tilt"], current["tilt_line"] = tilt, number
+        elif key in ("ExposureDose", "PriorRecordDose") and current is not None:
+            dose = parse_float(value.split()[0]) if value.split() else None
+            if dose is None or not np.isfinite(dose) or dose < 0:
+                raise InputError(f"{key} '{value}' is not a number >= 0; expected the "
+                                 f"exposure in electrons per A^2", p, number)
+            current[key] = (dose, number)
+        elif key == "DateTime" and current is not None:
+            current["DateTime"] = (value, number)
     if not sections:
         raise InputError("has no [ZValue = n] sections; expected a SerialEM tilt-series .mdoc",
                          p)
@@ -132,7 +141,12 @@ def _parse_mdoc(path: str | PathLike) -> tuple[Path, dict, np.ndarray]:
         "pixel_spacing_A": global_spacing,
         "z_values": np.array(z_values, dtype=np.int64),
         "tilt_axis_deg": tilt_axis,
+        "path": p,
     }
+    for key, name in (("ExposureDose", "exposure_dose"), ("PriorRecordDose", "prior_dose"),
+                      ("DateTime", "date_time")):
+        entries = [sections[z][key] for z in z_values]
+        result[name] = None if all(e is None for e in entries) else entries
     lines_of_tilts = np.array([sections[z]["tilt_line"] for z in z_values], dtype=np.int64)
     return p, result, lines_of_tilts
 
@@ -156,12 +170,17 @@ def read_mdoc(path: str | PathLike) -> dict:
         IMOD's convention): the median of the sections' ``RotationAngle`` (or
         ``TiltAxisAngle``), else the file header's ``TiltAxisAngle``, else the ``Tilt
         axis angle`` of the ``[T = ...]`` title; None when the file gives none.
+        ``exposure_dose``, ``prior_dose``, ``date_time``: the sections' ``ExposureDose``,
+        ``PriorRecordDose`` (e/A^2) and ``DateTime`` as ``(value, line)`` pairs (None for
+        a section without one), or None when no section has one; read by
+        :func:`taichi_etgs.io.dose.read_dose`.
+        ``path``: the file.
 
     Raises
     ------
     InputError
-        No ZValue sections, a section without TiltAngle, a non-numeric value, a
-        repeated ZValue, or ZValues that do not run 0 to n-1 (line numbers given).
+        No ZValue sections, a section without TiltAngle, a non-numeric value (a
+        negative dose), a repeated ZValue, or ZValues that do not run 0 to n-1 (line numbers given).
     """
     _, result, _ = _parse_mdoc(path)
     return result

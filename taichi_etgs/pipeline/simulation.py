@@ -38,6 +38,7 @@ def run_simulate(config, output_dir: str | PathLike | None = None, *, force: boo
     """
     from ..simulation.simulate import (
         DEFOCUS_FILE,
+        DOSE_FILE,
         OUTPUT_FILES,
         simulate_tilt_series,
         write_simulation,
@@ -49,7 +50,8 @@ def run_simulate(config, output_dir: str | PathLike | None = None, *, force: boo
         out = Path(output_dir)
         if out.exists() and not out.is_dir():
             raise InputError("exists and is not a folder", out)
-        for name in OUTPUT_FILES + ((DEFOCUS_FILE,) if config.noise == "physical" else ()):
+        extra = (DEFOCUS_FILE, DOSE_FILE) if config.noise == "physical" else ()
+        for name in OUTPUT_FILES + extra:
             check_writable(out / name, force, folder_must_exist=False)
     for path in config.structures:
         session.add_input("structure", path)

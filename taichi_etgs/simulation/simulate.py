@@ -63,7 +63,9 @@ __all__ = [
     "STACK_ORDERS",
     "SimulationConfig",
     "SimulationResult",
+    "TILT_ORDERS",
     "TiltScheme",
+    "acquisition_sequence",
     "project_specimen",
     "simulate_tilt_series",
     "specimen_grid_shape",
@@ -73,6 +75,8 @@ __all__ = [
 
 NOISE_MODELS = ("gaussian", "physical", "none")
 STACK_ORDERS = ("angle", "acquisition")
+#: Acquisition orders (:func:`acquisition_sequence`).
+TILT_ORDERS = ("sequential", "bidirectional", "dose-symmetric")
 #: The lateral padding stops growing beyond this tilt (1/cos diverges at 90 deg).
 _MAX_PADDING_TILT_DEG = 80.0
 #: Fine voxels rasterised and projected at once.
@@ -95,6 +99,11 @@ class SimulationConfig:
         +3s, -3s, ...; groups of ``dose_symmetric_group`` alternate sides); otherwise
         from the lowest tilt to the highest.
     dose_symmetric_group: views per group in the dose-symmetric scheme.
+    tilt_order: the acquisition order by name (:data:`TILT_ORDERS`,
+        :func:`acquisition_sequence`); "" takes it from ``dose_symmetric``.
+    tilt_start_deg: the start angle of the bidirectional and dose-symmetric orders (and
+        of a sequential one, which then starts at the end nearer to it); None: 0 (and the
+        lowest tilt for sequential).
     stack_order: "angle" (views sorted by tilt, as after IMOD's newstack) or
         "acquisition" (as recorded); the .tlt file follows the stack.
     total_dose_e_per_A2: total exposure, split evenly over the views.
@@ -122,6 +131,8 @@ class SimulationConfig:
     tilts_deg: tuple[float, ...] | None = None
     dose_symmetric: bool = False
     dose_symmetric_group: int = 2
+    tilt_order: str = ""
+    tilt_start_deg: float | None = None
     stack_order: str = "angle"
     total_dose_e_per_A2: float = 120.0
     noise: str = "gaussian"
@@ -165,6 +176,10 @@ class SimulationConfig:
              f"amplitude contrast must be in [0, 1), got {self.amplitude_contrast}"),
             (self.voltage_kV > 0, f"voltage must be positive, got {self.voltage_kV}"),
             (self.dose_symmetric_group >= 1, "dose-symmetric group size must be >= 1"),
+            (self.tilt_order in ("", *TILT_ORDERS),
+             f"unknown tilt order {self.tilt_order!r}; expected {', '.join(TILT_ORDERS)}"),
+            (self.tilt_start_deg is None or np.isfinite(self.tilt_start_deg),
+             "the start angle must be a finite number"),
             (self.ice_thickness_A is None or self.ice_thickness_A >= 0,
              f"ice thickness must be >= 0, got {self.ice_thickness_A}"),
             (self.mean_free_path_A > 0, "mean free path must be positive"),
@@ -224,9 +239,10 @@ class TiltScheme:
     prior_dose_e_per_A2: np.ndarray
 
 
-def _dose_symmetric_sequence(angles: np.ndarray, group: int) -> list[int]:
+def _dose_symmetric_sequence(angles: np.ndarray, group: int, start_deg: float = 0.0
+                             ) -> list[int]:
     """Indices of ``angles`` (sorted ascending) in the dose-symmetric order."""
-    start = int(np.argmin(np.abs(angles)))
+    start = int(np.argmin(np.abs(angles - start_deg)))
     positive = list(range(start + 1, len(angles)))
     negative = list(range(start - 1, -1, -1))
     sequence = [start]
@@ -239,6 +255,51 @@ def _dose_symmetric_sequence(angles: np.ndarray, group: int) -> list[int]:
         del source[:take]
         take, side = group, 1 - side
     return sequence
+
+
+def acquisition_sequence(angles_deg, order: str = "sequential", *, group: int = 2,
+                         start_deg: float | None = None) -> np.ndarray:
+    """The order in which the views of ``angles_deg`` (any order) were acquired.
+
+    - ``sequential``: from the lowest tilt to the highest; with ``start_deg`` nearer the
+      highest tilt than the lowest, from the highest down.
+    - ``bidirectional``: from the view nearest ``start_deg`` (default 0) to the end of the
+      range farther from it (the negative end on a tie), then from the start's
+      neighbour on the other side to the other end (SerialEM's bidirectional series,
+      whose first half passes through zero when the start is off it).
+    - ``dose-symmetric`` (Hagen): the view nearest ``start_deg`` (default 0), then groups
+      of ``group`` views alternating sides, the first group on the positive side having
+      half as many (0, +s, -s, -2s, +2s, +3s, -3s, ... for ``group`` 2).
+
+    Views at the same angle keep their stack order. Returns the indices into
+    ``angles_deg`` in acquisition order. [n]
+    """
+    angles = np.asarray(angles_deg, dtype=np.float64).reshape(-1)
+    if order not in TILT_ORDERS:
+        raise InputError(f"unknown tilt order {order!r}; expected {', '.join(TILT_ORDERS)}")
+    if int(group) < 1:
+        raise InputError(f"the dose-symmetric group size must be >= 1, got {group}")
+    by_angle = np.argsort(angles, kind="stable")
+    a = angles[by_angle]
+    n = a.size
+    if n == 0:
+        return by_angle
+    if order == "sequential":
+        down = start_deg is not None and abs(a[-1] - start_deg) < abs(a[0] - start_deg)
+        sequence = list(range(n - 1, -1, -1)) if down else list(range(n))
+    elif order == "bidirectional":
+        s0 = 0.0 if start_deg is None else float(start_deg)
+        start = int(np.argmin(np.abs(a - s0)))
+        down = list(range(start, -1, -1))
+        up = list(range(start, n))
+        if a[-1] - a[start] > a[start] - a[0]:
+            sequence = up + down[1:]
+        else:
+            sequence = down + up[1:]
+    else:
+        sequence = _dose_symmetric_sequence(a, int(group),
+                                            0.0 if start_deg is None else float(start_deg))
+    return by_angle[np.asarray(sequence, dtype=np.int64)]
 
 
 def tilt_scheme(config: SimulationConfig) -> TiltScheme:
@@ -257,10 +318,9 @@ def tilt_scheme(config: SimulationConfig) -> TiltScheme:
     if not np.all(np.isfinite(angles)) or np.any(np.abs(angles) >= 90):
         raise InputError("tilt angles must be finite and within (-90, 90) degrees")
     n = angles.size
-    if config.dose_symmetric:
-        sequence = _dose_symmetric_sequence(angles, config.dose_symmetric_group)
-    else:
-        sequence = list(range(n))
+    order = config.tilt_order or ("dose-symmetric" if config.dose_symmetric else "sequential")
+    sequence = acquisition_sequence(angles, order, group=config.dose_symmetric_group,
+                                    start_deg=config.tilt_start_deg)
     rank = np.empty(n, dtype=np.int64)
     rank[sequence] = np.arange(n)
     dose = np.full(n, config.total_dose_e_per_A2 / n)
@@ -469,13 +529,16 @@ def simulate_tilt_series(config: SimulationConfig | None = None, *,
 OUTPUT_FILES = ("tilts.mrc", "tilts.tlt", "ground_truth.mrc", "simulation.json")
 #: Written besides with the physical noise model (the views then carry a CTF).
 DEFOCUS_FILE = "tilts.defocus"
+#: Written besides with the physical noise model: each view's dose and prior dose.
+DOSE_FILE = "tilts.dose"
 
 
 def write_simulation(result: SimulationResult, out_dir: str | PathLike, force: bool = False,
                      ) -> dict[str, Path]:
     """Write ``tilts.mrc``, ``tilts.tlt``, ``ground_truth.mrc`` and ``simulation.json``,
     and with the physical noise model (views with a CTF) ``tilts.defocus``: the defocus
-    of every view in IMOD's format (``--defocus tilts.defocus``).
+    of every view in IMOD's format (``--defocus tilts.defocus``), and ``tilts.dose``: the
+    dose of every view and the dose before it, e/A^2 (``--dose tilts.dose``).
 
     The folder is created if needed. Nothing is written when any of the files exists and
     ``force`` is False. Each file is written atomically.
@@ -494,7 +557,8 @@ def write_simulation(result: SimulationResult, out_dir: str | PathLike, force: b
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise InputError("exists and is not a folder", out)
-    names = OUTPUT_FILES + ((DEFOCUS_FILE,) if result.config.get("noise") == "physical" else ())
+    names = OUTPUT_FILES + ((DEFOCUS_FILE, DOSE_FILE) if result.config.get("noise") == "physical"
+                            else ())
     paths = {name: out / name for name in names}
     for path in paths.values():
         check_writable(path, force, folder_must_exist=False)
@@ -514,6 +578,11 @@ def write_simulation(result: SimulationResult, out_dir: str | PathLike, force: b
         n = len(result.tilts_deg)
         write_imod_defocus(paths[DEFOCUS_FILE], result.tilts_deg,
                            np.full(n, float(cfg["defocus_um"])))
+    if DOSE_FILE in paths:
+        from ..io.dose import write_dose
+
+        write_dose(paths[DOSE_FILE], result.info["dose_e_per_A2"],
+                   result.info["prior_dose_e_per_A2"])
     document = {"software": f"taichi-etgs {__version__}", "seed": cfg.get("seed"),
                 "pixel_size_A": result.pixel_size_A,
                 "shape_zyx": list(result.ground_truth.shape),
