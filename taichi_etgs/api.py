@@ -64,12 +64,19 @@ def _ctf(defocus, voltage_kV, cs_mm, amplitude_contrast):
     return CtfSettings(defocus, voltage_kV, cs_mm, amplitude_contrast)
 
 
+def _dose(dose, dose_per_tilt, tilt_order, tilt_start, tilt_group):
+    from .pipeline.dose import DoseSettings
+
+    return DoseSettings(dose, dose_per_tilt, tilt_order, tilt_start, tilt_group)
+
+
 def wbp(stack, angles=None, *, thickness: int, output=None, width: int | None = None,
         binning: int = 1, contrast: str = "dark", output_contrast: str = "input",
         pixel_size: float | None = None, radial: tuple[float, float] = (0.35, 0.035),
         fake_sirt: int = 0, defocus=None, voltage_kV: float = 300.0, cs_mm: float = 2.7,
-        amplitude_contrast: float = 0.07, force: bool = False, arch: str | None = None,
-        threads: int | None = None, **read: Any):
+        amplitude_contrast: float = 0.07, dose=None, dose_per_tilt: float | None = None,
+        tilt_order: str | None = None, tilt_start: float | None = None, tilt_group: int = 2,
+        force: bool = False, arch: str | None = None, threads: int | None = None, **read: Any):
     """Weighted back-projection (``taichi-etgs wbp``).
 
     stack, angles: the tilt series (see the module docstring).
@@ -79,6 +86,10 @@ def wbp(stack, angles=None, *, thickness: int, output=None, width: int | None = 
     radial, fake_sirt: the filter (IMOD's radial cutoff and falloff; FakeSIRTiterations).
     defocus, voltage_kV, cs_mm, amplitude_contrast: the CTF (``--defocus``: micrometres of
         underfocus or a defocus file; None: none): the views are phase-flipped first.
+    dose, dose_per_tilt, tilt_order, tilt_start, tilt_group: the views' exposure
+        (``--dose``: an .mdoc or a DOSE PRIOR_DOSE file; or e/A^2 per view with the
+        acquisition order, :class:`~taichi_etgs.pipeline.dose.DoseSettings`): the views
+        are exposure-filtered.
     read: more reading options (``xf``, ``aln``, ``apply_aln``, ``aligned``,
         ``exclude_views``).
 
@@ -90,14 +101,18 @@ def wbp(stack, angles=None, *, thickness: int, output=None, width: int | None = 
     return run_wbp(_source(stack, angles, pixel_size, contrast, dict(read, binning=binning)),
                    _target(thickness, output, width, output_contrast, force),
                    radial=radial, fake_sirt=fake_sirt,
-                   ctf=_ctf(defocus, voltage_kV, cs_mm, amplitude_contrast), session=session)
+                   ctf=_ctf(defocus, voltage_kV, cs_mm, amplitude_contrast),
+                   dose=_dose(dose, dose_per_tilt, tilt_order, tilt_start, tilt_group),
+                   session=session)
 
 
 def sirt(stack, angles=None, *, thickness: int, output=None, iterations: int = 20,
          relaxation: float = 1.0, positivity: bool = False, width: int | None = None,
          binning: int = 1, contrast: str = "dark", output_contrast: str = "input",
          pixel_size: float | None = None, defocus=None, voltage_kV: float = 300.0,
-         cs_mm: float = 2.7, amplitude_contrast: float = 0.07, force: bool = False,
+         cs_mm: float = 2.7, amplitude_contrast: float = 0.07, dose=None,
+         dose_per_tilt: float | None = None, tilt_order: str | None = None,
+         tilt_start: float | None = None, tilt_group: int = 2, force: bool = False,
          arch: str | None = None, threads: int | None = None, **read: Any):
     """SIRT (``taichi-etgs sirt``); arguments as :func:`wbp`, and ``iterations``,
     ``relaxation`` (in (0, 2)) and ``positivity``.
@@ -110,7 +125,9 @@ def sirt(stack, angles=None, *, thickness: int, output=None, iterations: int = 2
     return run_sirt(_source(stack, angles, pixel_size, contrast, dict(read, binning=binning)),
                     _target(thickness, output, width, output_contrast, force),
                     iterations=iterations, relaxation=relaxation, positivity=positivity,
-                    ctf=_ctf(defocus, voltage_kV, cs_mm, amplitude_contrast), session=session)
+                    ctf=_ctf(defocus, voltage_kV, cs_mm, amplitude_contrast),
+                    dose=_dose(dose, dose_per_tilt, tilt_order, tilt_start, tilt_group),
+                    session=session)
 
 
 def reconstruct(stack, angles=None, *, thickness: int, output=None,
@@ -127,7 +144,9 @@ def reconstruct(stack, angles=None, *, thickness: int, output=None,
     settings: :class:`~taichi_etgs.pipeline.gaussian.GaussianSettings` fields:
         ``iterations``, ``max_gaussians``, ``views_per_step``, ``init``, ``tilt_weight``,
         ``seed``, ``heldout_every``, ``defocus_um`` (micrometres, or a defocus file; and
-        ``voltage_kV``, ``cs_mm``, ``amplitude_contrast``), ``voxel_size``, ``halves``,
+        ``voltage_kV``, ``cs_mm``, ``amplitude_contrast``), ``dose`` (an .mdoc or DOSE
+        PRIOR_DOSE file) or ``dose_per_tilt`` with ``tilt_order``, ``tilt_start``,
+        ``tilt_group`` (the views' exposure filter in the model), ``voxel_size``, ``halves``,
         ``state`` (default with an output: OUTPUT.state.h5), ``save_every``, ``resume``,
         or ``config`` (a whole :class:`~taichi_etgs.gaussian.fit.ReconstructConfig`).
 

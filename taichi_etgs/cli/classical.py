@@ -8,6 +8,7 @@ from ..pipeline.classical import run_sirt, run_wbp
 from .app import cli, command, session
 from .options import (
     ctf_options,
+    dose_options,
     parse_radial,
     runtime_options,
     stack_options,
@@ -15,6 +16,7 @@ from .options import (
 )
 
 _FLIP = ": the views are phase-flipped first, in strips along the tilt axis"
+_DOSE = ": the views are exposure-filtered (Grant & Grigorieff's critical exposure)"
 
 
 @cli.command()
@@ -29,15 +31,17 @@ _FLIP = ": the views are phase-flipped first, in strips along the tilt axis"
               help="Shape the filter like N SIRT iterations (IMOD's FakeSIRTiterations): "
                    "smoother, higher-contrast tomograms. 0 = plain weighted back-projection.")
 @ctf_options(note=_FLIP)
+@dose_options(note=_DOSE)
 @runtime_options
-def wbp(source, target, radial, fake_sirt, ctf):
+def wbp(source, target, radial, fake_sirt, ctf, dose):
     """Weighted back-projection of STACK into a tomogram (fast; the classical baseline).
 
     STACK is an MRC tilt series (.mrc, .st, .ali; one view per section) with the tilt
     axis along Y: aligned (IMOD .ali) or aligned on load with --xf or --aln --apply-aln.
 
     Each view is filtered with the ramp times IMOD's radial low-pass, then smeared back
-    through the volume (with --defocus, phase-flipped first, as IMOD's ctfphaseflip).
+    through the volume (with --defocus, phase-flipped first, as IMOD's ctfphaseflip; with
+    --dose or --dose-per-tilt, exposure-filtered).
     Seconds to minutes; sharp but noisy and streaky along the missing wedge. The memory
     it needs is checked before it starts (-v shows the estimate).
 
@@ -46,7 +50,7 @@ def wbp(source, target, radial, fake_sirt, ctf):
       taichi-etgs wbp TS_01.ali --angles TS_01.tlt --binning 4 --thickness 300 -o TS_01_wbp.mrc
     """
     run_wbp(source, target, radial=parse_radial(radial), fake_sirt=fake_sirt, ctf=ctf,
-            session=session())
+            dose=dose, session=session())
 
 
 @cli.command()
@@ -62,8 +66,9 @@ def wbp(source, target, radial, fake_sirt, ctf):
               help="Clamp negative density to zero each iteration (only meaningful when the "
                    "background is zero, e.g. isolated simulated specimens).")
 @ctf_options(note=_FLIP)
+@dose_options(note=_DOSE)
 @runtime_options
-def sirt(source, target, iterations, relaxation, positivity, ctf):
+def sirt(source, target, iterations, relaxation, positivity, ctf, dose):
     """SIRT reconstruction of STACK (row- and column-normalised, from zero).
 
     STACK is an MRC tilt series with the tilt axis along Y, as for wbp.
@@ -79,4 +84,4 @@ def sirt(source, target, iterations, relaxation, positivity, ctf):
           --iterations 20 -o TS_01_sirt.mrc
     """
     run_sirt(source, target, iterations=iterations, relaxation=relaxation,
-             positivity=positivity, ctf=ctf, session=session())
+             positivity=positivity, ctf=ctf, dose=dose, session=session())

@@ -19,9 +19,9 @@ from click.core import ParameterSource
 from ..errors import InputError
 from .app import session, warn
 
-__all__ = ["ctf_options", "given_options", "parse_angles", "parse_int_triple", "parse_radial",
-           "parse_size", "parse_tilt_range", "require", "runtime_options", "stack_options",
-           "volume_options"]
+__all__ = ["ctf_options", "dose_options", "given_options", "parse_angles", "parse_int_triple",
+           "parse_radial", "parse_size", "parse_tilt_range", "require", "runtime_options",
+           "stack_options", "volume_options"]
 
 STACK_NAMES = ("stack", "angles", "xf", "aln", "apply_aln", "aligned", "exclude_views",
                "binning", "pixel_size", "contrast")
@@ -150,13 +150,53 @@ def ctf_options(func=None, *, note: str = ""):
                           "phase-flipped or CTF-corrected stacks]."),
         click.option("--voltage", "voltage_kV", type=click.FloatRange(min=1), default=300.0,
                      show_default=True, metavar="KV", help="Acceleration voltage (with "
-                                                           "--defocus)."),
+                                                           "--defocus or a dose)."),
         click.option("--cs", "cs_mm", type=click.FloatRange(min=0), default=2.7,
                      show_default=True, metavar="MM",
                      help="Spherical aberration (with --defocus)."),
         click.option("--amplitude-contrast", type=click.FloatRange(min=0, max=0.99),
                      default=0.07, show_default=True, metavar="W",
                      help="Amplitude contrast (with --defocus)."),
+    ]
+    for decorator in reversed(decorators):
+        wrapper = decorator(wrapper)
+    return wrapper
+
+
+TILT_ORDERS = ("sequential", "bidirectional", "dose-symmetric")
+
+
+def dose_options(func=None, *, note: str = ""):
+    """--dose FILE, --dose-per-tilt, --tilt-order, --tilt-start, --tilt-group; the command
+    receives them as ``dose`` (:class:`~taichi_etgs.pipeline.dose.DoseSettings`)."""
+    if func is None:
+        return functools.partial(dose_options, note=note)
+
+    @functools.wraps(func)
+    def wrapper(*args, dose_file, dose_per_tilt, tilt_order, tilt_start, tilt_group, **kwargs):
+        from ..pipeline.dose import DoseSettings
+
+        return func(*args, dose=DoseSettings(dose_file, dose_per_tilt, tilt_order, tilt_start,
+                                             tilt_group), **kwargs)
+
+    decorators = [
+        click.option("--dose", "dose_file", type=click.Path(dir_okay=False, path_type=Path),
+                     default=None, metavar="FILE",
+                     help="Each view's exposure: a SerialEM .mdoc (ExposureDose, "
+                          "PriorRecordDose or DateTime) or a DOSE PRIOR_DOSE file (e/A^2 per "
+                          "line, as simulate writes tilts.dose)" + note + "."),
+        click.option("--dose-per-tilt", type=click.FloatRange(min=0), default=None,
+                     metavar="E", help="The exposure of every view, e/A^2 (instead of "
+                                       "--dose FILE); the prior dose from --tilt-order."),
+        click.option("--tilt-order", type=click.Choice(TILT_ORDERS), default=None,
+                     help="Acquisition order, for --dose-per-tilt (or an .mdoc without "
+                          "PriorRecordDose and DateTime) [default: sequential, from the "
+                          "lowest tilt]."),
+        click.option("--tilt-start", type=float, default=None, metavar="DEG",
+                     help="Start angle of a bidirectional or dose-symmetric order "
+                          "[default: 0]."),
+        click.option("--tilt-group", type=click.IntRange(min=1), default=2, show_default=True,
+                     metavar="N", help="Views per group of the dose-symmetric order."),
     ]
     for decorator in reversed(decorators):
         wrapper = decorator(wrapper)

@@ -211,5 +211,5 @@ def write_dose(path: str | PathLike, dose_e_per_A2, prior_dose_e_per_A2) -> None
     dose = np.asarray(dose_e_per_A2, dtype=np.float64)
     prior = np.asarray(prior_dose_e_per_A2, dtype=np.float64)
     out = ["# dose prior_dose (e/A^2), one line per view in stack order"]
-    out += [f"{d:.6g} {q:.6g}" for d, q in zip(dose, prior)]
+    out += [f"{d:.8g} {q:.8g}" for d, q in zip(dose, prior)]
     write_text_atomic(path, "\n".join(out) + "\n")

@@ -11,6 +11,7 @@ import numpy as np
 from ..errors import InputError
 from . import inputs, sizes
 from .ctf import CtfSettings, phase_flip
+from .dose import DoseSettings, exposure_filter
 from .inputs import StackSource
 from .outputs import check_writable
 from .session import Session
@@ -69,21 +70,31 @@ def _radial(radial: Sequence[float]) -> tuple[float, float]:
     return cutoff, falloff
 
 
-def _flipped_views(source: StackSource, series, ctf, session: Session):
+def _flipped_views(source: StackSource, series, ctf, session: Session, dose=None):
     """Unit views (:func:`~taichi_etgs.pipeline.inputs.unit_views`), phase-flipped with
-    ``ctf`` (:class:`~taichi_etgs.pipeline.ctf.CtfSettings`) when it has a defocus; their
-    scale and what the sidecar records of the CTF."""
+    ``ctf`` (:class:`~taichi_etgs.pipeline.ctf.CtfSettings`) when it has a defocus, then
+    exposure-filtered with ``dose`` (:class:`~taichi_etgs.pipeline.dose.DoseSettings`) when
+    it gives the views' exposure; their scale and what the sidecar records of both."""
     views, scale = inputs.unit_views(series, source.contrast)
-    if ctf is None or not ctf.active:
+    ctf_active = ctf is not None and ctf.active
+    dose_active = dose is not None and dose.active
+    if not (ctf_active or dose_active):
         return views, scale, {}
     n_raw = series.n_tilts if source.in_memory else inputs.peek(source).n_raw
-    views, info = phase_flip(views, series, ctf, n_raw, series.pixel_size_A, session)
+    info: dict = {}
+    if ctf_active:
+        views, info = phase_flip(views, series, ctf, n_raw, series.pixel_size_A, session)
+    if dose_active:
+        voltage = ctf.voltage_kV if ctf is not None else 300.0
+        views, dose_info = exposure_filter(views, series, dose, n_raw, series.pixel_size_A,
+                                           voltage, session)
+        info = {**info, **dose_info}
     return views, scale, info
 
 
 def run_wbp(source: StackSource, target: VolumeTarget, *,
             radial: Sequence[float] = (0.35, 0.035), fake_sirt: int = 0,
-            ctf: CtfSettings | None = None,
+            ctf: CtfSettings | None = None, dose: DoseSettings | None = None,
             session: Session | None = None) -> TomogramResult:
     """Weighted back-projection of a tilt series into a tomogram.
 
@@ -96,6 +107,9 @@ def run_wbp(source: StackSource, target: VolumeTarget, *,
     fake_sirt: shape the filter like this many SIRT iterations (0: plain WBP).
     ctf: with a defocus (one value or a file), the views are phase-flipped first, in strips
         along the tilt axis (:mod:`taichi_etgs.classical.phaseflip`).
+    dose: with the views' exposure (a file or a dose per view with the acquisition order),
+        the views are exposure-filtered (:mod:`taichi_etgs.classical.doseweight`), after
+        the phase flip.
     session: where messages go and what is recorded (default: logging, no sidecar).
 
     Returns
@@ -114,7 +128,7 @@ def run_wbp(source: StackSource, target: VolumeTarget, *,
     if int(fake_sirt) < 0:
         raise InputError(f"--fake-sirt must be >= 0, got {fake_sirt}")
     series, shape = prepare("wbp", source, target, session)
-    views, scale, ctf_info = _flipped_views(source, series, ctf, session)
+    views, scale, ctf_info = _flipped_views(source, series, ctf, session, dose)
     session.start_compute()
     start = time.perf_counter()
     volume = weighted_back_projection(views, series.tilts_deg, shape[0], radial=radial_pair,
@@ -128,13 +142,13 @@ def run_wbp(source: StackSource, target: VolumeTarget, *,
 
 def run_sirt(source: StackSource, target: VolumeTarget, *, iterations: int = 20,
              relaxation: float = 1.0, positivity: bool = False,
-             ctf: CtfSettings | None = None,
+             ctf: CtfSettings | None = None, dose: DoseSettings | None = None,
              session: Session | None = None) -> TomogramResult:
     """SIRT of a tilt series (row- and column-normalised, from zero).
 
     Parameters
     ----------
-    source, target, ctf, session: as :func:`run_wbp`.
+    source, target, ctf, dose, session: as :func:`run_wbp`.
     iterations: SIRT iterations (10-30 is usual).
     relaxation: step size, in (0, 2).
     positivity: clamp negative density to zero each iteration.
@@ -152,7 +166,7 @@ def run_sirt(source: StackSource, target: VolumeTarget, *, iterations: int = 20,
     if int(iterations) < 1:
         raise InputError(f"--iterations must be at least 1, got {iterations}")
     series, shape = prepare("sirt", source, target, session)
-    views, scale, ctf_info = _flipped_views(source, series, ctf, session)
+    views, scale, ctf_info = _flipped_views(source, series, ctf, session, dose)
     session.start_compute()
     start = time.perf_counter()
     with session.progress(iterations, "SIRT") as bar:
