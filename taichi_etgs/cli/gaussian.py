@@ -13,6 +13,7 @@ from .options import (
     STACK_NAMES,
     VOLUME_NAMES,
     ctf_options,
+    dose_options,
     given_options,
     require,
     runtime_options,
@@ -68,10 +69,12 @@ _REQUIRED_NOTE = " Required unless --resume (the state knows it)."
                    "model that predicts them best is written (early stop). 0: fit all views.")
 @ctf_options(note=": the CTF goes into the model, so that it fits the specimen's "
                   "potential, not a CTF-filtered image of it")
+@dose_options(note=": each view's exposure filter goes into the model, which predicts the "
+                   "damage later views carry")
 @runtime_options
 def reconstruct(source, target, iterations, max_gaussians, views_per_step, init, tilt_weight,
                 seed, state_path, save_every, resume_path, voxel_size, halves, heldout_every,
-                ctf):
+                ctf, dose):
     """Reconstruct STACK as adaptive 3D Gaussians (the CryoETGS method).
 
     STACK is an MRC tilt series with the tilt axis along Y, as for wbp.
@@ -106,6 +109,9 @@ def reconstruct(source, target, iterations, max_gaussians, views_per_step, init,
         iterations=iterations, max_gaussians=max_gaussians, views_per_step=views_per_step,
         init=init, tilt_weight=tilt_weight, seed=seed, heldout_every=heldout_every,
         defocus_um=ctf.defocus or 0.0, voltage_kV=ctf.voltage_kV, cs_mm=ctf.cs_mm,
-        amplitude_contrast=ctf.amplitude_contrast, voxel_size=voxel_size, halves=halves,
+        amplitude_contrast=ctf.amplitude_contrast, dose=dose.dose,
+        dose_per_tilt=dose.dose_per_tilt, tilt_order=dose.tilt_order,
+        tilt_start=dose.tilt_start_deg, tilt_group=dose.tilt_group, voxel_size=voxel_size,
+        halves=halves,
         state=state_path, save_every=save_every, resume=resume_path)
     run_reconstruct(source, target, settings, session=session())

@@ -85,7 +85,11 @@ class ReconstructConfig:
         the defocus along the azimuth, the defocus across it, and the azimuth (degrees
         from image X towards +Y). Lists, so that the state file records them (JSON).
     pixel_size_A, voltage_kV, cs_mm, amplitude_contrast: the rest of the CTF's constants
-        (the pixel size is needed with a defocus).
+        (the pixel size is needed with a defocus or an exposure).
+    exposure_per_view_e_per_A2: the exposure each view carries (prior dose + half its own,
+        e/A^2, a list in the order of the views, :mod:`taichi_etgs.io.dose`): each
+        rendered view is filtered with its exposure filter too (Grant & Grigorieff's
+        critical exposure, docs/method.md "Dose"); None: none.
     lr_scale: multiplies every learning rate (the rollback after a NaN halves it).
     seed: seeds the initialisation, the view order and densification.
     """
@@ -116,6 +120,7 @@ class ReconstructConfig:
     defocus_per_view_um: list | None = None
     defocus2_per_view_um: list | None = None
     astigmatism_per_view_deg: list | None = None
+    exposure_per_view_e_per_A2: list | None = None
     pixel_size_A: float = 0.0
     voltage_kV: float = 300.0
     cs_mm: float = 2.7
@@ -146,6 +151,15 @@ class ReconstructConfig:
             (self.tv_patch >= 4, "the TV patch must be >= 4 voxels"),
             (self.defocus_um >= 0, "the defocus is an underfocus in micrometres, >= 0"),
             (not self.has_ctf or self.pixel_size_A > 0, "a CTF (defocus) needs the pixel size"),
+            (self.exposure_per_view_e_per_A2 is None or self.pixel_size_A > 0,
+             "an exposure filter (dose) needs the pixel size"),
+            (self.exposure_per_view_e_per_A2 is None
+             or (np.isfinite(self.exposure_per_view_e_per_A2).all()
+                 and min(self.exposure_per_view_e_per_A2, default=0) >= 0),
+             "per-view exposures must be finite numbers >= 0"),
+            (self.exposure_per_view_e_per_A2 is None or self.defocus_per_view_um is None
+             or len(self.exposure_per_view_e_per_A2) == len(self.defocus_per_view_um),
+             "per-view exposure and defocus must have one value per view"),
             (self.defocus2_per_view_um is None or self.defocus_per_view_um is not None,
              "a second defocus per view needs the first (defocus_per_view_um)"),
             (len({len(v) for v in (self.defocus_per_view_um, self.defocus2_per_view_um,
@@ -168,8 +182,14 @@ class ReconstructConfig:
         """Whether the CTF is in the forward model (a defocus, one or per view)."""
         return self.defocus_um > 0 or self.defocus_per_view_um is not None
 
+    @property
+    def has_view_filter(self) -> bool:
+        """Whether the views are filtered in the forward model (a CTF, an exposure or both)."""
+        return self.has_ctf or self.exposure_per_view_e_per_A2 is not None
+
     def microscope(self):
-        """The CTF's constants (:class:`~taichi_etgs.gaussian.transfer.Microscope`)."""
+        """The CTF's and the exposure's constants
+        (:class:`~taichi_etgs.gaussian.transfer.Microscope`)."""
         from .transfer import Microscope
 
         defocus = (self.defocus_um if self.defocus_per_view_um is None
@@ -179,10 +199,14 @@ class ReconstructConfig:
                           None if self.defocus2_per_view_um is None
                           else tuple(self.defocus2_per_view_um),
                           None if self.astigmatism_per_view_deg is None
-                          else tuple(self.astigmatism_per_view_deg))
+                          else tuple(self.astigmatism_per_view_deg),
+                          None if self.exposure_per_view_e_per_A2 is None
+                          else tuple(self.exposure_per_view_e_per_A2),
+                          ctf=self.has_ctf)
 
     def select_views(self, index) -> ReconstructConfig:
-        """The settings for the views ``index`` of the series (per-view defocus picked)."""
+        """The settings for the views ``index`` of the series (per-view defocus and
+        exposure picked)."""
         index = np.asarray(index, dtype=np.int64)
 
         def pick(v):
@@ -190,7 +214,9 @@ class ReconstructConfig:
 
         return dataclasses.replace(self, defocus_per_view_um=pick(self.defocus_per_view_um),
                                    defocus2_per_view_um=pick(self.defocus2_per_view_um),
-                                   astigmatism_per_view_deg=pick(self.astigmatism_per_view_deg))
+                                   astigmatism_per_view_deg=pick(self.astigmatism_per_view_deg),
+                                   exposure_per_view_e_per_A2=pick(
+                                       self.exposure_per_view_e_per_A2))
 
     def densify_config(self):
         """The densification settings (:class:`taichi_etgs.gaussian.densify.DensifyConfig`)."""
@@ -373,13 +399,13 @@ class GaussianReconstruction:
         self.train = np.setdiff1d(np.arange(n_tilts), self.heldout)
         self.nu = nu
         self.ctf = None
-        if self.config.has_ctf:
+        if self.config.has_view_filter:
             from .transfer import ViewFilter
 
             microscope = self.config.microscope()
             if microscope.n_views not in (None, n_tilts):
-                raise InputError(f"the defocus is given for {microscope.n_views} views but "
-                                 f"there are {n_tilts}")
+                raise InputError(f"the defocus or exposure is given for {microscope.n_views} "
+                                 f"views but there are {n_tilts}")
             self.ctf = ViewFilter(microscope, (ny, nu))
         # The slab is found in the row averages before anything else, so that the units,
         # the SSIM range and the seed volume are those of the specimen, not of slab edges.

@@ -14,6 +14,13 @@ zero border would ring through the CTF wherever the ice meets it (a slab's proje
 hundreds of times the specimen's contrast). The operator is linear and its transpose is
 the same chain in reverse, the padding's transpose folding the border back:
 :meth:`ViewFilter.apply` and :meth:`ViewFilter.adjoint`.
+
+With the views' exposure (:attr:`Microscope.exposure_e_per_A2`) each view's filter is its
+CTF times its exposure filter (Grant & Grigorieff's critical exposure,
+:func:`~taichi_etgs.simulation.imaging.exposure_filter`): later views are predicted with
+the high-resolution signal they have lost, and the filter stays real and even, so the
+adjoint stays exact (docs/method.md, "Dose"). Without a CTF (``ctf=False``) the filter is
+the exposure filter alone.
 """
 
 from __future__ import annotations
@@ -32,6 +39,8 @@ class Microscope:
     pixel size (A), and optionally the astigmatism per view: ``defocus_um`` is then the
     defocus along the azimuth ``astigmatism_deg`` (from image X towards +Y) and
     ``defocus2_um`` the defocus across it (:func:`~taichi_etgs.simulation.imaging.ctf_2d`).
+    ``exposure_e_per_A2``: the exposure each view carries (one value or one per view,
+    e/A^2; None: no exposure filter); ``ctf``: False for an exposure filter without a CTF.
     """
 
     defocus_um: float | tuple
@@ -41,21 +50,25 @@ class Microscope:
     amplitude_contrast: float = 0.07
     defocus2_um: tuple | None = None
     astigmatism_deg: tuple | None = None
+    exposure_e_per_A2: float | tuple | None = None
+    ctf: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("defocus_um", "defocus2_um", "astigmatism_deg"):
+        for name in ("defocus_um", "defocus2_um", "astigmatism_deg", "exposure_e_per_A2"):
             value = getattr(self, name)
             if value is not None and np.ndim(value) > 0:
                 object.__setattr__(self, name, tuple(float(v) for v in np.ravel(value)))
-        sizes = {len(v) for v in (self.defocus_um, self.defocus2_um, self.astigmatism_deg)
-                 if isinstance(v, tuple)}
+        sizes = {len(v) for v in (self.defocus_um, self.defocus2_um, self.astigmatism_deg,
+                                  self.exposure_e_per_A2) if isinstance(v, tuple)}
         if len(sizes) > 1:
-            raise ValueError(f"per-view defocus and astigmatism of different lengths {sizes}")
+            raise ValueError(f"per-view defocus, astigmatism and exposure of different "
+                             f"lengths {sizes}")
 
     @property
     def n_views(self) -> int | None:
         """The number of views the constants are given for (None: one for all)."""
-        for v in (self.defocus_um, self.defocus2_um, self.astigmatism_deg):
+        for v in (self.defocus_um, self.defocus2_um, self.astigmatism_deg,
+                  self.exposure_e_per_A2):
             if isinstance(v, tuple):
                 return len(v)
         return None
@@ -70,10 +83,18 @@ class Microscope:
         return (pick(self.defocus_um, 0.0), pick(self.defocus2_um, None),
                 pick(self.astigmatism_deg, 0.0))
 
+    def exposure(self, t: int) -> float | None:
+        """The exposure of view ``t`` (e/A^2), or None without an exposure filter."""
+        e = self.exposure_e_per_A2
+        if e is None:
+            return None
+        return float(e[t]) if isinstance(e, tuple) else float(e)
+
 
 class ViewFilter:
     """The CTF of positive-density views, ``H = -CTF`` (density views are negated images),
-    applied to mean-free views with mirror padding (at most one pixel less than the view).
+    times the view's exposure filter when the exposure is given, applied to mean-free views
+    with mirror padding (at most one pixel less than the view).
 
     With per-view constants (:attr:`Microscope.n_views`) every method takes ``index``, the
     views (of the series) that the first axis of its argument holds; default all of them.
@@ -93,15 +114,21 @@ class ViewFilter:
 
     def h_for(self, t: int) -> np.ndarray:
         """The filter of view ``t`` on the padded rfft2 grid (cached per distinct view)."""
-        from ..simulation.imaging import ctf_2d
+        from ..simulation.imaging import _frequencies, ctf_2d, exposure_filter
 
         m = self.microscope
-        key = m.view(int(t))
+        key = (*m.view(int(t)), m.exposure(int(t)))
         h = self._cache.get(key)
         if h is None:
-            df1, df2, azimuth = key
-            h = -ctf_2d(self.shape, m.pixel_size_A, df1, m.voltage_kV, m.cs_mm,
-                        m.amplitude_contrast, defocus2_um=df2, astigmatism_deg=azimuth)
+            df1, df2, azimuth, exposure = key
+            if m.ctf:
+                h = -ctf_2d(self.shape, m.pixel_size_A, df1, m.voltage_kV, m.cs_mm,
+                            m.amplitude_contrast, defocus2_um=df2, astigmatism_deg=azimuth)
+            else:
+                h = np.ones((self.shape[0], self.shape[1] // 2 + 1))
+            if exposure is not None:
+                h = h * exposure_filter(_frequencies(self.shape, m.pixel_size_A), exposure,
+                                        m.voltage_kV)
             if len(self._cache) < 256:
                 self._cache[key] = h
         return h

@@ -56,6 +56,10 @@ class GaussianSettings:
     defocus_um, voltage_kV, cs_mm, amplitude_contrast: the CTF: the underfocus in
         micrometres of every view (0: none) or a file with each view's
         (:mod:`taichi_etgs.io.defocus`; astigmatism where it gives it).
+    dose, dose_per_tilt, tilt_order, tilt_start, tilt_group: the views' exposure
+        (:class:`~taichi_etgs.pipeline.dose.DoseSettings`: an .mdoc or DOSE PRIOR_DOSE file,
+        or e/A^2 per view with the acquisition order): each rendered view is filtered with
+        its exposure filter in the forward model.
     voxel_size: voxel size of the written tomogram in A (None: the stack's pixel size).
     halves: also reconstruct the odd and the even tilts and write both with their FSC.
     state: the state file (None: OUTPUT with .state.h5; none without an output).
@@ -77,6 +81,11 @@ class GaussianSettings:
     voltage_kV: float = 300.0
     cs_mm: float = 2.7
     amplitude_contrast: float = 0.07
+    dose: str | PathLike | None = None
+    dose_per_tilt: float | None = None
+    tilt_order: str | None = None
+    tilt_start: float | None = None
+    tilt_group: int = 2
     voxel_size: float | None = None
     halves: bool = False
     state: str | PathLike | None = None
@@ -96,17 +105,25 @@ class GaussianSettings:
         return CtfSettings(self.defocus_um or None, self.voltage_kV, self.cs_mm,
                            self.amplitude_contrast)
 
-    def build_config(self, pixel: float, defocus=None):
+    def dose_settings(self):
+        """The exposure settings (:class:`~taichi_etgs.pipeline.dose.DoseSettings`)."""
+        from .dose import DoseSettings
+
+        return DoseSettings(self.dose, self.dose_per_tilt, self.tilt_order, self.tilt_start,
+                            self.tilt_group)
+
+    def build_config(self, pixel: float, defocus=None, dose=None):
         """The :class:`~taichi_etgs.gaussian.fit.ReconstructConfig` of a new run;
         ``defocus``: the views' :class:`~taichi_etgs.io.defocus.DefocusSeries` (from a
-        file: per view; one value: ``defocus_um``)."""
+        file: per view; one value: ``defocus_um``); ``dose``: the views'
+        :class:`~taichi_etgs.io.dose.DoseSeries`."""
         from ..gaussian.fit import ReconstructConfig
 
         if self.config is not None:
             config = dataclasses.replace(self.config)
             if self.iterations is not None:
                 config.iterations = int(self.iterations)
-            if config.has_ctf and not config.pixel_size_A > 0:
+            if config.has_view_filter and not config.pixel_size_A > 0:
                 config = dataclasses.replace(config, pixel_size_A=pixel)
             return config
         init = str(self.init) if str(self.init) in ("sirt", "wbp") else "sirt"
@@ -120,12 +137,15 @@ class GaussianSettings:
             if astig:
                 ctf["defocus2_per_view_um"] = [float(v) for v in defocus.defocus2_um]
                 ctf["astigmatism_per_view_deg"] = [float(v) for v in defocus.astigmatism_deg]
+        if dose is not None:
+            ctf["exposure_per_view_e_per_A2"] = [float(v) for v in dose.exposure_e_per_A2]
         return ReconstructConfig(iterations=self.iterations or 600,
                                  max_gaussians=self.max_gaussians,
                                  views_per_step=self.views_per_step,
                                  tilt_weight=self.tilt_weight, seed=self.seed, init=init,
                                  heldout_every=self.heldout_every, **ctf,
-                                 pixel_size_A=pixel if defocus is not None else 0.0,
+                                 pixel_size_A=(pixel if defocus is not None or dose is not None
+                                               else 0.0),
                                  voltage_kV=self.voltage_kV, cs_mm=self.cs_mm,
                                  amplitude_contrast=self.amplitude_contrast)
 
@@ -322,6 +342,9 @@ def run_reconstruct(source: StackSource, target: VolumeTarget,
         if settings.config is None and settings.ctf().active:
             session.warn(f"{resume_path}: --defocus {settings.defocus_um} is not used: a "
                          f"resumed run keeps the CTF it was started with")
+        if settings.config is None and settings.dose_settings().active:
+            session.warn(f"{resume_path}: the dose options are not used: a resumed run keeps "
+                         f"the exposure it was started with")
         if settings.iterations is not None:
             if settings.iterations < state.iteration:
                 session.warn(f"{resume_path}: the run is already at iteration "
@@ -339,7 +362,7 @@ def run_reconstruct(source: StackSource, target: VolumeTarget,
                              resume_path) from None
         session.tell(f"resuming {resume_path} at iteration {run.iteration}")
     else:
-        defocus = None
+        defocus = dose = None
         if settings.config is None:
             from .ctf import defocus_of_views
 
@@ -348,7 +371,13 @@ def run_reconstruct(source: StackSource, target: VolumeTarget,
             if defocus is not None and not series.pixel_size_A > 0:
                 raise InputError("--defocus needs the pixel size, which the stack's header "
                                  "does not give: pass --pixel-size", series.source)
-        config = settings.build_config(pixel, defocus)
+            from .dose import dose_of_views
+
+            dose = dose_of_views(settings.dose_settings(), series, header.n_raw, session)
+            if dose is not None and not series.pixel_size_A > 0:
+                raise InputError("dose weighting needs the pixel size, which the stack's "
+                                 "header does not give: pass --pixel-size", series.source)
+        config = settings.build_config(pixel, defocus, dose)
         initial_volume, params, params_view_scale = _seed(settings, source, shape, session)
         seed_from = config.init if initial_volume is None and params is None else settings.init
         session.start_compute()
