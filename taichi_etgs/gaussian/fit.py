@@ -506,6 +506,7 @@ class GaussianReconstruction:
         self._best = None
         # (lowest held-out score, the ring-normalised spectra of its predictions)
         self._heldout_reference = None
+        self._heldout_measured_cache = None
 
     def _clamp_scales(self) -> None:
         from .densify import clamp_scales
@@ -671,20 +672,19 @@ class GaussianReconstruction:
         """Score predicted held-out views (:meth:`heldout_loss`). [n_heldout, ny, nx]"""
         share = self.spectrum.signal_share
         q = self._normalised_prediction(np.asarray(predicted, dtype=np.float64))
-        frc = self._ring_sums((q * np.conj(self._heldout_spectra)).real) / self._heldout_norm
+        spectra, norm = self._heldout_measured()
+        frc = self._ring_sums((q * np.conj(spectra)).real) / norm
         return float(1.0 - np.sum(share * frc) / share.sum()), q
 
-    @property
-    def _heldout_spectra(self) -> np.ndarray:
-        if getattr(self, "_heldout_spectra_cache", None) is None:
+    def _heldout_measured(self) -> tuple[np.ndarray, np.ndarray]:
+        """Spectra of the measured held-out views (mean removed) and their ring norms,
+        computed once: the views do not change during a run."""
+        if self._heldout_measured_cache is None:
             m = self.measured[self.heldout].astype(np.float64)
-            self._heldout_spectra_cache = np.fft.fft2(m - m.mean(axis=(1, 2), keepdims=True))
-        return self._heldout_spectra_cache
-
-    @property
-    def _heldout_norm(self) -> np.ndarray:
-        norm = np.sqrt(self._ring_sums(np.abs(self._heldout_spectra) ** 2))
-        return np.where(norm > 0, norm, 1.0)
+            spectra = np.fft.fft2(m - m.mean(axis=(1, 2), keepdims=True))
+            norm = np.sqrt(self._ring_sums(np.abs(spectra) ** 2))
+            self._heldout_measured_cache = (spectra, np.where(norm > 0, norm, 1.0))
+        return self._heldout_measured_cache
 
     def _worse_beyond_noise(self, value: float, normalised: np.ndarray) -> bool:
         """Whether the held-out score ``value`` exceeds the lowest so far by more than the
@@ -700,7 +700,7 @@ class GaussianReconstruction:
         lowest, reference = self._heldout_reference
         share = self.spectrum.signal_share
         moved = self._ring_sums(np.abs(normalised - reference) ** 2)
-        spread = np.sqrt(self.spectrum.noise_power * moved) / self._heldout_norm
+        spread = np.sqrt(self.spectrum.noise_power * moved) / self._heldout_measured()[1]
         sd = float(np.sqrt(np.sum((share * spread) ** 2)) / share.sum())
         return value > lowest + 2.0 * sd
 
