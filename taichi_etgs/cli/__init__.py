@@ -8,6 +8,7 @@ One module per command group, each thin (the work is in :mod:`taichi_etgs.pipeli
 - :mod:`~taichi_etgs.cli.info`: ``info``, ``demo``;
 - :mod:`~taichi_etgs.cli.classical`: ``wbp``, ``sirt``;
 - :mod:`~taichi_etgs.cli.gaussian`: ``reconstruct``;
+- :mod:`~taichi_etgs.cli.batch`: ``batch`` (many series on Dask);
 - :mod:`~taichi_etgs.cli.models`: ``project``, ``voxelize``, ``gaussianize``, ``export``;
 - :mod:`~taichi_etgs.cli.simulation`: ``simulate``, ``evaluate``.
 
@@ -17,7 +18,7 @@ is fast; Taichi starts only after a command's cheap checks (outputs, inputs, siz
 
 from __future__ import annotations
 
-from . import classical, gaussian, info, models, simulation  # noqa: F401  (registers commands)
+from . import batch, classical, gaussian, info, models, simulation  # noqa: F401  (registers commands)
 from .app import cli, main
 
 __all__ = ["cli", "main"]

@@ -27,7 +27,7 @@ __all__ = ["cli", "command", "echo", "main", "session", "warn"]
 log = logging.getLogger("taichi_etgs.cli")
 _PACKAGE_LOGGER = "taichi_etgs"
 # Commands in the order a newcomer meets them (click would sort them alphabetically).
-_COMMAND_ORDER = ("demo", "info", "wbp", "sirt", "reconstruct", "project", "voxelize",
+_COMMAND_ORDER = ("demo", "info", "wbp", "sirt", "reconstruct", "batch", "project", "voxelize",
                   "gaussianize", "export", "simulate", "evaluate")
 
 
