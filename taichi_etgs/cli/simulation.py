@@ -54,13 +54,26 @@ from .options import parse_int_triple, parse_tilt_range, runtime_options
               help="Number of vesicles [default: by area].")
 @click.option("--filaments", type=click.IntRange(min=0), default=None,
               help="Number of filaments [default: by area].")
+@click.option("--shift-sd", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              metavar="PX",
+              help="Residual misalignment: each view moved by a random shift of this sd in "
+                   "X and in Y, pixels (the truth goes into simulation.json).")
+@click.option("--axis-error", type=click.FloatRange(min=-45, max=45, min_open=True,
+                                                    max_open=True),
+              default=0.0, show_default=True, metavar="DEG",
+              help="Residual misalignment: the views' tilt axis at this angle from Y "
+                   "(degrees, counter-clockwise as IMOD's tilt axis angle).")
+@click.option("--tilt-offset-sd", type=click.FloatRange(min=0), default=0.0,
+              show_default=True, metavar="DEG",
+              help="Residual misalignment: each view projected at its tilt plus a random "
+                   "offset of this sd; tilts.tlt keeps the nominal tilts.")
 @click.option("--seed", type=int, default=0, show_default=True, metavar="N",
               help="Seed: the same seed gives the same files.")
 @click.option("--force", is_flag=True, help="Overwrite earlier files in the folder.")
 @runtime_options
 def simulate(output_dir, shape, pixel_size, tilt_range, dose_symmetric, tilt_order, tilt_start,
              dose, noise, snr, defocus, isolated, structures, particles, vesicles, filaments,
-             seed, force):
+             shift_sd, axis_error, tilt_offset_sd, seed, force):
     """Simulate a tilt series with its ground truth (to test and compare methods).
 
     The specimen (macromolecules, vesicles, filaments in ice) is built and projected on a
@@ -72,6 +85,10 @@ def simulate(output_dir, shape, pixel_size, tilt_range, dose_symmetric, tilt_ord
       taichi-etgs simulate -o sim --shape 64,256,256 --tilt-range -60:60:3
       taichi-etgs wbp sim/tilts.mrc --thickness 64 -o sim/wbp.mrc
       taichi-etgs evaluate sim/wbp.mrc --reference sim/ground_truth.mrc
+
+    With --shift-sd, --axis-error or --tilt-offset-sd the views carry the residual errors
+    an aligned stack keeps; simulation.json records them (derived.misalignment: the shifts,
+    the axis error, the offsets and the .xf that corrects each view).
     """
     from ..simulation.simulate import SimulationConfig
 
@@ -84,7 +101,8 @@ def simulate(output_dir, shape, pixel_size, tilt_range, dose_symmetric, tilt_ord
                               noise=noise, snr=snr, defocus_um=defocus, isolated=isolated,
                               structures=tuple(str(p) for p in structures),
                               n_particles=particles, n_vesicles=vesicles, n_filaments=filaments,
-                              seed=seed)
+                              shift_sd_px=shift_sd, axis_error_deg=axis_error,
+                              tilt_offset_sd_deg=tilt_offset_sd, seed=seed)
     run_simulate(config, output_dir, force=force, session=session())
 
 

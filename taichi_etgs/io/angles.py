@@ -14,7 +14,7 @@ from ._files import parse_float, read_text_lines
 from .aln import read_aln
 
 __all__ = ["AngleWarning", "check_tilt_angles", "looks_like_radians", "read_mdoc",
-           "read_tilt_angles"]
+           "read_tilt_angles", "write_tilt_angles"]
 
 # Below this largest |angle| (degrees) a tilt series is almost surely given in radians.
 _RADIANS_SUSPICION_DEG = 2.0
@@ -268,3 +268,18 @@ def read_tilt_angles(path: str | PathLike, n_expected: int | None = None) -> np.
     p, angles, lines = read_angle_records(path)
     check_tilt_angles(angles, p, lines, n_expected, stacklevel=2)
     return angles
+
+
+def write_tilt_angles(path: str | PathLike, angles_deg, *, force: bool = False) -> Path:
+    """Write an IMOD ``.tlt``: one angle per line, degrees, in stack order (atomically;
+    an existing file only with ``force``). Four decimals: 0.0001 degree, finer than any
+    refinement resolves. Returns the file written."""
+    from .._atomic import write_text_atomic
+    from ..pipeline.outputs import check_writable
+
+    angles = np.asarray(angles_deg, dtype=np.float64).reshape(-1)
+    if angles.size == 0 or not np.isfinite(angles).all():
+        raise ValueError("expected at least one finite tilt angle")
+    p = check_writable(path, force)
+    write_text_atomic(p, "".join(f"{t:.4f}\n" for t in angles))
+    return p

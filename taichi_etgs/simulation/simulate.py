@@ -22,15 +22,19 @@ Pipeline (:func:`simulate_tilt_series`):
 4. **Ground truth**: the same fine potential averaged over each output voxel, cropped to
    the box: volts, positive, **ice included** (the slab is what the views see; vacuum
    above and below a thinner slab is 0).
-5. **Noise** (:mod:`taichi_etgs.simulation.imaging`): none, Gaussian at a per-pixel SNR, or physical
+5. **Residual misalignment** (:mod:`taichi_etgs.simulation.misalignment`, off by default):
+   per-view shifts, a tilt-axis angle error and tilt-angle offsets, applied to the
+   noise-free views on the fine detector; the truth goes into ``info["misalignment"]``.
+6. **Noise** (:mod:`taichi_etgs.simulation.imaging`): none, Gaussian at a per-pixel SNR, or physical
    (CTF, radiation damage, Poisson counts at the dose).
 
 Output views are in **dark contrast**: for ``noise="none"`` and ``"gaussian"`` they are
 the negated projected potential (V x output voxel; more density = more negative), for
 ``"physical"`` electron counts per pixel (more density = fewer electrons).
 
-Everything random comes from ``seed``: one stream for the specimen and one for the noise,
-so changing the noise model keeps the specimen.
+Everything random comes from ``seed``: one stream for the specimen, one for the noise and
+one for the misalignment, so changing the noise model keeps the specimen, and asking for a
+misalignment keeps the specimen and the noise of the same seed without it.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ from .._atomic import write_text_atomic
 from ..errors import InputError
 from ..pipeline import jsonio
 from ..pipeline.outputs import check_writable
+from .misalignment import draw_misalignment, misalign_views
 from .specimen import (
     Grid,
     Specimen,
@@ -119,6 +124,11 @@ class SimulationConfig:
         many as :func:`taichi_etgs.simulation.specimen.default_counts` gives for the box, as many
         of them as fit (explicit counts that do not fit raise a PlacementWarning).
     ice_thickness_A: ice slab thickness; None: the box thickness.
+    shift_sd_px: standard deviation of each view's residual shift in X and in Y, output
+        pixels (:mod:`~taichi_etgs.simulation.misalignment`); 0: none.
+    axis_error_deg: the views' tilt axis, degrees from Y (IMOD's tilt axis angle); 0: none.
+    tilt_offset_sd_deg: standard deviation of each view's true tilt minus its recorded
+        one; 0: none.
     seed: seed of every random choice.
     """
 
@@ -149,6 +159,9 @@ class SimulationConfig:
     n_vesicles: int | None = None
     n_filaments: int | None = None
     ice_thickness_A: float | None = None
+    shift_sd_px: float = 0.0
+    axis_error_deg: float = 0.0
+    tilt_offset_sd_deg: float = 0.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -183,6 +196,12 @@ class SimulationConfig:
             (self.ice_thickness_A is None or self.ice_thickness_A >= 0,
              f"ice thickness must be >= 0, got {self.ice_thickness_A}"),
             (self.mean_free_path_A > 0, "mean free path must be positive"),
+            (np.isfinite(self.shift_sd_px) and self.shift_sd_px >= 0,
+             f"the shift sd must be a number of pixels >= 0, got {self.shift_sd_px}"),
+            (np.isfinite(self.axis_error_deg) and abs(self.axis_error_deg) < 45,
+             f"the tilt-axis error must be under 45 degrees, got {self.axis_error_deg}"),
+            (np.isfinite(self.tilt_offset_sd_deg) and self.tilt_offset_sd_deg >= 0,
+             f"the tilt offset sd must be >= 0 degrees, got {self.tilt_offset_sd_deg}"),
         ]
         for n_name in ("n_particles", "n_vesicles", "n_filaments"):
             value = getattr(self, n_name)
@@ -428,10 +447,14 @@ def project_specimen(specimen: Specimen, shape_zyx: tuple[int, int, int], pixel_
         if fine_views:
             views[:, y0 * f:y1 * f] = fine
         else:
-            t, a, b = fine.shape
-            views[:, y0:y1] = fine.reshape(t, a // f, f, b // f, f).mean(
-                axis=(2, 4), dtype=np.float64)
+            views[:, y0:y1] = _bin_views(fine, f)
     return views, truth
+
+
+def _bin_views(fine: np.ndarray, f: int) -> np.ndarray:
+    """Mean over ``f x f`` fine pixels per detector pixel, float64. [n, ny, nx]"""
+    t, a, b = fine.shape
+    return fine.reshape(t, a // f, f, b // f, f).mean(axis=(2, 4), dtype=np.float64)
 
 
 def simulate_tilt_series(config: SimulationConfig | None = None, *,
@@ -465,10 +488,18 @@ def simulate_tilt_series(config: SimulationConfig | None = None, *,
     nz, ny, nx = config.shape_zyx
     pix = config.pixel_size_A
     scheme = tilt_scheme(config)
-    max_tilt = float(np.max(np.abs(scheme.tilts_deg)))
+    # Children of a SeedSequence do not depend on how many are spawned: the specimen and
+    # noise streams are those of the simulations made before the misalignment existed.
+    specimen_seed, noise_seed, alignment_seed = np.random.SeedSequence(
+        int(config.seed)).spawn(3)
+    misalignment = draw_misalignment(
+        len(scheme.tilts_deg), np.random.default_rng(alignment_seed),
+        shift_sd_px=config.shift_sd_px, axis_error_deg=config.axis_error_deg,
+        tilt_offset_sd_deg=config.tilt_offset_sd_deg)
+    projected_tilts = scheme.tilts_deg + misalignment.tilt_offsets_deg
+    max_tilt = float(np.max(np.abs(projected_tilts)))
     nz_spec, nx_spec = specimen_grid_shape(config.shape_zyx, pix, max_tilt,
                                            config.ice_thickness_A, config.isolated)
-    specimen_seed, noise_seed = np.random.SeedSequence(int(config.seed)).spawn(2)
     if progress is not None:
         progress("placing objects")
     specimen, placed = build_specimen(
@@ -479,10 +510,19 @@ def simulate_tilt_series(config: SimulationConfig | None = None, *,
         n_vesicles=config.n_vesicles, n_filaments=config.n_filaments,
         best_effort=best_effort)
     physical = config.noise == "physical"
-    views, truth = project_specimen(specimen, config.shape_zyx, pix, scheme.tilts_deg,
+    # Shifts and turns are interpolated on the fine detector, where the spline's blur is
+    # below the detector pixel.
+    moved = bool(misalignment.shifts_xy_px.any()) or misalignment.axis_error_deg != 0
+    views, truth = project_specimen(specimen, config.shape_zyx, pix, projected_tilts,
                                     oversampling=config.oversampling,
-                                    isolated=config.isolated, fine_views=physical,
+                                    isolated=config.isolated, fine_views=physical or moved,
                                     progress=progress)
+    if moved:
+        if progress is not None:
+            progress("misalignment")
+        views = misalign_views(views, misalignment, config.oversampling)
+        if not physical:
+            views = _bin_views(views, config.oversampling).astype(np.float32)
     if progress is not None:
         progress(f"noise: {config.noise}")
     noise_rng = np.random.default_rng(noise_seed)
@@ -519,6 +559,7 @@ def simulate_tilt_series(config: SimulationConfig | None = None, *,
                                 nx_spec * config.oversampling],
         "placed_in_box": placed_counts,
         "noise": noise_info,
+        "misalignment": misalignment.to_dict(),
         "objects": placed,
     }
     return SimulationResult(np.ascontiguousarray(tilts, dtype=np.float32),
@@ -553,6 +594,7 @@ def write_simulation(result: SimulationResult, out_dir: str | PathLike, force: b
     """
     from .. import __version__
     from ..io import write_stack, write_volume
+    from ..io.angles import write_tilt_angles
 
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
@@ -570,8 +612,7 @@ def write_simulation(result: SimulationResult, out_dir: str | PathLike, force: b
                 labels=[label, "dark contrast"])
     write_volume(paths["ground_truth.mrc"], result.ground_truth, result.pixel_size_A,
                  force=force, labels=[label, "ground truth: potential (V), ice included"])
-    write_text_atomic(paths["tilts.tlt"],
-                       "".join(f"{t:.4f}\n" for t in np.asarray(result.tilts_deg)))
+    write_tilt_angles(paths["tilts.tlt"], result.tilts_deg, force=force)
     if DEFOCUS_FILE in paths:
         from ..io.defocus import write_imod_defocus
 
