@@ -72,24 +72,24 @@ def _remove_work(outdir: Path, name: str) -> None:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _attempts(client, keys: list[str]) -> dict[str, int]:
-    """How many workers died running each task (the scheduler's count), plus one."""
+def _deaths(client, keys: list[str]) -> dict[str, int]:
+    """How many workers died running each task (the scheduler's count)."""
     def suspicious(dask_scheduler, keys):
         return {k: dask_scheduler.tasks[k].suspicious for k in keys if k in dask_scheduler.tasks}
 
     try:
-        died = client.run_on_scheduler(suspicious, keys=keys)
+        return client.run_on_scheduler(suspicious, keys=keys)
     except Exception:  # a scheduler that refuses to run functions: counts unknown
         return {}
-    return {k: n + 1 for k, n in died.items()}
 
 
 def _killed_message(exc: BaseException, retries: int) -> str:
     from distributed import KilledWorker
 
     if isinstance(exc, KilledWorker):
-        return f"its worker died on each of {retries + 1} attempts (killed, or out of " \
-               f"memory: try fewer --workers or more --binning)"
+        tries = f"{retries + 1} attempt{'s' * (retries > 0)}"
+        return f"its worker died on each of {tries} (killed, or out of memory: try fewer " \
+               f"--workers or more --binning)"
     text = str(exc).strip().splitlines()
     return f"the task failed ({type(exc).__name__}: {text[0] if text else ''})"
 
@@ -214,13 +214,12 @@ def _run_tasks(client, tasks: dict[str, SeriesTask], outdir: Path, retries: int,
                 finished, pending = wait(pending, timeout=_POLL_S, return_when="FIRST_COMPLETED")
             except TimeoutError:
                 finished = set()
-            if finished:
-                attempts = _attempts(client, [f.key for f in finished])
+            deaths = _deaths(client, [f.key for f in finished]) if finished else {}
             for future in finished:
                 outcome = _outcome(future, futures[future], tasks[futures[future]], retries)
-                outcome.attempts = attempts.get(future.key, outcome.attempts)
-                if outcome.status == "failed":
-                    _remove_work(outdir, outcome.name)
+                if future.key in deaths:  # every attempt of a failed task died
+                    outcome.attempts = deaths[future.key] + (future.status == "finished")
+                _remove_work(outdir, outcome.name)  # the work of attempts that died
                 outcomes[outcome.name] = outcome
                 _tell(session, outcome)
             progress = _progress(client, futures, pending, outcomes, total, skipped,
