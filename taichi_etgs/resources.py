@@ -49,6 +49,9 @@ BASE_BYTES = 300 * 2**20
 BYTES_PER_GAUSSIAN = 1024
 #: The CPU projector's per-(view, Gaussian) table is capped at this (kernels).
 PROJECTOR_TABLE_BYTES = 64 * 2**20
+#: Preparing one whole view (slabbed runs: phase flip, exposure filter): float64 copies,
+#: the padded view and its spectrum, the filter.
+BYTES_PER_VIEW_PIXEL = 64
 #: Bytes per Gaussian in a state file: parameters and two Adam moments, float32.
 STATE_BYTES_PER_GAUSSIAN = 3 * 11 * 4
 MRC_HEADER_BYTES = 1024
@@ -78,6 +81,9 @@ class RunSize:
         (``--voxel-size``).
     binning: the ``--binning`` that gave ny, nx (for the suggestions).
     iterations: optimisation steps (reconstruct: the saved loss history).
+    slab_rows: WBP and SIRT in slabs of this many rows along Y (0: the whole at once;
+        :mod:`taichi_etgs.pipeline.slabs`).
+    in_memory: the tomogram stays in memory (no output file: returned whole).
     """
 
     method: str
@@ -93,10 +99,14 @@ class RunSize:
     output_shape_zyx: tuple[int, int, int] | None = None
     binning: int = 1
     iterations: int = 0
+    slab_rows: int = 0
+    in_memory: bool = False
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; expected one of {METHODS}")
+        if self.slab_rows and self.method not in ("wbp", "sirt"):
+            raise ValueError(f"slabs are for wbp and sirt, not {self.method}")
 
     @property
     def volume_shape_zyx(self) -> tuple[int, int, int]:
@@ -169,20 +179,28 @@ def estimate_memory_bytes(size: RunSize) -> MemoryEstimate:
       then the octree's float64 copies, 9 Vp), the fit (1 KiB per Gaussian, the
       projector's table of at most 64 MiB, and 14 float32 images per view of a step for
       rendering and the SSIM loss) and the output (Gaussians and 3 Vo).
+    - wbp and sirt in slabs of R rows (``slab_rows``): the same for a stack and tomogram
+      R rows high, plus one whole view at a time while the views are prepared on disk
+      (:data:`BYTES_PER_VIEW_PIXEL`), plus V when the tomogram is returned in memory.
     - every run: :data:`BASE_BYTES` for Python and the runtime.
     """
-    s = size.n_tilts * size.ny * size.nx * _F32
+    rows = min(size.slab_rows, size.ny) if size.slab_rows else size.ny
+    s = size.n_tilts * rows * size.nx * _F32
     nz, ny, nx = size.volume_shape_zyx
-    v = nz * ny * nx * _F32
-    vp = nz * ny * (nx + 2 * size.fov_pad) * _F32
+    v = nz * rows * nx * _F32
+    vp = nz * rows * (nx + 2 * size.fov_pad) * _F32
     vo = math.prod(size.written_shape_zyx) * _F32
     parts: dict[str, int] = {}
+    if size.slab_rows:
+        parts["one view"] = BYTES_PER_VIEW_PIXEL * size.ny * size.nx
+        if size.in_memory:
+            parts["tomogram"] = nz * ny * nx * _F32
     if size.method == "info":
         parts = {"tilt series": s}
     elif size.method == "wbp":
-        parts = {"tilt series": 4 * s, "volumes": 3 * v}
+        parts.update({"tilt series": 4 * s, "volumes": 3 * v})
     elif size.method == "sirt":
-        parts = {"tilt series": 6 * s, "volumes": 4 * vp + 2 * v}
+        parts.update({"tilt series": 6 * s, "volumes": 4 * vp + 2 * v})
     else:
         step_views = max(1, min(size.views_per_step, size.n_tilts))
         table = min(PROJECTOR_TABLE_BYTES, size.max_gaussians * step_views * 64)
@@ -212,8 +230,11 @@ def estimate_memory_bytes(size: RunSize) -> MemoryEstimate:
 
 def output_bytes(size: RunSize) -> int:
     """Disk a run writes at its peak: the tomogram, and for reconstruct its state file
-    twice (the atomic replace holds the old and the new copy for a moment)."""
+    twice (the atomic replace holds the old and the new copy for a moment); a slabbed run
+    also keeps its prepared views beside the tomogram until it ends."""
     total = math.prod(size.written_shape_zyx) * _F32 + MRC_HEADER_BYTES
+    if size.slab_rows:
+        total += size.n_tilts * size.ny * size.nx * _F32
     if size.method == "reconstruct":
         state = (size.max_gaussians * STATE_BYTES_PER_GAUSSIAN + 8 * size.iterations
                  + size.n_tilts * 64 + 256 * 2**10)
@@ -394,6 +415,8 @@ def check_resources(size: RunSize, output_folders: list[str | PathLike] | tuple 
                          f"(or set {SKIP_ENV}=1 to try anyway)")
     folders = [Path(f) if str(f) else Path(".") for f in output_folders]
     tomogram = math.prod(size.written_shape_zyx) * _F32 + MRC_HEADER_BYTES
+    if size.method != "reconstruct":
+        tomogram = output_bytes(size)
     # What goes to each file system: the tomogram to the first folder, the state (twice,
     # during its atomic replace) to the second, or to the first when it is alone.
     needs: dict[object, list] = {}

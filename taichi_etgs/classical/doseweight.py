@@ -34,6 +34,26 @@ __all__ = ["NORMALISATIONS", "dose_weights", "exposure_filter_views"]
 NORMALISATIONS = ("max", "rms", "none")
 
 
+def _normaliser(k: np.ndarray, exposure: np.ndarray, voltage_kV: float,
+                normalise: str) -> np.ndarray | float:
+    """What every view's ``q`` is divided by, per frequency (:func:`dose_weights`), one
+    view's ``q`` at a time: the largest ``q`` is the least exposed view's (``q`` falls
+    with the exposure at every frequency)."""
+    from ..simulation.imaging import exposure_filter
+
+    if normalise == "max":
+        return exposure_filter(k, float(exposure.min()), voltage_kV)
+    if normalise == "rms":
+        total = np.zeros(k.shape)
+        for e in exposure:
+            total += exposure_filter(k, float(e), voltage_kV) ** 2
+        return np.sqrt(total / exposure.size)
+    if normalise != "none":
+        raise ValueError(f"unknown normalisation {normalise!r}; expected "
+                         f"{', '.join(NORMALISATIONS)}")
+    return 1.0
+
+
 def dose_weights(shape: tuple[int, int], pixel_size_A: float, exposure_e_per_A2,
                  voltage_kV: float = 300.0, normalise: str = "max") -> np.ndarray:
     """The filter of each view on the rfft2 grid of ``shape``: ``q_i(k)`` divided, per
@@ -43,20 +63,13 @@ def dose_weights(shape: tuple[int, int], pixel_size_A: float, exposure_e_per_A2,
 
     k = _frequencies(shape, pixel_size_A)
     exposure = np.asarray(exposure_e_per_A2, dtype=np.float64).reshape(-1)
-    q = np.stack([exposure_filter(k, float(e), voltage_kV) for e in exposure])
-    if normalise == "max":
-        q /= q.max(axis=0)[None]
-    elif normalise == "rms":
-        q /= np.sqrt(np.mean(q ** 2, axis=0))[None]
-    elif normalise != "none":
-        raise ValueError(f"unknown normalisation {normalise!r}; expected "
-                         f"{', '.join(NORMALISATIONS)}")
-    return q
+    norm = _normaliser(k, exposure, voltage_kV, normalise)
+    return np.stack([exposure_filter(k, float(e), voltage_kV) / norm for e in exposure])
 
 
 def exposure_filter_views(views: np.ndarray, pixel_size_A: float, exposure_e_per_A2,
                           voltage_kV: float = 300.0, pad: int = 16,
-                          normalise: str = "max", progress=None) -> np.ndarray:
+                          normalise: str = "max", progress=None, out=None) -> np.ndarray:
     """Exposure-filtered views (float32). [n, ny, nx]
 
     views: the views, any contrast. [n, ny, nx]
@@ -64,21 +77,28 @@ def exposure_filter_views(views: np.ndarray, pixel_size_A: float, exposure_e_per
     pad: mirror padding, pixels (at most one less than the view).
     normalise: "max", "rms" or "none" (:func:`dose_weights`).
     progress: called with the number of views done.
+    out: where the views go (as :func:`~taichi_etgs.classical.phaseflip.phase_flip_views`'s);
+        one view's filter at a time is computed, so memory holds one view's worth.
     """
-    views = np.asarray(views)
+    from ..simulation.imaging import _frequencies, exposure_filter
+
+    views = views if hasattr(views, "shape") else np.asarray(views)
     n, ny, nx = views.shape
     exposure = np.asarray(exposure_e_per_A2, dtype=np.float64).reshape(-1)
     if exposure.size != n:
         raise ValueError(f"{exposure.size} exposures for {n} views")
     p = max(0, min(int(pad), ny - 1, nx - 1))
     shape = (ny + 2 * p, nx + 2 * p)
-    q = dose_weights(shape, pixel_size_A, exposure, voltage_kV, normalise)
-    out = np.empty(views.shape, dtype=np.float32)
+    k = _frequencies(shape, pixel_size_A)
+    norm = _normaliser(k, exposure, voltage_kV, normalise)
+    if out is None:
+        out = np.empty(views.shape, dtype=np.float32)
     for t in range(n):
-        v = views[t].astype(np.float64)
+        v = np.asarray(views[t], dtype=np.float64)
         mean = v.mean()
         padded = np.pad(v - mean, p, mode="reflect")
-        filtered = np.fft.irfft2(np.fft.rfft2(padded) * q[t], s=shape)
+        q = exposure_filter(k, float(exposure[t]), voltage_kV) / norm
+        filtered = np.fft.irfft2(np.fft.rfft2(padded) * q, s=shape)
         out[t] = filtered[p:p + ny, p:p + nx] + mean
         if progress is not None:
             progress(t + 1)

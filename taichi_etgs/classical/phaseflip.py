@@ -57,7 +57,7 @@ def strips(nx: int, tilt_deg: float, pixel_size_A: float,
 
 def phase_flip_views(views: np.ndarray, tilts_deg, microscope, *,
                      tolerance_nm: float = DEFAULT_TOLERANCE_NM, pad: int = 16,
-                     progress=None) -> np.ndarray:
+                     progress=None, out=None) -> np.ndarray:
     """Phase-flipped positive-density views, strip by strip.
 
     Parameters
@@ -71,14 +71,17 @@ def phase_flip_views(views: np.ndarray, tilts_deg, microscope, *,
     tolerance_nm: the largest change of defocus across one strip.
     pad: mirror padding, pixels (at most one less than the view).
     progress: called with the number of views done.
+    out: where the views go (``out[t] = view``; ``views`` itself works, and so does a
+        file such as :class:`~taichi_etgs.io.scratch.ScratchStack`: one view at a time is
+        read and written); default a new array.
 
     Returns
     -------
-    float32 views, each with its mean removed. [n, ny, nx]
+    float32 views, each with its mean removed (``out``). [n, ny, nx]
     """
     from ..simulation.imaging import ctf_2d
 
-    views = np.asarray(views)
+    views = views if hasattr(views, "shape") else np.asarray(views)
     n, ny, nx = views.shape
     tilts = np.asarray(tilts_deg, dtype=np.float64)
     if tilts.shape != (n,):
@@ -90,7 +93,9 @@ def phase_flip_views(views: np.ndarray, tilts_deg, microscope, *,
     p = max(0, min(int(pad), ny - 1, nx - 1))
     shape = (ny + 2 * p, nx + 2 * p)
     m = microscope
-    out = np.empty((n, ny, nx), dtype=np.float32)
+    if out is None:
+        out = np.empty((n, ny, nx), dtype=np.float32)
+    view = np.empty((ny, nx), dtype=np.float32)
     for t in range(n):
         v = np.asarray(views[t], dtype=np.float64)
         spectrum = np.fft.rfft2(np.pad(v - v.mean(), p, mode="reflect"))
@@ -103,7 +108,8 @@ def phase_flip_views(views: np.ndarray, tilts_deg, microscope, *,
                                    m.amplitude_contrast, defocus2_um=d2,
                                    astigmatism_deg=azimuth))
             flipped = np.fft.irfft2(spectrum * sign, s=shape)
-            out[t, :, first:end] = flipped[p:p + ny, p + first:p + end]
+            view[:, first:end] = flipped[p:p + ny, p + first:p + end]
+        out[t] = view
         if progress is not None:
             progress(t + 1)
     return out

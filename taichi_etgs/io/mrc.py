@@ -12,6 +12,7 @@ half-written MRC behind.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Sequence
 from os import PathLike
@@ -27,6 +28,7 @@ from ._files import existing_file
 
 __all__ = [
     "SUPPORTED_MODES",
+    "MrcSlabWriter",
     "StackWarning",
     "read_stack",
     "read_volume",
@@ -264,13 +266,7 @@ def _write_mrc(path: str | PathLike, array: np.ndarray, spacing_A: float, *, for
     array = np.asarray(array)
     if array.ndim != 3:
         raise ValueError(f"expected a 3D array (z, y, x), got shape {array.shape}")
-    if not (np.isfinite(spacing_A) and spacing_A > 0):
-        raise ValueError(f"voxel size must be a positive number of Angstrom, got {spacing_A}")
-    if isinstance(labels, str):
-        labels = [labels]
-    if origin_A is not None and (len(origin_A) != 3
-                                 or not all(np.isfinite(v) for v in origin_A)):
-        raise ValueError(f"origin must be three finite numbers (x, y, z), got {origin_A}")
+    labels = _check_header_values(spacing_A, labels, origin_A)
     check_writable(p, force)
     data = np.ascontiguousarray(array, dtype=np.float32)
     for k in range(data.shape[0]):
@@ -286,17 +282,32 @@ def _write_mrc(path: str | PathLike, array: np.ndarray, spacing_A: float, *, for
             _set_header_stats_f64(mrc.header, data)
         if image_stack:
             mrc.set_image_stack()
-        mrc.voxel_size = float(spacing_A)
-        if origin_A is not None:
-            mrc.header.origin = tuple(float(v) for v in origin_A)
-        labels = list(labels)[:_MAX_LABELS]
-        if labels:
-            # Replace mrcfile's "Created by mrcfile.py" label: ten slots are all we have.
-            mrc.header.nlabl = 0
-            mrc.header.label[:] = b""
-        for label in labels:
-            mrc.add_label(_clean_label(label))
+        _set_header(mrc, spacing_A, origin_A, labels)
     return p
+
+
+def _check_header_values(spacing_A: float, labels, origin_A) -> list[str]:
+    """Refuse a bad voxel size or origin (programming errors); the labels as a list."""
+    if not (np.isfinite(spacing_A) and spacing_A > 0):
+        raise ValueError(f"voxel size must be a positive number of Angstrom, got {spacing_A}")
+    if origin_A is not None and (len(origin_A) != 3
+                                 or not all(np.isfinite(v) for v in origin_A)):
+        raise ValueError(f"origin must be three finite numbers (x, y, z), got {origin_A}")
+    return [labels] if isinstance(labels, str) else list(labels)
+
+
+def _set_header(mrc, spacing_A: float, origin_A, labels) -> None:
+    """Voxel size, origin and labels of a file being written."""
+    mrc.voxel_size = float(spacing_A)
+    if origin_A is not None:
+        mrc.header.origin = tuple(float(v) for v in origin_A)
+    labels = list(labels)[:_MAX_LABELS]
+    if labels:
+        # Replace mrcfile's "Created by mrcfile.py" label: ten slots are all we have.
+        mrc.header.nlabl = 0
+        mrc.header.label[:] = b""
+    for label in labels:
+        mrc.add_label(_clean_label(label))
 
 
 def write_volume(path: str | PathLike, volume_zyx: np.ndarray, voxel_size_A: float, *,
@@ -357,3 +368,77 @@ def write_stack(path: str | PathLike, stack: np.ndarray, pixel_size_A: float, *,
     """
     return _write_mrc(path, stack, pixel_size_A, force=force, labels=labels,
                       image_stack=True)
+
+
+class MrcSlabWriter:
+    """A float32 MRC volume written a band of Y rows at a time, atomically.
+
+    For volumes built slab by slab (:mod:`taichi_etgs.pipeline.slabs`): the file is
+    created at its full size in a temporary file beside ``path`` and each band goes in
+    through a memory map opened for that band only (the pages of an open map count in
+    the process's resident memory; one map of the whole volume would hold all of it). The
+    header's statistics are accumulated band by band in float64; :meth:`close` writes
+    them and renames the file to ``path``. Used as a context manager, an exception
+    removes the temporary file and leaves ``path`` as it was.
+
+    path, voxel_size_A, force, labels, origin_A: as :func:`write_volume`.
+    shape_zyx: the whole volume's shape.
+    """
+
+    def __init__(self, path: str | PathLike, shape_zyx: tuple[int, int, int],
+                 voxel_size_A: float, *, force: bool = False, labels: Sequence[str] = (),
+                 origin_A: Sequence[float] | None = None) -> None:
+        self.path = Path(path)
+        self.shape = tuple(int(n) for n in shape_zyx)
+        labels = _check_header_values(voxel_size_A, labels, origin_A)
+        check_writable(self.path, force)
+        self._files = contextlib.ExitStack()
+        self._tmp = self._files.enter_context(atomic_output(self.path))
+        try:
+            with mrcfile.new_mmap(self._tmp, shape=self.shape, mrc_mode=2,
+                                  overwrite=True) as mrc:
+                _set_header(mrc, voxel_size_A, origin_A, labels)
+        except BaseException as exc:
+            self._files.__exit__(type(exc), exc, exc.__traceback__)
+            raise
+        # count, mean, sum of squared deviations (Chan et al.'s pairwise update), min, max
+        self._count, self._mean, self._m2 = 0, 0.0, 0.0
+        self._min, self._max = np.inf, -np.inf
+
+    def write_rows(self, first: int, block: np.ndarray) -> None:
+        """Rows ``first:first + rows`` of every section. block: [nz, rows, nx]"""
+        block = np.asarray(block, dtype=np.float32)
+        nz, ny, nx = self.shape
+        if block.ndim != 3 or block.shape[0] != nz or block.shape[2] != nx \
+                or not 0 <= first <= ny - block.shape[1]:
+            raise ValueError(f"rows {first}+{block.shape[1:2]} of shape {block.shape} do "
+                             f"not fit a volume of shape {self.shape}")
+        with mrcfile.mmap(self._tmp, mode="r+") as mrc:
+            mrc.data[:, first:first + block.shape[1], :] = block
+        n = block.size
+        mean = float(np.mean(block, dtype=np.float64))
+        m2 = float(np.sum(np.square(block - np.float32(mean), dtype=np.float64)))
+        delta, total = mean - self._mean, self._count + n
+        self._mean += delta * n / total
+        self._m2 += m2 + delta * delta * self._count * n / total
+        self._count = total
+        self._min = min(self._min, float(block.min()))
+        self._max = max(self._max, float(block.max()))
+
+    def close(self) -> Path:
+        """Write the header's statistics and move the file to ``path``."""
+        with mrcfile.mmap(self._tmp, mode="r+") as mrc, np.errstate(over="ignore"):
+            mrc.header.dmin, mrc.header.dmax = self._min, self._max
+            mrc.header.dmean = np.float32(self._mean)
+            mrc.header.rms = np.float32(np.sqrt(self._m2 / max(self._count, 1)))
+        self._files.close()
+        return self.path
+
+    def __enter__(self) -> MrcSlabWriter:
+        return self
+
+    def __exit__(self, kind, exc, traceback) -> None:
+        if exc is None:
+            self.close()
+        else:
+            self._files.__exit__(kind, exc, traceback)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -15,7 +16,7 @@ from .aln import AlnAlignment, read_aln, resolve_aln_sections
 from .angles import AngleWarning, check_tilt_angles, read_mdoc, read_tilt_angles
 from .binning import bin_image, check_binning
 from .mrc import StackWarning, read_stack
-from .transforms import aln_to_xf, apply_xf_image, read_xf
+from .transforms import aligned_shape, aln_to_xf, apply_xf_image, compose_xf, read_xf, rotation_xf
 from .views import check_view_indices, parse_view_list
 
 __all__ = ["SIBLING_ANGLE_SUFFIXES", "TiltSeries", "load_tilt_series", "stack_mdoc",
@@ -129,6 +130,8 @@ def load_tilt_series(
     apply_aln: bool = False,
     exclude_views: str | Sequence[int] | None = None,
     binning: int = 1,
+    axis_deg: float | None = None,
+    allocate: Callable[[tuple[int, int, int]], Any] | None = None,
 ) -> TiltSeries:
     """Read a tilt stack with its angles, optionally align, exclude views and bin.
 
@@ -156,6 +159,17 @@ def load_tilt_series(
         sequence of ints.
     binning
         Average-bin factor in X and Y, applied after the transforms.
+    axis_deg
+        The raw views' tilt-axis angle from Y (a SerialEM ``.mdoc``'s, IMOD's convention):
+        after the ``.xf`` (or alone), every view is turned by ``-axis_deg`` about its
+        centre, so that the axis lies along Y. With the axis nearer X than Y the aligned
+        views are ``nx x ny`` (the long side stays the long side, as in etomo). Not with
+        ``apply_aln`` (the ``.aln``'s ROT turns the views).
+    allocate
+        Makes the array the images go into from its shape (n_tilts, ny, nx); it takes
+        ``out[j] = image``. Default: a numpy array. Slabbed runs pass a file on disk
+        (:class:`~taichi_etgs.io.scratch.ScratchStack`), so that the stack is never
+        whole in memory.
 
     Returns
     -------
@@ -190,6 +204,9 @@ def load_tilt_series(
     b = check_binning(binning, ny, nx)
     if xf_path is not None and apply_aln:
         raise InputError("give either an .xf file or an .aln to apply, not both")
+    if axis_deg is not None and apply_aln:
+        raise InputError("the .aln's ROT turns the views: an .mdoc's tilt axis is not "
+                         "applied with it")
 
     aln = read_aln(aln_path) if aln_path is not None else None
     aln_sections = aln_scale = None
@@ -244,8 +261,15 @@ def load_tilt_series(
         scale = aln_scale if aln is not None else angle_scale
         per_row = aln_to_xf(source_aln, shift_scale=scale)
         transforms = {int(s): m for s, m in zip(sections, per_row)}
+    out_yx = (ny, nx)
+    if axis_deg is not None:
+        turn = rotation_xf(-axis_deg)
+        transforms = {i: compose_xf(transforms[i], turn) if i in transforms else turn
+                      for i in kept}
+        out_yx = aligned_shape((ny, nx), -axis_deg)
 
-    out = np.empty((len(kept), ny // b, nx // b), dtype=np.float32)
+    shape = (len(kept), out_yx[0] // b, out_yx[1] // b)
+    out = np.empty(shape, dtype=np.float32) if allocate is None else allocate(shape)
     constant: list[int] = []
     for j, i in enumerate(kept):
         image = np.array(data[i], dtype=np.float32)
@@ -254,7 +278,7 @@ def load_tilt_series(
         if image.min() == image.max():
             constant.append(i)
         if i in transforms:
-            image = apply_xf_image(image, transforms[i])
+            image = apply_xf_image(image, transforms[i], output_shape=out_yx)
         out[j] = bin_image(image, b)
     if len(constant) == len(kept):
         if _only_denormals(data, kept):

@@ -112,9 +112,9 @@ def microscope(defocus, pixel_size_A: float, settings: CtfSettings, source=None)
 
 
 def phase_flip(views: np.ndarray, series, settings: CtfSettings, n_raw: int, pixel_size_A,
-               session) -> tuple[np.ndarray, dict]:
+               session, out=None) -> tuple[np.ndarray, dict]:
     """Phase-flipped views for WBP and SIRT (unchanged without a CTF), and what the
-    sidecar records of it."""
+    sidecar records of it. out: where they go (``views`` itself: in place; default new)."""
     from ..classical.phaseflip import phase_flip_views
 
     defocus = defocus_of_views(settings, series, n_raw, session)
@@ -124,7 +124,7 @@ def phase_flip(views: np.ndarray, series, settings: CtfSettings, n_raw: int, pix
     with session.progress(series.n_tilts, "phase flip") as bar:
         flipped = phase_flip_views(views, series.tilts_deg, scope,
                                    tolerance_nm=settings.tolerance_nm,
-                                   progress=lambda k: bar.update(k))
+                                   progress=lambda k: bar.update(k), out=out)
     info = {"ctf": {"phase_flipped": True, "defocus_um": defocus.defocus_um.tolist(),
                     "defocus_source": str(settings.defocus), "voltage_kV": settings.voltage_kV,
                     "cs_mm": settings.cs_mm, "amplitude_contrast": settings.amplitude_contrast,

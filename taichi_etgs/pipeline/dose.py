@@ -133,10 +133,11 @@ def record(dose, settings: DoseSettings, **extra) -> dict:
 
 
 def exposure_filter(views: np.ndarray, series, settings: DoseSettings, n_raw: int,
-                    pixel_size_A: float, voltage_kV: float, session
+                    pixel_size_A: float, voltage_kV: float, session, out=None
                     ) -> tuple[np.ndarray, dict]:
     """Exposure-filtered views for WBP and SIRT (unchanged without dose weighting), and
-    what the sidecar records of it (:mod:`taichi_etgs.classical.doseweight`)."""
+    what the sidecar records of it (:mod:`taichi_etgs.classical.doseweight`). out: where
+    they go (``views`` itself: in place; default new)."""
     from ..classical.doseweight import exposure_filter_views
 
     dose = dose_of_views(settings, series, n_raw, session)
@@ -147,6 +148,7 @@ def exposure_filter(views: np.ndarray, series, settings: DoseSettings, n_raw: in
                          "not give: pass --pixel-size", series.source)
     with session.progress(series.n_tilts, "exposure filter") as bar:
         filtered = exposure_filter_views(views, pixel_size_A, dose.exposure_e_per_A2,
-                                         voltage_kV, progress=lambda k: bar.update(k))
+                                         voltage_kV, progress=lambda k: bar.update(k),
+                                         out=out)
     return filtered, record(dose, settings, exposure_filtered=True, voltage_kV=voltage_kV,
                             normalisation="max")

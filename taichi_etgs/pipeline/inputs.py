@@ -34,7 +34,7 @@ log = logging.getLogger("taichi_etgs.pipeline")
 #: which a stack is reconstructed as it is.
 AXIS_TOLERANCE_DEG = 5.0
 
-_PATH_FIELDS = ("angles", "xf", "aln")
+_PATH_FIELDS = ("angles", "xf", "aln", "mdoc")
 
 
 @dataclass
@@ -48,6 +48,8 @@ class StackSource:
     aln: AreTomo .aln (angles and kept views); ``apply_aln`` also applies its
         rotation and shifts.
     aligned: the stack is aligned although its .mdoc gives a tilt axis away from Y.
+    mdoc: the SerialEM .mdoc of a raw stack, whose tilt axis angle is undone on load
+        (:func:`check_alignment`); it gives the angles when nothing else does.
     exclude_views: views to leave out, 0-based ("0-2,40" or a list).
     binning: average-bin the images on load.
     pixel_size: pixel size in A before binning, instead of the files'.
@@ -60,6 +62,7 @@ class StackSource:
     aln: str | PathLike | None = None
     apply_aln: bool = False
     aligned: bool = False
+    mdoc: str | PathLike | None = None
     exclude_views: str | Sequence[int] | None = None
     binning: int = 1
     pixel_size: float | None = None
@@ -111,23 +114,27 @@ class StackSource:
 
 
 class StackHeader:
-    """What the stack's header says, before anything is loaded (sizes binned)."""
+    """What the stack's header says, before anything is loaded: the raw sizes, and the
+    views' sizes once aligned (swapped by a turn near 90 degrees) and binned."""
 
     def __init__(self, n_raw: int, ny: int, nx: int, dtype: np.dtype, pixel_A: float,
-                 binning: int) -> None:
+                 binning: int, aligned_yx: tuple[int, int] | None = None) -> None:
         self.n_raw, self.ny_raw, self.nx_raw = n_raw, ny, nx
         self.dtype, self.pixel_A, self.binning = dtype, pixel_A, binning
-        self.ny, self.nx = ny // binning, nx // binning
+        ay, ax = aligned_yx or (ny, nx)
+        self.ny, self.nx = ay // binning, ax // binning
 
 
 def peek(source: StackSource) -> StackHeader:
     """The stack's sizes from its header (a memory map: nothing is read), binned.
 
-    Raises the reader's InputError for a file that is not a readable stack; its warnings
-    come again, once, when the stack is loaded.
+    Raises the reader's InputError for a file that is not a readable stack, or an
+    alignment file that cannot be read; the stack's warnings come again, once, when it
+    is loaded.
     """
     from ..io import read_stack
     from ..io.binning import check_binning
+    from ..io.transforms import aligned_shape
 
     if source.in_memory:
         data = source.stack.data
@@ -138,7 +145,9 @@ def peek(source: StackSource) -> StackHeader:
         data, pixel = read_stack(source.stack)
     n_raw, ny, nx = data.shape
     b = check_binning(source.binning, ny, nx)
-    return StackHeader(n_raw, ny, nx, data.dtype, pixel, b)
+    axis = _axis_plan(source).axis_deg
+    aligned_yx = None if axis is None else aligned_shape((ny, nx), -axis)
+    return StackHeader(n_raw, ny, nx, data.dtype, pixel, b, aligned_yx)
 
 
 def _same_file(a, b) -> bool:
@@ -148,53 +157,118 @@ def _same_file(a, b) -> bool:
         return Path(a) == Path(b)
 
 
-def check_alignment(source: StackSource, session, refuse: bool) -> None:
-    """Refuse (or, with ``refuse`` False, warn about) a stack whose SerialEM .mdoc puts
-    the tilt axis away from Y when no alignment (xf, aln) is given and the source is not
-    marked ``aligned``."""
-    from ..io import read_mdoc
-    from ..io.tilt_series import stack_mdoc
+def _off_y(angle_deg: float) -> float:
+    """Degrees between a direction at ``angle_deg`` from Y and the Y axis (or -Y)."""
+    return abs((angle_deg + 90.0) % 180.0 - 90.0)
 
-    if source.in_memory or source.xf is not None or source.aln is not None or source.aligned:
-        return
-    stack, angles = Path(source.stack), source.angles
-    if stack.suffix.lower() == ".ali":  # IMOD's aligned stack
-        return
-    mdoc = stack_mdoc(stack, angles)
+
+@dataclass(frozen=True)
+class _AxisPlan:
+    """What :func:`check_alignment` decides: the tilt axis to undo (None: none), what is
+    applied (a note for the user) and why the stack looks unaligned ("" when it does not)."""
+
+    axis_deg: float | None = None
+    note: str = ""
+    problem: str = ""
+
+
+def _axis_plan(source: StackSource) -> _AxisPlan:
+    from ..io import read_mdoc, read_xf
+    from ..io.tilt_series import stack_mdoc
+    from ..io.transforms import xf_rotation_deg
+
+    if source.in_memory or source.aligned:
+        return _AxisPlan()
+    stack, angles, explicit = Path(source.stack), source.angles, source.mdoc is not None
+    if not explicit and (source.aln is not None or stack.suffix.lower() == ".ali"):
+        return _AxisPlan()  # an aligned stack (IMOD's .ali, or one AreTomo's .aln goes with)
+    mdoc = Path(source.mdoc) if explicit else stack_mdoc(stack, angles)
     if mdoc is None:
-        return
+        return _AxisPlan()
     try:
         axis = read_mdoc(mdoc)["tilt_axis_deg"]
     except InputError:
-        if angles is not None and _same_file(mdoc, angles):
+        if explicit or (angles is not None and _same_file(mdoc, angles)):
             raise
-        return  # a sibling .mdoc not used for the angles: nothing to learn from it
+        return _AxisPlan()  # a sibling .mdoc not used for the angles: nothing to learn from it
     if axis is None:
-        return
-    off = abs((axis + 90.0) % 180.0 - 90.0)  # from the Y axis or -Y
+        if explicit:
+            raise InputError("gives no tilt axis angle (RotationAngle or TiltAxisAngle in its "
+                             "sections or header, or 'Tilt axis angle' in its [T = ...] "
+                             "title)", mdoc)
+        return _AxisPlan()
+    if source.apply_aln:
+        return _AxisPlan(note=f"the .aln's ROT turns the views; the tilt axis angle {axis:g} "
+                              f"of {mdoc.name} is not applied besides" if explicit else "")
+    xf = None if source.xf is None else Path(source.xf)
+    # The rotation an .xf applies (IMOD's final .xf turns the views; a coarse .prexg only
+    # shifts them). Its median: tiltalign solves a slightly different angle per view.
+    turn = 0.0 if xf is None else float(np.median(xf_rotation_deg(read_xf(xf))))
+    if abs(turn) > AXIS_TOLERANCE_DEG:
+        left = _off_y(axis + turn)
+        if left <= AXIS_TOLERANCE_DEG:
+            return _AxisPlan(note=f"{xf.name} turns the views by {turn:.1f} degrees, which "
+                                  f"brings the tilt axis of {mdoc.name} ({axis:g} degrees) to "
+                                  f"Y" if explicit else "")
+        return _AxisPlan(problem=f"{xf.name} turns the views by {turn:.1f} degrees, which "
+                                 f"leaves the tilt axis of {mdoc.name} ({axis:g} degrees) "
+                                 f"{left:.1f} degrees from Y; give the .xf that aligns this "
+                                 f"stack, or --aligned if its tilt axis is along Y after it")
+    if explicit or (xf is not None and _off_y(axis) > AXIS_TOLERANCE_DEG):
+        if axis == 0:
+            return _AxisPlan()
+        after = f"after {xf.name}'s shifts " if xf is not None else ""
+        shifts = "" if xf is not None else "; no shifts are corrected"
+        return _AxisPlan(axis, f"turned the views by {-axis:g} degrees {after}(the tilt axis "
+                               f"angle of {mdoc.name}) so that the tilt axis lies along "
+                               f"Y{shifts}")
+    off = _off_y(axis)
     if off <= AXIS_TOLERANCE_DEG:
-        return
-    message = (f"its SerialEM {mdoc.name} puts the tilt axis at {axis:g} degrees, "
-               f"{off:.1f} degrees from the image Y axis: the stack looks unaligned and "
-               f"would reconstruct as a blur; "
-               f"align it first and pass the alignment (IMOD: --xf {stack.stem}.xf; AreTomo: "
-               f"--aln {stack.stem}.aln --apply-aln), or pass --aligned if the tilt axis is "
-               f"already along Y")
-    if refuse:
-        raise InputError(message, stack)
-    session.warn(f"{stack}: {message}")
+        return _AxisPlan()
+    return _AxisPlan(problem=(
+        f"its SerialEM {mdoc.name} puts the tilt axis at {axis:g} degrees, {off:.1f} degrees "
+        f"from the image Y axis: the stack looks unaligned and would reconstruct as a blur; "
+        f"align it first and pass the alignment (IMOD: --xf {stack.stem}.xf; AreTomo: --aln "
+        f"{stack.stem}.aln --apply-aln), or pass --mdoc {mdoc.name} to turn the views by its "
+        f"tilt axis angle (shifts left as they are), or --aligned if the tilt axis is already "
+        f"along Y"))
 
 
-def load(source: StackSource, session, force: bool | None = None):
+def check_alignment(source: StackSource, session, refuse: bool) -> float | None:
+    """The tilt axis to undo on load (None: none), after telling what is applied.
+
+    An alignment turns the views so that the tilt axis lies along Y: an ``.xf`` (IMOD's
+    final one turns them), an ``.aln`` with ``apply_aln`` (its ROT), or the ``.mdoc``'s
+    tilt axis angle: given as ``source.mdoc`` it is always undone (after an ``.xf`` that
+    only shifts); the stack's sibling ``.mdoc`` is undone after an ``.xf`` that only
+    shifts (a coarse ``.prexg``), and otherwise only checked. A stack whose tilt axis
+    would stay away from Y (beyond ``AXIS_TOLERANCE_DEG``) is refused (``refuse``) or
+    warned about; ``aligned`` skips every check.
+    """
+    plan = _axis_plan(source)
+    stack = Path(source.stack) if not source.in_memory else None
+    if plan.problem:
+        if refuse:
+            raise InputError(plan.problem, stack)
+        session.warn(f"{stack}: {plan.problem}")
+    if plan.note:
+        session.tell(f"{stack}: {plan.note}")
+    return plan.axis_deg
+
+
+def load(source: StackSource, session, force: bool | None = None, allocate=None):
     """Load the tilt series, report its warnings, log what was read, record the input
     files; returns ``(series, warning messages)``.
 
     force: None only reports (``info``: an unaligned stack is warned about); False
         refuses angles that look like radians and an unaligned stack; True uses radians
         as degrees, with a warning.
+    allocate: where the images go (:func:`~taichi_etgs.io.load_tilt_series`); not for a
+        series in memory.
     """
     from ..io import load_tilt_series
     from ..io.angles import AngleWarning, looks_like_radians
+    from ..io.tilt_series import _sibling_angle_file
 
     if source.in_memory:
         return source.stack, []
@@ -204,13 +278,17 @@ def load(source: StackSource, session, force: bool | None = None):
                          f"only one: --aln alone uses the .aln's TILT column (AreTomo's "
                          f"refined angles and the views it kept), --angles alone uses that "
                          f"file's angles without the .aln")
-    check_alignment(source, session, refuse=force is not None)
+    axis = check_alignment(source, session, refuse=force is not None)
+    if angles is None and aln is None and source.mdoc is not None \
+            and _sibling_angle_file(Path(source.stack)) is None:
+        angles = source.mdoc  # a raw stack's angles: those the .mdoc records
     start = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         series = load_tilt_series(source.stack, angles, xf_path=source.xf, aln_path=aln,
                                   apply_aln=source.apply_aln,
-                                  exclude_views=source.exclude_views, binning=source.binning)
+                                  exclude_views=source.exclude_views, binning=source.binning,
+                                  axis_deg=axis, allocate=allocate)
     if force is False and looks_like_radians(series.tilts_deg):
         session.relay([w for w in caught if not (issubclass(w.category, AngleWarning)
                                                  and "radians" in str(w.message))])
@@ -240,7 +318,7 @@ def load(source: StackSource, session, force: bool | None = None):
              index_ranges(series.kept_views))
     session.add_input("stack", source.stack)
     for role, path in (("angles", series.angles_source or angles), ("xf", source.xf),
-                       ("aln", aln)):
+                       ("aln", aln), ("mdoc", source.mdoc)):
         if path:
             session.add_input(role, path)
     return series, messages
@@ -251,18 +329,30 @@ def pixel_size(series) -> float:
     return series.pixel_size_A if series.pixel_size_A > 0 else 1.0
 
 
-def views(series, contrast: str) -> np.ndarray:
+def views(series, contrast: str, out=None) -> np.ndarray:
     """Positive-density views (:func:`~taichi_etgs.preprocess.density_views`), refused
-    when values overflow float32 once each view's mean is removed, or hold no signal."""
+    when values overflow float32 once each view's mean is removed, or hold no signal.
+
+    out: where they go (``series.data`` itself: in place; default a new array). Every
+    step reads one view at a time, so ``out`` may be a file
+    (:class:`~taichi_etgs.io.scratch.ScratchStack`).
+    """
     from ..preprocess import density_views
 
+    def largest() -> float:
+        return max(float(np.abs(v).max()) for v in series.data)
+
+    # In place, the images are gone once the views are made: their largest value first.
+    largest_value = largest() if out is series.data else None
     with np.errstate(over="ignore", invalid="ignore"):  # checked right below
-        out = density_views(series.data, contrast)
-    if not np.isfinite(out).all():
-        raise InputError(f"pixel values up to {float(np.abs(series.data).max()):.3g} overflow "
+        out = density_views(series.data, contrast, out)
+    if not all(np.isfinite(v).all() for v in out):
+        if largest_value is None:
+            largest_value = largest()
+        raise InputError(f"pixel values up to {largest_value:.3g} overflow "
                          "32-bit floats once each view's mean is removed; rescale the stack "
                          "(e.g. IMOD's newstack -scale)", series.source)
-    if not out.any():
+    if not any(v.any() for v in out):
         _refuse_no_signal(series)
     return out
 
@@ -278,16 +368,17 @@ def _refuse_no_signal(series) -> None:
     raise InputError("contains no signal: every view is constant", series.source)
 
 
-def unit_views(series, contrast: str) -> tuple[np.ndarray, float]:
+def unit_views(series, contrast: str, out=None) -> tuple[np.ndarray, float]:
     """Positive-density views divided by their root mean square, and that factor.
 
     Working at unit scale keeps float32 arithmetic away from overflow (values near 1e30)
     and from underflow (values down to float32's smallest normal numbers, 1e-38); the
-    linear reconstructions are scaled back afterwards (:func:`rescaled`).
+    linear reconstructions are scaled back afterwards (:func:`rescaled`). ``out``: as
+    :func:`views`.
     """
-    out = views(series, contrast)
+    out = views(series, contrast, out)
     sum_sq = sum(float(np.square(v, dtype=np.float64).sum()) for v in out)
-    scale = float(np.sqrt(sum_sq / max(out.size, 1)))
+    scale = float(np.sqrt(sum_sq / max(int(np.prod(out.shape)), 1)))
     if not (np.isfinite(scale) and scale > 0):
         _refuse_no_signal(series)
     for t in range(out.shape[0]):

@@ -6,7 +6,8 @@ folder that refuses new files). Every writer of the package calls it, from the M
 state writers up to the commands, so the messages are the same everywhere:
 
 - ``PATH: is a folder; give a file name for the output``
-- ``PATH: exists; use --force to overwrite``
+- ``PATH: exists; use --force to overwrite`` (an OME-Zarr output, ``.zarr``, is a
+  folder: an existing one is refused so, not as a folder in the way)
 - ``PATH: cannot be written: the folder F does not exist``
 - ``PATH: cannot be written in the folder F: <why>`` (with ``probe``)
 
@@ -25,10 +26,13 @@ from pathlib import Path
 
 from ..errors import InputError
 
-__all__ = ["EXISTS_MESSAGE", "check_writable", "os_reason", "probe_writable"]
+__all__ = ["EXISTS_MESSAGE", "FOLDER_SUFFIXES", "check_writable", "os_reason",
+           "probe_writable"]
 
 #: What an existing output without ``force`` is refused with.
 EXISTS_MESSAGE = "exists; use --force to overwrite"
+#: Outputs that are folders by their format (OME-Zarr), not files.
+FOLDER_SUFFIXES = (".zarr",)
 
 
 def check_writable(path: str | PathLike, force: bool = False, *, what: str = "output",
@@ -37,8 +41,8 @@ def check_writable(path: str | PathLike, force: bool = False, *, what: str = "ou
 
     Parameters
     ----------
-    path: the file to write.
-    force: an existing file may be replaced.
+    path: the file to write (or an OME-Zarr folder, ``.zarr``).
+    force: an existing file (or ``.zarr`` folder) may be replaced.
     what: what the file is, for the message about a folder in its place ("output",
         "state").
     probe: also create and remove a file in its folder (:func:`probe_writable`): the only
@@ -52,7 +56,7 @@ def check_writable(path: str | PathLike, force: bool = False, *, what: str = "ou
         (with ``folder_must_exist``), or the folder refuses new files (with ``probe``).
     """
     p = Path(path)
-    if p.is_dir():
+    if p.is_dir() and p.suffix.lower() not in FOLDER_SUFFIXES:
         raise InputError(f"is a folder; give a file name for the {what}", p)
     if p.exists() and not force:
         raise InputError(EXISTS_MESSAGE, p)

@@ -35,8 +35,8 @@ import numpy as np
 
 from ..errors import InputError
 
-__all__ = ["TomogramResult", "VolumeTarget", "check_finite", "mrc_origin", "relative_to_mean",
-           "write_tomogram"]
+__all__ = ["TomogramResult", "TomogramWriter", "VolumeTarget", "check_finite", "mrc_origin",
+           "relative_to_mean", "write_tomogram"]
 
 log = logging.getLogger("taichi_etgs.pipeline")
 
@@ -46,7 +46,8 @@ class VolumeTarget:
     """The tomogram to make: its size, and where and how to write it.
 
     thickness: NZ in (binned) voxels.
-    output: the MRC file to write (with its sidecar); None: only returned.
+    output: the MRC file to write (with its sidecar), or an OME-Zarr folder (a name
+        ending in ``.zarr``: :mod:`taichi_etgs.io.omezarr`); None: only returned.
     width: NX in voxels (None: the image width); a centred crop.
     output_contrast: "input" (the images' polarity), "bright" or "dark".
     force: overwrite existing outputs; also accept angles that look like radians and a
@@ -91,6 +92,8 @@ class TomogramResult:
 
     volume: density in bright polarity (what the file holds before ``--output-contrast``
         turns it), relative to its mean, in the images' units per voxel. [nz, ny, nx]
+        None for a run in slabs written to a file (it was never whole in memory: read
+        the output).
     voxel_size_A: its voxel size.
     origin_A: the MRC origin (x, y, z) it was or would be written with (:func:`mrc_origin`).
     output: the MRC written, or None.
@@ -98,7 +101,7 @@ class TomogramResult:
     info: what the output's sidecar records under ``result``.
     """
 
-    volume: np.ndarray
+    volume: np.ndarray | None
     voxel_size_A: float
     origin_A: tuple[float, float, float] = (0.0, 0.0, 0.0)
     output: Path | None = None
@@ -137,11 +140,16 @@ def check_finite(volume: np.ndarray, source) -> None:
                              f"`taichi-etgs info`", source)
 
 
+def _is_zarr(path) -> bool:
+    return Path(path).suffix.lower() == ".zarr"
+
+
 def write_tomogram(session, path: str | PathLike, volume: np.ndarray, pixel: float,
                    contrast: str, output_contrast: str, force: bool, what: str,
                    result: dict | None = None,
                    origin_A: tuple[float, float, float] | None = None) -> Path:
-    """Write a positive-density tomogram in the asked polarity, with its sidecar.
+    """Write a positive-density tomogram in the asked polarity, with its sidecar: an MRC
+    file, or an OME-Zarr image for a name ending in ``.zarr``.
 
     contrast: the images' polarity ("dark"/"bright"); output_contrast: "input", "bright"
     or "dark". what: the MRC label and the sidecar's ``what``. result: more for the
@@ -150,18 +158,94 @@ def write_tomogram(session, path: str | PathLike, volume: np.ndarray, pixel: flo
     from .. import io
     from ..preprocess import to_output_polarity
 
+    if _is_zarr(path):
+        with TomogramWriter(session, path, volume.shape, pixel, contrast, output_contrast,
+                            force, what, origin_A) as writer:
+            writer.write_rows(0, volume)
+            return writer.finish(result)
     check_finite(volume, None)
     start = time.perf_counter()
     out = to_output_polarity(volume, contrast, output_contrast)
     io.write_volume(path, out, pixel, force=force, labels=session.labels(what),
                     origin_A=origin_A)
-    nz, ny, nx = volume.shape
+    log.info("wrote %s in %.1f s", path, time.perf_counter() - start)
+    return _written(session, Path(path), volume.shape, pixel, contrast, output_contrast,
+                    what, result, origin_A)
+
+
+def _written(session, path: Path, shape, pixel: float, contrast: str, output_contrast: str,
+             what: str, result: dict | None, origin_A) -> Path:
+    """The sidecar of a tomogram written, and the line that says so."""
+    nz, ny, nx = shape
     polarity = contrast if output_contrast == "input" else output_contrast
     record = {"what": what, "shape_zyx": [nz, ny, nx], "voxel_size_A": float(f"{pixel:.6g}"),
               "contrast": polarity}
     if origin_A is not None:
         record["origin_A"] = list(origin_A)
     session.write_sidecar(path, {**record, **(result or {})})
-    log.info("wrote %s in %.1f s", path, time.perf_counter() - start)
-    session.say(f"wrote {path} ({nz} x {ny} x {nx} voxels, Z Y X; {pixel:g} A/voxel)")
-    return Path(path)
+    kind = "OME-Zarr, " if _is_zarr(path) else ""
+    session.say(f"wrote {path} ({kind}{nz} x {ny} x {nx} voxels, Z Y X; {pixel:g} A/voxel)")
+    return path
+
+
+class TomogramWriter:
+    """A positive-density tomogram written a band of Y rows at a time (slabbed runs), as
+    :func:`write_tomogram` writes a whole one: in the asked polarity, to an MRC file
+    (:class:`~taichi_etgs.io.mrc.MrcSlabWriter`) or an OME-Zarr image
+    (:class:`~taichi_etgs.io.omezarr.OmeZarrWriter`), atomically, with its sidecar;
+    into :attr:`volume` in memory when ``path`` is None.
+
+    Use it as a context manager and call :meth:`finish` inside: an exception, or leaving
+    without :meth:`finish`, leaves nothing under ``path``.
+    """
+
+    def __init__(self, session, path: str | PathLike | None, shape_zyx, pixel: float,
+                 contrast: str, output_contrast: str, force: bool, what: str,
+                 origin_A: tuple[float, float, float] | None = None) -> None:
+        from ..io.mrc import MrcSlabWriter
+        from ..io.omezarr import OmeZarrWriter
+
+        self.session, self.shape, self.pixel, self.what = session, tuple(shape_zyx), pixel, what
+        self.contrast, self.output_contrast, self.origin = contrast, output_contrast, origin_A
+        self.path = None if path is None else Path(path)
+        self.volume = np.empty(self.shape, np.float32) if path is None else None
+        self._file = None
+        if self.path is not None and _is_zarr(self.path):
+            self._file = OmeZarrWriter(self.path, self.shape, pixel, force=force,
+                                       origin_A=origin_A)
+        elif self.path is not None:
+            self._file = MrcSlabWriter(self.path, self.shape, pixel, force=force,
+                                       labels=session.labels(what), origin_A=origin_A)
+        self._finished = False
+
+    def write_rows(self, first: int, block: np.ndarray) -> None:
+        """Rows ``first:first + rows`` (positive density, refused when not finite)."""
+        from ..preprocess import to_output_polarity
+
+        check_finite(block, None)
+        if self._file is None:
+            self.volume[:, first:first + block.shape[1]] = block
+        else:
+            self._file.write_rows(first, to_output_polarity(block, self.contrast,
+                                                            self.output_contrast))
+
+    def finish(self, result: dict | None = None) -> Path | None:
+        """Complete the file (rename it into place) and write its sidecar."""
+        self._finished = True
+        if self._file is None:
+            return None
+        start = time.perf_counter()
+        self._file.close()
+        log.info("closed %s in %.1f s", self.path, time.perf_counter() - start)
+        return _written(self.session, self.path, self.shape, self.pixel, self.contrast,
+                        self.output_contrast, self.what, result, self.origin)
+
+    def __enter__(self) -> TomogramWriter:
+        return self
+
+    def __exit__(self, kind, exc, traceback) -> None:
+        if self._file is not None and not self._finished:
+            if exc is None:
+                exc = RuntimeError("the tomogram was left unfinished")
+                kind, traceback = RuntimeError, None
+            self._file.__exit__(kind, exc, traceback)
