@@ -26,7 +26,7 @@ from __future__ import annotations
 from os import PathLike
 from typing import Any
 
-__all__ = ["evaluate", "reconstruct", "simulate", "sirt", "wbp"]
+__all__ = ["batch", "evaluate", "reconstruct", "simulate", "sirt", "wbp"]
 
 
 def _source(stack, angles, pixel_size, contrast, read: dict):
@@ -196,3 +196,39 @@ def evaluate(recon, reference=None, *, half2=None, voxel_size: float | None = No
     return run_evaluate(recon, reference, half2=half2, voxel_size=voxel_size,
                         max_tilt=max_tilt, angles=angles, json_path=json_path,
                         figure_path=figure_path, force=force, session=session)
+
+
+def batch(inputs, *, method: str, output_dir, thickness: int | None = None,
+          width: int | None = None, binning: int = 1, contrast: str = "dark",
+          output_contrast: str = "input", pixel_size: float | None = None,
+          apply_aln: bool = False, aligned: bool = False, exclude_views: str | None = None,
+          workers: int | None = None, threads: int | None = None, scheduler: str | None = None,
+          retries: int = 2, force: bool = False, arch: str = "auto", **options: Any):
+    """Many tilt series, one Dask task each (``taichi-etgs batch``; docs/batch.md).
+
+    inputs: folders, globs, stacks or tables (CSV, STAR), as the command's INPUT.
+    method: "wbp", "sirt" or "reconstruct". output_dir: the folder for the tomograms
+        (``<stem>.mrc`` with sidecars) and ``batch_summary.csv``/``.json``.
+    thickness, width, binning, contrast, output_contrast, pixel_size, apply_aln, aligned,
+        exclude_views, force: as the command's options (``thickness`` for series whose
+        table gives none).
+    workers, threads, scheduler, retries, arch: the cluster (an embedded one sized to the
+        machine, or the Dask scheduler at ``scheduler``).
+    options: the method's own (``radial``, ``fake_sirt``; ``iterations``, ``relaxation``,
+        ``positivity``; ``max_gaussians``, ...; ``defocus`` as a number, ``voltage_kV``,
+        ``dose_per_tilt``, ...: :data:`taichi_etgs.batch.tasks.METHOD_OPTIONS`).
+
+    Returns a :class:`~taichi_etgs.batch.runner.BatchResult` (``.outcomes``, ``.ok``); a
+    series that fails does not raise: its outcome says why. Called as
+    ``taichi_etgs.api.batch``: ``taichi_etgs.batch`` is the subpackage that runs it.
+    """
+    from .batch import BatchSettings, find_series, run_batch
+
+    session = _session("batch", locals(), None, None)
+    settings = BatchSettings(method=method, thickness=thickness, width=width,
+                             output_contrast=output_contrast, binning=binning,
+                             contrast=contrast, pixel_size=pixel_size, apply_aln=apply_aln,
+                             aligned=aligned, exclude_views=exclude_views, options=options,
+                             force=force, arch=arch)
+    return run_batch(find_series(list(inputs)), settings, output_dir, workers=workers,
+                     threads=threads, scheduler=scheduler, retries=retries, session=session)
