@@ -18,6 +18,14 @@ from .options import (
 _FLIP = ": the views are phase-flipped first, in strips along the tilt axis"
 _DOSE = ": the views are exposure-filtered (Grant & Grigorieff's critical exposure)"
 
+# type=int, not IntRange: a bad N gets the pipeline's one-line error and exit code 2.
+_slab_rows = click.option(
+    "--slab-rows", "slab_rows", type=int, default=None, metavar="N",
+    help="Reconstruct N rows along Y (the tilt axis) at a time, reading the views and "
+         "writing the tomogram slab by slab: the same tomogram in a fraction of the "
+         "memory [default: slabs only when the whole does not fit in the memory "
+         "available].")
+
 
 @cli.command()
 @command
@@ -32,8 +40,9 @@ _DOSE = ": the views are exposure-filtered (Grant & Grigorieff's critical exposu
                    "smoother, higher-contrast tomograms. 0 = plain weighted back-projection.")
 @ctf_options(note=_FLIP)
 @dose_options(note=_DOSE)
+@_slab_rows
 @runtime_options
-def wbp(source, target, radial, fake_sirt, ctf, dose):
+def wbp(source, target, radial, fake_sirt, ctf, dose, slab_rows):
     """Weighted back-projection of STACK into a tomogram (fast; the classical baseline).
 
     STACK is an MRC tilt series (.mrc, .st, .ali; one view per section) with the tilt
@@ -43,14 +52,16 @@ def wbp(source, target, radial, fake_sirt, ctf, dose):
     through the volume (with --defocus, phase-flipped first, as IMOD's ctfphaseflip; with
     --dose or --dose-per-tilt, exposure-filtered).
     Seconds to minutes; sharp but noisy and streaky along the missing wedge. The memory
-    it needs is checked before it starts (-v shows the estimate).
+    it needs is checked before it starts (-v shows the estimate); a tomogram larger
+    than memory is reconstructed in slabs along Y (--slab-rows), the same tomogram.
 
     \b
-    Example:
+    Examples:
       taichi-etgs wbp TS_01.ali --angles TS_01.tlt --binning 4 --thickness 300 -o TS_01_wbp.mrc
+      taichi-etgs wbp TS_01.ali --thickness 1200 --slab-rows 256 -o TS_01_bin1.zarr
     """
     run_wbp(source, target, radial=parse_radial(radial), fake_sirt=fake_sirt, ctf=ctf,
-            dose=dose, session=session())
+            dose=dose, slab_rows=slab_rows, session=session())
 
 
 @cli.command()
@@ -67,8 +78,9 @@ def wbp(source, target, radial, fake_sirt, ctf, dose):
                    "background is zero, e.g. isolated simulated specimens).")
 @ctf_options(note=_FLIP)
 @dose_options(note=_DOSE)
+@_slab_rows
 @runtime_options
-def sirt(source, target, iterations, relaxation, positivity, ctf, dose):
+def sirt(source, target, iterations, relaxation, positivity, ctf, dose, slab_rows):
     """SIRT reconstruction of STACK (row- and column-normalised, from zero).
 
     STACK is an MRC tilt series with the tilt axis along Y, as for wbp.
@@ -84,4 +96,5 @@ def sirt(source, target, iterations, relaxation, positivity, ctf, dose):
           --iterations 20 -o TS_01_sirt.mrc
     """
     run_sirt(source, target, iterations=iterations, relaxation=relaxation,
-             positivity=positivity, ctf=ctf, dose=dose, session=session())
+             positivity=positivity, ctf=ctf, dose=dose, slab_rows=slab_rows,
+             session=session())

@@ -94,10 +94,12 @@ def volume_options(func=None, *, required: bool = True, note: str = ""):
         return func(*args, target=target, **kwargs)
 
     decorators = [
+        # dir_okay: an OME-Zarr output is a folder (check_writable refuses other folders)
         click.option("-o", "--output", required=required,
-                     type=click.Path(dir_okay=False, path_type=Path),
-                     help="Tomogram to write (MRC, Z Y X), with its sidecar OUTPUT.json."
-                          + note),
+                     type=click.Path(path_type=Path),
+                     help="Tomogram to write (MRC, Z Y X), with its sidecar OUTPUT.json; "
+                          "a name ending in .zarr writes OME-Zarr (levels binned 1, 2, 4; "
+                          "voxel size in A), as the CryoET Data Portal." + note),
         click.option("--thickness", required=required, type=click.IntRange(min=1),
                      metavar="NZ", help="Tomogram thickness NZ in (binned) voxels." + note),
         click.option("--width", type=click.IntRange(min=1), default=None, metavar="NX",

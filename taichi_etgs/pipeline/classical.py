@@ -158,7 +158,7 @@ def _reconstruct(source: StackSource, target: VolumeTarget, method: str, options
             def write_rows(first: int, block: np.ndarray) -> None:
                 writer.write_rows(first, inputs.rescaled(block, scale, series.source))
 
-            with session.progress(len(plan.slabs), "slabs") as bar:
+            with session.progress(len(plan.slabs), "slabs", unit="slab") as bar:
                 residuals = slabs.reconstruct_slabs(views.rows, series.tilts_deg, settings,
                                                     plan, write_rows, done=bar.update)
             seconds = time.perf_counter() - start

@@ -25,7 +25,7 @@ from .tomograms import VolumeTarget
 __all__ = ["INPUT_OPTIONS", "RunRecord", "check_resume", "check_state_output",
            "default_state_path", "half_paths", "resolve", "saved_config", "state_geometry"]
 #: Reading options that change the data a model was fitted to (compared on resume).
-INPUT_OPTIONS = ("binning", "exclude_views", "xf", "aln", "apply_aln", "contrast")
+INPUT_OPTIONS = ("binning", "exclude_views", "xf", "aln", "apply_aln", "mdoc", "contrast")
 _EXTRA_OPTIONS = ("voxel_size", "halves")
 
 
@@ -106,7 +106,7 @@ def _option_text(name: str, value) -> str:
         return f"no {option}"
     if value is True:
         return option
-    if name in ("xf", "aln"):
+    if name in ("xf", "aln", "mdoc"):
         value = Path(value).name
     if isinstance(value, (list, tuple)):
         value = ",".join(str(v) for v in value)
@@ -114,7 +114,7 @@ def _option_text(name: str, value) -> str:
 
 
 def _same(name: str, a, b) -> bool:
-    if name in ("xf", "aln") and a is not None and b is not None:
+    if name in ("xf", "aln", "mdoc") and a is not None and b is not None:
         return os.path.abspath(a) == os.path.abspath(b)
     if name == "exclude_views" and not isinstance(a, str) and a is not None:
         a = [int(v) for v in a]
@@ -170,15 +170,25 @@ def state_geometry(state, path) -> tuple[tuple[int, int, int], float]:
     return geometry.shape_zyx, geometry.voxel_size_A
 
 
+def _stem(output: Path) -> tuple[str, str]:
+    """The output's name without its tomogram suffix, and that suffix (``.mrc``, or
+    ``.zarr`` for OME-Zarr; ``.mrc`` for other names, which are kept whole)."""
+    for suffix in (".zarr", ".mrc"):
+        if output.name.endswith(suffix):
+            return output.name.removesuffix(suffix), suffix
+    return output.name, ".mrc"
+
+
 def default_state_path(output: Path) -> Path:
-    """``tomo.mrc`` -> ``tomo.state.h5``."""
-    return output.with_name(output.name.removesuffix(".mrc") + ".state.h5")
+    """``tomo.mrc`` (or ``tomo.zarr``) -> ``tomo.state.h5``."""
+    return output.with_name(_stem(output)[0] + ".state.h5")
 
 
 def half_paths(output: Path) -> list[Path]:
-    """``tomo.mrc`` -> ``tomo_half1.mrc``, ``tomo_half2.mrc``."""
-    stem = output.name.removesuffix(".mrc")
-    return [output.with_name(f"{stem}_half{k}.mrc") for k in (1, 2)]
+    """``tomo.mrc`` -> ``tomo_half1.mrc``, ``tomo_half2.mrc`` (``tomo.zarr`` ->
+    ``tomo_half1.zarr``, ...)."""
+    stem, suffix = _stem(output)
+    return [output.with_name(f"{stem}_half{k}{suffix}") for k in (1, 2)]
 
 
 def check_state_output(state_path: Path, resume_path: Path | None, force: bool) -> None:
