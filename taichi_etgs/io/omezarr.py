@@ -31,12 +31,28 @@ from .._atomic import atomic_folder
 from ..errors import InputError
 from ..pipeline.outputs import check_writable
 
-__all__ = ["CHUNK", "LEVELS", "OmeZarrWriter", "level_shapes"]
+__all__ = ["CHUNK", "LEVELS", "OmeZarrWriter", "check_available", "level_shapes"]
 
 #: Resolution levels written (binned 1, 2 and 4, as the portal's tomograms).
 LEVELS = 3
 #: Chunk edge, voxels (clipped to the level's shape).
 CHUNK = 128
+
+
+def check_available(path: str | PathLike | None = None) -> None:
+    """Refuse an OME-Zarr output, before any work, where ``zarr`` (>= 3) or ``ome-zarr``
+    is missing (they need Python >= 3.11; the install leaves them out on 3.10)."""
+    from importlib import metadata
+
+    try:
+        ok = int(metadata.version("zarr").split(".")[0]) >= 3
+        metadata.version("ome-zarr")
+    except (metadata.PackageNotFoundError, ValueError):
+        ok = False
+    if not ok:
+        raise InputError("writing OME-Zarr needs the packages zarr >= 3 and ome-zarr "
+                         "(Python >= 3.11): pip install 'zarr>=3' 'ome-zarr>=0.18', or "
+                         "write an .mrc", path)
 
 
 def level_shapes(shape_zyx: Sequence[int], levels: int = LEVELS) -> list[tuple[int, int, int]]:
@@ -82,6 +98,7 @@ class OmeZarrWriter:
         if not (np.isfinite(voxel_size_A) and voxel_size_A > 0):
             raise ValueError(f"voxel size must be a positive number of Angstrom, got "
                              f"{voxel_size_A}")
+        check_available(self.path)
         check_writable(self.path, force)
         self.voxel_A = float(voxel_size_A)
         x, y, z = origin_A if origin_A is not None else (0.0, 0.0, 0.0)

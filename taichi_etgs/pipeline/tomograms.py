@@ -68,6 +68,10 @@ class VolumeTarget:
         if self.output_contrast not in ("input", "bright", "dark"):
             raise InputError(f"unknown output contrast {self.output_contrast!r}; expected "
                              "input, bright or dark")
+        if self.output is not None and _is_zarr(self.output):
+            from ..io.omezarr import check_available
+
+            check_available(self.output)
 
     @property
     def path(self) -> Path | None:
