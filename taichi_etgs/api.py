@@ -90,7 +90,7 @@ def wbp(stack, angles=None, *, thickness: int, output=None, width: int | None = 
         (``--dose``: an .mdoc or a DOSE PRIOR_DOSE file; or e/A^2 per view with the
         acquisition order, :class:`~taichi_etgs.pipeline.dose.DoseSettings`): the views
         are exposure-filtered.
-    read: more reading options (``xf``, ``aln``, ``apply_aln``, ``aligned``,
+    read: more reading options (``xf``, ``aln``, ``apply_aln``, ``aligned``, ``mdoc``,
         ``exclude_views``).
 
     Returns a :class:`~taichi_etgs.pipeline.tomograms.TomogramResult` (``.volume``).
@@ -139,7 +139,7 @@ def reconstruct(stack, angles=None, *, thickness: int, output=None,
 
     stack, angles, thickness, output, width, binning, contrast, output_contrast,
     pixel_size, force, arch, threads: as :func:`wbp`.
-    read: more reading options (``xf``, ``aln``, ``apply_aln``, ``aligned``,
+    read: more reading options (``xf``, ``aln``, ``apply_aln``, ``aligned``, ``mdoc``,
         ``exclude_views``).
     settings: :class:`~taichi_etgs.pipeline.gaussian.GaussianSettings` fields:
         ``iterations``, ``max_gaussians``, ``views_per_step``, ``init``, ``tilt_weight``,

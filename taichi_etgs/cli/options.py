@@ -23,8 +23,8 @@ __all__ = ["ctf_options", "dose_options", "given_options", "parse_angles", "pars
            "parse_radial", "parse_size", "parse_tilt_range", "require", "runtime_options",
            "stack_options", "volume_options"]
 
-STACK_NAMES = ("stack", "angles", "xf", "aln", "apply_aln", "aligned", "exclude_views",
-               "binning", "pixel_size", "contrast")
+STACK_NAMES = ("stack", "angles", "xf", "aln", "apply_aln", "aligned", "mdoc",
+               "exclude_views", "binning", "pixel_size", "contrast")
 VOLUME_NAMES = ("output", "thickness", "width", "output_contrast", "force")
 
 
@@ -59,6 +59,12 @@ def stack_options(func=None, *, required: bool = True):
         click.option("--aligned", is_flag=True,
                      help="STACK is aligned (tilt axis along Y) although its SerialEM .mdoc "
                           "gives a tilt axis away from Y: reconstruct it as it is."),
+        click.option("--mdoc", "mdoc", type=click.Path(dir_okay=False, path_type=Path),
+                     help="SerialEM .mdoc of a raw STACK: the views are turned by minus its "
+                          "tilt axis angle (after --xf's shifts) so that the axis lies "
+                          "along Y; also the angles when no other file gives them. A "
+                          "sibling .mdoc is undone by itself only after an .xf that only "
+                          "shifts (IMOD's .prexg)."),
         click.option("--exclude-views", default=None, metavar="LIST",
                      help="Views to leave out, 0-based indices into STACK: '0,1,40' or '0-2,40'."),
         click.option("--binning", type=click.IntRange(min=1), default=1, show_default=True,
