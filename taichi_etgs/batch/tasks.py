@@ -374,6 +374,7 @@ def run_series(task: SeriesTask) -> SeriesOutcome:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     outcome.seconds = round(time.perf_counter() - start, 2)
-    outcome.notes = notes
+    # The notes name the files where they were written; say where they are now.
+    outcome.notes = [n.replace(str(work), str(task.outdir)) for n in notes]
     return outcome
 
