@@ -175,16 +175,28 @@ def run_batch(series: Sequence[Series], settings: BatchSettings, outdir: str | P
         for s in to_run:
             _remove_work(outdir, s.name)  # attempts of an earlier batch that was killed
         described = plan.describe() if plan else f"scheduler {scheduler}"
-        with open_client(plan, scheduler, retries=retries, processes=processes) as client:
-            dashboard = dashboard_link(client)
-            session.tell(f"{len(to_run)} series on {described}"
-                         + (f"; dashboard {dashboard}" if dashboard else ""))
-            _run_tasks(client, tasks, outdir, retries, outcomes, session, on_progress,
-                       len(series), skipped)
+        try:
+            with open_client(plan, scheduler, retries=retries, processes=processes) as client:
+                dashboard = dashboard_link(client)
+                session.tell(f"{len(to_run)} series on {described}"
+                             + (f"; dashboard {dashboard}" if dashboard else ""))
+                _run_tasks(client, tasks, outdir, retries, outcomes, session, on_progress,
+                           len(series), skipped)
+        except KeyboardInterrupt:  # the summary still says what was done
+            _summarize(series, outcomes, settings, outdir, described, dashboard, start)
+            raise
         root = outdir / WORK_FOLDER
         if root.is_dir() and not any(root.iterdir()):
             root.rmdir()
-    ordered = [outcomes[s.name] for s in series]
+    return _summarize(series, outcomes, settings, outdir, described, dashboard, start)
+
+
+def _summarize(series: Sequence[Series], outcomes: dict[str, SeriesOutcome],
+               settings: BatchSettings, outdir: Path, described: str, dashboard: str | None,
+               start: float) -> BatchResult:
+    from .. import __version__
+
+    ordered = [outcomes[s.name] for s in series if s.name in outcomes]
     seconds = round(time.perf_counter() - start, 2)
     record = {"method": settings.method, "settings": asdict(settings),
               "output_folder": str(outdir.absolute()), "cluster": described,
