@@ -76,12 +76,14 @@ def wbp(stack, angles=None, *, thickness: int, output=None, width: int | None = 
         fake_sirt: int = 0, defocus=None, voltage_kV: float = 300.0, cs_mm: float = 2.7,
         amplitude_contrast: float = 0.07, dose=None, dose_per_tilt: float | None = None,
         tilt_order: str | None = None, tilt_start: float | None = None, tilt_group: int = 2,
-        force: bool = False, arch: str | None = None, threads: int | None = None, **read: Any):
+        slab_rows: int | None = None, force: bool = False, arch: str | None = None,
+        threads: int | None = None, **read: Any):
     """Weighted back-projection (``taichi-etgs wbp``).
 
     stack, angles: the tilt series (see the module docstring).
     thickness, width: the tomogram's NZ and NX in (binned) voxels.
-    output: the MRC to write (None: returned only).
+    output: the MRC to write, or OME-Zarr for a name ending in ``.zarr`` (None: returned
+        only).
     binning, contrast, output_contrast, pixel_size, force: as the command's options.
     radial, fake_sirt: the filter (IMOD's radial cutoff and falloff; FakeSIRTiterations).
     defocus, voltage_kV, cs_mm, amplitude_contrast: the CTF (``--defocus``: micrometres of
@@ -90,6 +92,9 @@ def wbp(stack, angles=None, *, thickness: int, output=None, width: int | None = 
         (``--dose``: an .mdoc or a DOSE PRIOR_DOSE file; or e/A^2 per view with the
         acquisition order, :class:`~taichi_etgs.pipeline.dose.DoseSettings`): the views
         are exposure-filtered.
+    slab_rows: reconstruct this many rows along Y at a time (``--slab-rows``; None: only
+        when the whole does not fit in memory); the result's ``volume`` is then None when
+        an output is written (read the file).
     read: more reading options (``xf``, ``aln``, ``apply_aln``, ``aligned``, ``mdoc``,
         ``exclude_views``).
 
@@ -103,7 +108,7 @@ def wbp(stack, angles=None, *, thickness: int, output=None, width: int | None = 
                    radial=radial, fake_sirt=fake_sirt,
                    ctf=_ctf(defocus, voltage_kV, cs_mm, amplitude_contrast),
                    dose=_dose(dose, dose_per_tilt, tilt_order, tilt_start, tilt_group),
-                   session=session)
+                   slab_rows=slab_rows, session=session)
 
 
 def sirt(stack, angles=None, *, thickness: int, output=None, iterations: int = 20,
@@ -112,8 +117,9 @@ def sirt(stack, angles=None, *, thickness: int, output=None, iterations: int = 2
          pixel_size: float | None = None, defocus=None, voltage_kV: float = 300.0,
          cs_mm: float = 2.7, amplitude_contrast: float = 0.07, dose=None,
          dose_per_tilt: float | None = None, tilt_order: str | None = None,
-         tilt_start: float | None = None, tilt_group: int = 2, force: bool = False,
-         arch: str | None = None, threads: int | None = None, **read: Any):
+         tilt_start: float | None = None, tilt_group: int = 2, slab_rows: int | None = None,
+         force: bool = False, arch: str | None = None, threads: int | None = None,
+         **read: Any):
     """SIRT (``taichi-etgs sirt``); arguments as :func:`wbp`, and ``iterations``,
     ``relaxation`` (in (0, 2)) and ``positivity``.
 
@@ -127,7 +133,7 @@ def sirt(stack, angles=None, *, thickness: int, output=None, iterations: int = 2
                     iterations=iterations, relaxation=relaxation, positivity=positivity,
                     ctf=_ctf(defocus, voltage_kV, cs_mm, amplitude_contrast),
                     dose=_dose(dose, dose_per_tilt, tilt_order, tilt_start, tilt_group),
-                    session=session)
+                    slab_rows=slab_rows, session=session)
 
 
 def reconstruct(stack, angles=None, *, thickness: int, output=None,

@@ -21,6 +21,7 @@ final name.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Sequence
 from os import PathLike
 from pathlib import Path
@@ -143,8 +144,12 @@ class OmeZarrWriter:
 
     def close(self) -> Path:
         """Bin the levels, write the metadata, move the store to ``path``."""
-        from ome_zarr.format import FormatV04
-        from ome_zarr.writer import write_multiscales_metadata
+        with warnings.catch_warnings():
+            # ome-zarr >= 0.14 warns on import about its own deprecated Scaler (the default
+            # of a function this writer does not call).
+            warnings.simplefilter("ignore", DeprecationWarning)
+            from ome_zarr.format import FormatV04
+            from ome_zarr.writer import write_multiscales_metadata
 
         for level in range(1, len(self.shapes)):
             self._bin_level(level)
