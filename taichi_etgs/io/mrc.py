@@ -13,6 +13,7 @@ half-written MRC behind.
 from __future__ import annotations
 
 import contextlib
+import mmap
 import warnings
 from collections.abc import Sequence
 from os import PathLike
@@ -32,6 +33,7 @@ __all__ = [
     "StackWarning",
     "read_stack",
     "read_volume",
+    "release_pages",
     "write_stack",
     "write_volume",
 ]
@@ -204,6 +206,21 @@ def read_stack(path: str | PathLike, *, mmap: bool = True) -> tuple[np.ndarray, 
     if not mmap:
         data = np.array(data)
     return data, _pixel_size_from_header(header)
+
+
+def release_pages(data: np.ndarray) -> None:
+    """Give back the resident pages of a memory-mapped stack (:func:`read_stack`) read so
+    far; they stay in the system's file cache. A stack read section by section through one
+    map would otherwise stay whole in the process's resident memory until the map is
+    closed. Nothing for an array in memory."""
+    obj = data
+    while obj is not None:
+        mapping = getattr(obj, "_mmap", None)
+        if isinstance(mapping, mmap.mmap):
+            with contextlib.suppress(OSError, ValueError, AttributeError):
+                mapping.madvise(mmap.MADV_DONTNEED)  # a read-only shared map: nothing lost
+            return
+        obj = getattr(obj, "base", None)
 
 
 def read_volume(path: str | PathLike) -> tuple[np.ndarray, float]:
@@ -417,7 +434,9 @@ class MrcSlabWriter:
             mrc.data[:, first:first + block.shape[1], :] = block
         n = block.size
         mean = float(np.mean(block, dtype=np.float64))
-        m2 = float(np.sum(np.square(block - np.float32(mean), dtype=np.float64)))
+        # A section at a time: float64 temporaries of one section, not of the band.
+        m2 = sum(float(np.sum(np.square(section - mean, dtype=np.float64)))
+                 for section in block)
         delta, total = mean - self._mean, self._count + n
         self._mean += delta * n / total
         self._m2 += m2 + delta * delta * self._count * n / total

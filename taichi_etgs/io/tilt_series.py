@@ -15,7 +15,7 @@ from ..errors import InputError
 from .aln import AlnAlignment, read_aln, resolve_aln_sections
 from .angles import AngleWarning, check_tilt_angles, read_mdoc, read_tilt_angles
 from .binning import bin_image, check_binning
-from .mrc import StackWarning, read_stack
+from .mrc import StackWarning, read_stack, release_pages
 from .transforms import aligned_shape, aln_to_xf, apply_xf_image, compose_xf, read_xf, rotation_xf
 from .views import check_view_indices, parse_view_list
 
@@ -277,6 +277,7 @@ def load_tilt_series(
             raise InputError(f"section {i} contains NaN or Inf pixels", stack)
         if image.min() == image.max():
             constant.append(i)
+        release_pages(data)  # memory holds one section of the file, not all read so far
         if i in transforms:
             image = apply_xf_image(image, transforms[i], output_shape=out_yx)
         out[j] = bin_image(image, b)

@@ -1,0 +1,191 @@
+"""Y-slab decomposition (issue 11, item 2): slabbed WBP and SIRT against the whole, equality
+and peak memory.
+
+    python bench/slabs.py [--quick] [--slab-rows N] [--iterations N] [--threads N]
+                          [--shape NZ,NY,NX]
+
+Simulates a tilt series of a 64 x 1024 x 1024 tomogram (41 tilts, -60..60 by 3 degrees;
+``--quick``: 16 x 128 x 128, 21 tilts), then runs ``taichi-etgs wbp`` and ``sirt`` on it
+whole and with ``--slab-rows``, each in its own process. Peak memory is the child's
+``ru_maxrss``: every run goes through a small wrapper process that starts it and reports
+``resource.getrusage(RUSAGE_CHILDREN).ru_maxrss`` (the wrapper's only child is the run, so
+the figure is that run's alone). The outputs are compared a section at a time (memory
+maps): correlation, largest difference, and the row profile's step at every slab border
+against the whole's (a seam would show there).
+
+Acceptance (issue 11): slabbed equal to the whole (correlation >= 0.999, no seam) and the
+slabbed runs' peak RSS at most 1/3 of the whole runs'. Results: bench/results/slabs.md and
+slabs.json (``--quick``: slabs-quick.*, the sizes too small for the memory figures to mean
+much: Python and Taichi's runtime dominate; ``--shape``: slabs-NZxNYxNX.*).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+_SIMULATE = """
+import sys
+import numpy as np
+from taichi_etgs import runtime
+from taichi_etgs.classical.projector import forward_project
+from taichi_etgs.io import write_stack
+
+nz, ny, nx, n_tilts, threads, path = sys.argv[1:]
+nz, ny, nx, n_tilts = int(nz), int(ny), int(nx), int(n_tilts)
+runtime.init("cpu", threads=int(threads))
+rng = np.random.default_rng(11)
+volume = np.zeros((nz, ny, nx), np.float32)
+r = max(2, nx // 64)
+for _ in range(ny * nx // 2000 + 20):  # blobs over every row, away from the sides
+    z = rng.integers(r, nz - r); y = rng.integers(0, ny); x = rng.integers(nx // 8, nx - nx // 8)
+    volume[z - r:z + r, max(0, y - r):y + r, x - r:x + r] += rng.uniform(0.5, 2.0)
+tilts = np.linspace(-60.0, 60.0, n_tilts)
+views = forward_project(volume, tilts)
+del volume
+views += rng.normal(0.0, 0.2, views.shape).astype(np.float32)
+write_stack(path, 100.0 - views, 10.0)
+np.savetxt(path[:-4] + ".tlt", tilts, fmt="%.3f")
+"""
+
+# The run's process is the wrapper's only child: RUSAGE_CHILDREN is that run's peak.
+_MEASURE = """
+import resource, subprocess, sys, time
+start = time.perf_counter()
+code = subprocess.run(sys.argv[1:]).returncode
+seconds = time.perf_counter() - start
+print(code, seconds, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+"""
+
+
+def _run(args: list[str]) -> dict:
+    """One ``taichi-etgs`` run in its own process: exit code, wall time, peak RSS (MiB)."""
+    cmd = [sys.executable, "-c", _MEASURE, sys.executable, "-m", "taichi_etgs.cli", *args]
+    res = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    code, seconds, maxrss_kib = res.stdout.split()[-3:]
+    if int(code) != 0:
+        raise SystemExit(f"taichi-etgs {' '.join(args)} failed:\n{res.stderr}")
+    return {"seconds": round(float(seconds), 2), "peak_rss_mib": round(int(maxrss_kib) / 1024, 1)}
+
+
+def _compare(whole: Path, slabbed: Path, rows: int) -> dict:
+    """Correlation, largest difference and the seam check, one section at a time."""
+    import mrcfile
+
+    with mrcfile.mmap(whole, mode="r") as a, mrcfile.mmap(slabbed, mode="r") as b:
+        nz, ny, _ = a.data.shape
+        sums = np.zeros(5)  # a, b, a^2, b^2, ab
+        largest, spread = 0.0, 0.0
+        profile_a, profile_b = np.zeros(ny), np.zeros(ny)
+        for k in range(nz):
+            x = np.asarray(a.data[k], np.float64)
+            y = np.asarray(b.data[k], np.float64)
+            sums += [x.sum(), y.sum(), (x * x).sum(), (y * y).sum(), (x * y).sum()]
+            largest = max(largest, float(np.abs(x - y).max()))
+            spread = max(spread, float(np.abs(x).max()))
+            profile_a += x.mean(axis=1) / nz
+            profile_b += y.mean(axis=1) / nz
+        n = a.data.size
+    mean_a, mean_b = sums[0] / n, sums[1] / n
+    cov = sums[4] / n - mean_a * mean_b
+    corr = cov / np.sqrt((sums[2] / n - mean_a ** 2) * (sums[3] / n - mean_b ** 2))
+    borders = np.arange(rows, ny, rows)
+    steps_a = profile_a[borders] - profile_a[borders - 1]
+    steps_b = profile_b[borders] - profile_b[borders - 1]
+    seam = float(np.abs(steps_b - steps_a).max()) if borders.size else 0.0
+    return {"correlation": float(corr), "max_abs_difference": largest,
+            "max_abs_value": spread, "bit_identical": largest == 0.0,
+            "seam_step_difference": seam,
+            "row_profile_std": float(np.std(profile_a)),
+            "no_seam": seam <= 1e-6 * max(float(np.std(profile_a)), 1e-30)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="16 x 128 x 128, 21 tilts")
+    parser.add_argument("--slab-rows", type=int, default=None,
+                        help="rows per slab (default 64; --quick 16)")
+    parser.add_argument("--iterations", type=int, default=5, help="SIRT iterations")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--shape", default=None, metavar="NZ,NY,NX",
+                        help="another tomogram size (41 tilts)")
+    args = parser.parse_args()
+    shape, n_tilts = ((16, 128, 128), 21) if args.quick else ((64, 1024, 1024), 41)
+    if args.shape:
+        shape = tuple(int(v) for v in args.shape.split(","))
+    rows = args.slab_rows or (16 if args.quick else 64)
+    report: dict = {"shape_zyx": list(shape), "n_tilts": n_tilts, "slab_rows": rows,
+                    "sirt_iterations": args.iterations, "threads": args.threads,
+                    "machine": machine(), "runs": {}}
+    with tempfile.TemporaryDirectory(prefix="bench-slabs-", dir=RESULTS.parent) as tmp:
+        stack = Path(tmp) / "ts.mrc"
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-c", _SIMULATE, *map(str, shape), str(n_tilts),
+                        str(args.threads), str(stack)], check=True)
+        print(f"simulated {stack.name} in {time.perf_counter() - start:.0f} s", flush=True)
+        for method, extra in (("wbp", []), ("sirt", ["--iterations", str(args.iterations)])):
+            runs = {}
+            for label, slab in (("whole", []), ("slabs", ["--slab-rows", str(rows)])):
+                out = Path(tmp) / f"{method}_{label}.mrc"
+                runs[label] = _run([method, str(stack), "--thickness", str(shape[0]),
+                                    "-o", str(out), "--arch", "cpu",
+                                    "--threads", str(args.threads), *extra, *slab])
+                print(f"{method} {label}: {runs[label]}", flush=True)
+            # Without enough memory the "whole" run would itself go in slabs (automatic).
+            side = json.loads((Path(tmp) / f"{method}_whole.mrc.json").read_text())
+            runs["whole"]["was_whole"] = "slab_rows" not in side["result"]
+            runs["equality"] = _compare(Path(tmp) / f"{method}_whole.mrc",
+                                        Path(tmp) / f"{method}_slabs.mrc", rows)
+            runs["rss_ratio"] = round(runs["slabs"]["peak_rss_mib"]
+                                      / runs["whole"]["peak_rss_mib"], 3)
+            runs["accepted"] = bool(runs["whole"]["was_whole"]
+                                    and runs["equality"]["correlation"] >= 0.999
+                                    and runs["equality"]["no_seam"]
+                                    and runs["rss_ratio"] <= 1 / 3)
+            report["runs"][method] = runs
+    name = "slabs" if not (args.quick or args.shape) else "slabs-" + (
+        "quick" if args.quick else "x".join(map(str, shape)))
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(report, indent=1) + "\n")
+    (RESULTS / f"{name}.md").write_text(_markdown(report))
+    print((RESULTS / f"{name}.md").read_text())
+
+
+def _markdown(report: dict) -> str:
+    nz, ny, nx = report["shape_zyx"]
+    lines = [f"# Slabbed WBP and SIRT against the whole ({nz} x {ny} x {nx}, "
+             f"{report['n_tilts']} tilts, slabs of {report['slab_rows']} rows, "
+             f"{report['threads']} threads)", "",
+             "| method | run | time (s) | peak RSS (MiB) | slabbed / whole RSS | correlation "
+             "| max abs diff | seam | accepted |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for method, runs in report["runs"].items():
+        eq = runs["equality"]
+        for label in ("whole", "slabs"):
+            run = runs[label]
+            tail = (f"{runs['rss_ratio']:.3f} | {eq['correlation']:.6f} | "
+                    f"{eq['max_abs_difference']:.3g} | {'none' if eq['no_seam'] else 'SEAM'} | "
+                    f"{'yes' if runs['accepted'] else 'NO'}") if label == "slabs" \
+                else " | | | |"
+            lines.append(f"| {method} | {label} | {run['seconds']} | {run['peak_rss_mib']} | "
+                         f"{tail} |")
+    lines += ["", "Acceptance (issue 11): correlation >= 0.999, no seam in the row profile at "
+              "the slab borders, slabbed peak RSS <= 1/3 of the whole run's. Peak RSS is each "
+              "run's own ru_maxrss (a process per run).", ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
