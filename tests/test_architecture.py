@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "taichi_etgs"
-DOMAIN = ("classical", "gaussian", "simulation", "evaluation", "io", "kernels")
+DOMAIN = ("classical", "gaussian", "alignment", "simulation", "evaluation", "io", "kernels")
 
 
 def _imports(path: Path, names: bool = False) -> list:

@@ -63,6 +63,11 @@ _REQUIRED_NOTE = " Required unless --resume (the state knows it)."
                    "OUTPUT_half1.mrc and OUTPUT_half2.mrc and their Fourier shell correlation "
                    "(in the log and the JSON sidecar), to judge the tomogram without a ground "
                    "truth or to feed a denoiser. About twice the time.")
+@click.option("--refine-alignment", is_flag=True,
+              help="Refine each view's residual shift (a pixel or two left by IMOD or "
+                   "AreTomo) with the model, and write the correction as OUTPUT stem .xf "
+                   "(IMOD convention, to apply after the alignment the stack was given "
+                   "with) and .tlt. The tilt-axis angle is not refined. About 30% more time.")
 @click.option("--heldout-every", type=click.IntRange(min=0), default=10, show_default=True,
               metavar="N",
               help="Hold one view in N (in tilt order) out of the fit to validate it: the "
@@ -73,8 +78,8 @@ _REQUIRED_NOTE = " Required unless --resume (the state knows it)."
                    "damage later views carry")
 @runtime_options
 def reconstruct(source, target, iterations, max_gaussians, views_per_step, init, tilt_weight,
-                seed, state_path, save_every, resume_path, voxel_size, halves, heldout_every,
-                ctf, dose):
+                seed, state_path, save_every, resume_path, voxel_size, halves, refine_alignment,
+                heldout_every, ctf, dose):
     """Reconstruct STACK as adaptive 3D Gaussians (the CryoETGS method).
 
     STACK is an MRC tilt series with the tilt axis along Y, as for wbp.
@@ -112,6 +117,6 @@ def reconstruct(source, target, iterations, max_gaussians, views_per_step, init,
         amplitude_contrast=ctf.amplitude_contrast, dose=dose.dose,
         dose_per_tilt=dose.dose_per_tilt, tilt_order=dose.tilt_order,
         tilt_start=dose.tilt_start_deg, tilt_group=dose.tilt_group, voxel_size=voxel_size,
-        halves=halves,
+        halves=halves, refine_alignment=refine_alignment,
         state=state_path, save_every=save_every, resume=resume_path)
     run_reconstruct(source, target, settings, session=session())

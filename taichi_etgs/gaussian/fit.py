@@ -39,6 +39,11 @@ __all__ = ["ReconstructConfig", "Progress", "GaussianReconstruction", "heldout_v
            "halves_fsc", "reconstruct_halves", "robust_range", "robust_scale",
            "view_spectrum"]
 
+# The alignment's first fit: its steps, and the steps between two matchings. The shifts
+# settle within about 100 steps at SNR 1 (docs/method.md, "Alignment refinement").
+_PREALIGN_ITERATIONS = 150
+_PREALIGN_EVERY = 25
+
 
 @dataclass
 class ReconstructConfig:
@@ -90,6 +95,11 @@ class ReconstructConfig:
         e/A^2, a list in the order of the views, :mod:`taichi_etgs.io.dose`): each
         rendered view is filtered with its exposure filter too (Grant & Grigorieff's
         critical exposure, docs/method.md "Dose"); None: none.
+    refine_alignment: refine the views' residual alignment (a shift per view and the
+        tilt-axis angle, :mod:`taichi_etgs.alignment`): by projection matching against
+        SIRT before the model is seeded, then against the model's predictions whenever
+        the model grows (densification), so that the model is built on aligned views and
+        the alignment stops moving while the model still has freedom to absorb it.
     lr_scale: multiplies every learning rate (the rollback after a NaN halves it).
     seed: seeds the initialisation, the view order and densification.
     """
@@ -125,6 +135,7 @@ class ReconstructConfig:
     voltage_kV: float = 300.0
     cs_mm: float = 2.7
     amplitude_contrast: float = 0.07
+    refine_alignment: bool = False
     lr_scale: float = 1.0
     seed: int = 0
 
@@ -425,6 +436,18 @@ class GaussianReconstruction:
         specimen -= specimen.mean(axis=(1, 2), keepdims=True)
         self.scale = robust_scale(specimen[self.train])
         self.measured = (np.asarray(views) / self.scale).astype(np.float32)
+        self.alignment = None
+        if self.config.refine_alignment:
+            # The views as given are kept: every refinement resamples them once, from the
+            # original, instead of resampling resampled views.
+            from ..alignment import ViewAlignment
+
+            self.given = self.measured
+            # A model to continue from (a resume) comes with its alignment (restore).
+            self.alignment = (ViewAlignment.identity(n_tilts) if params is not None
+                              else self._prealign(views, width))
+            self.measured = self.alignment.apply(self.given)
+            specimen = self.alignment.apply(specimen)
         self.slab.density /= self.scale
         self.data_range = robust_range(specimen[self.train] / self.scale)
         # The held-out score weighs each frequency ring by its share of signal: at low dose
@@ -455,6 +478,39 @@ class GaussianReconstruction:
         if self.slab.density == 0.0:
             return np.zeros((len(index), self.nu))
         return self.slab.profiles(self.tilts_deg[index], self.nu)[0]
+
+    def _prealign(self, views: np.ndarray, width: int | None):
+        """A short fit of its own whose views are matched to its predictions every
+        ``_PREALIGN_EVERY`` steps: the model written is then seeded from aligned views
+        instead of having learned the misalignment in its first steps."""
+        from ..alignment import ViewAlignment
+
+        config = dataclasses.replace(self.config, iterations=_PREALIGN_ITERATIONS,
+                                     refine_alignment=False)
+        first = GaussianReconstruction(views, self.tilts_deg, self.shape_zyx[0], config,
+                                       width=width)
+        first.given = first.measured
+        first.alignment = ViewAlignment.identity(len(self.tilts_deg))
+        while first.iteration < _PREALIGN_ITERATIONS:
+            first.step()
+            if first.iteration % _PREALIGN_EVERY == 0:
+                first._refine_alignment()
+        return first.alignment
+
+    def _refine_alignment(self) -> str:
+        """Match the views as given to the model's predictions of all of them."""
+        from ..alignment import match_views
+
+        every = np.arange(self.measured.shape[0])
+        predicted = self.gains[:, None, None].astype(np.float32) * self.predict(every)
+        before = self.alignment
+        self.alignment = match_views(self.given, predicted, self.tilts_deg, before, steps=2,
+                                     fit_axis=False)
+        self.measured = self.alignment.apply(self.given)
+        self._heldout_measured_cache = None
+        moved = np.sqrt(np.mean((self.alignment.shifts_px - before.shifts_px) ** 2))
+        return (f"alignment: axis {self.alignment.axis_deg:+.2f} deg, shifts moved "
+                f"{moved:.2f} px rms")
 
     def _seed_model(self, initial_volume: np.ndarray | None,
                     specimen_views: np.ndarray) -> GaussianParams:
@@ -504,6 +560,7 @@ class GaussianReconstruction:
         self._snapshot = None
         self._take_snapshot()
         self._best = None
+        self._best_alignment = None
         # (lowest held-out score, the ring-normalised spectra of its predictions)
         self._heldout_reference = None
         self._heldout_measured_cache = None
@@ -615,6 +672,8 @@ class GaussianReconstruction:
         self.losses.append(loss)
         if self._densify_due():
             message = self._densify()
+            if self.alignment is not None:
+                message += "; " + self._refine_alignment()
         if self.iteration % cfg.densify_every == 0:
             self._take_snapshot()
         return Progress(self.iteration, cfg.iterations, loss, self.params.n, message)
@@ -718,6 +777,7 @@ class GaussianReconstruction:
             return value
         self._best = (value, self.params.copy(), self.slab.vector(), self.gains.copy(),
                       self.iteration)
+        self._best_alignment = self.alignment
         self.best_iteration = self.iteration
         return value
 
@@ -808,6 +868,10 @@ class GaussianReconstruction:
         if self._best is None or self._best[4] == self.iteration:
             return
         _, params, slab, gains, _ = self._best
+        if self._best_alignment is not None:
+            self.alignment = self._best_alignment
+            self.measured = self.alignment.apply(self.given)
+            self._heldout_measured_cache = None
         self.params = params.copy()
         self.slab = SlabBackground.from_vector(slab, self.slab.edge)
         self.gains = gains.copy()
@@ -826,7 +890,8 @@ class GaussianReconstruction:
 
     def validation_report(self) -> dict:
         """What the run knows of its own quality (for the output's sidecar and the log)."""
-        return {"heldout_views": self.heldout.tolist(),
+        alignment = {} if self.alignment is None else {"alignment": self.alignment.to_dict()}
+        return alignment | {"heldout_views": self.heldout.tolist(),
                 "heldout_loss": {"iteration": list(self.validation["iteration"]),
                                  "value": list(self.validation["heldout_loss"])},
                 "best_iteration": int(self.best_iteration),
@@ -867,6 +932,9 @@ class GaussianReconstruction:
                                                            self.slab_adam.t],
                       _gains=self.gains, _validation=self.validation,
                       _stopped_early=self.stopped_early)
+        if self.alignment is not None:
+            config.update(_alignment_shifts=self.alignment.shifts_px,
+                          _alignment_axis=[self.alignment.axis_deg])
         if self._best is not None:
             value, params, slab, gains, iteration = self._best
             config.update(_best=[value, slab, gains, iteration],
@@ -913,6 +981,13 @@ class GaussianReconstruction:
             self._best = (float(value), params, np.asarray(slab), np.asarray(gains),
                           int(iteration))
             self.best_iteration = int(iteration)
+        if "_alignment_shifts" in config and self.alignment is not None:
+            from ..alignment import ViewAlignment
+
+            self.alignment = ViewAlignment(np.asarray(config["_alignment_shifts"], dtype=float),
+                                           float(config["_alignment_axis"][0]))
+            self.measured = self.alignment.apply(self.given)
+            self._heldout_measured_cache = None
         if "_heldout_reference" in config:
             re_im = np.asarray(config["_heldout_reference_spectra"], dtype=np.float64)
             self._heldout_reference = (float(config["_heldout_reference"][0]),

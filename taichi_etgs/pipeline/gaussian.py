@@ -62,6 +62,10 @@ class GaussianSettings:
         its exposure filter in the forward model.
     voxel_size: voxel size of the written tomogram in A (None: the stack's pixel size).
     halves: also reconstruct the odd and the even tilts and write both with their FSC.
+    refine_alignment: refine each view's residual shift with the model
+        (:mod:`taichi_etgs.alignment`) and write the correction next to the output as
+        ``<output stem>.xf`` (IMOD convention, in the input stack's pixels, to apply after
+        the alignment the views were given with) and ``<output stem>.tlt``.
     state: the state file (None: OUTPUT with .state.h5; none without an output).
     save_state: False: no state file at all (Ctrl-C then loses the run).
     save_every: save the state every this many steps (0: only at the end).
@@ -88,6 +92,7 @@ class GaussianSettings:
     tilt_group: int = 2
     voxel_size: float | None = None
     halves: bool = False
+    refine_alignment: bool = False
     state: str | PathLike | None = None
     save_state: bool = True
     save_every: int = 100
@@ -144,6 +149,7 @@ class GaussianSettings:
                                  views_per_step=self.views_per_step,
                                  tilt_weight=self.tilt_weight, seed=self.seed, init=init,
                                  heldout_every=self.heldout_every, **ctf,
+                                 refine_alignment=self.refine_alignment,
                                  pixel_size_A=(pixel if defocus is not None or dose is not None
                                                else 0.0),
                                  voltage_kV=self.voltage_kV, cs_mm=self.cs_mm,
@@ -220,6 +226,34 @@ def _write_halves(session, run, views, series, paths, factor, out_shape, pixel, 
             "specimen_half_band_fsc": specimen["band_fsc"]}
 
 
+def alignment_paths(output: Path) -> tuple[Path, Path]:
+    """Where a refined alignment goes: ``<output stem>.xf`` and ``<output stem>.tlt``."""
+    return output.with_suffix(".xf"), output.with_suffix(".tlt")
+
+
+def _write_alignment(session: Session, run, output: Path | None, binning: int,
+                     force: bool) -> dict:
+    """Report the refined alignment and write it next to the output."""
+    from ..io.angles import write_tilt_angles
+    from ..io.transforms import write_xf
+
+    xf = run.alignment.xf()
+    xf[:, :, 2] *= binning  # the input stack's pixels, not the binned views'
+    shifts = run.alignment.shifts_px * binning
+    record = {"shifts_px": shifts.round(4).tolist(),
+              "rms_shift_px": float(np.sqrt(np.mean(shifts ** 2)))}
+    session.tell(f"alignment refined: residual shifts {record['rms_shift_px']:.2f} px rms "
+                 f"(largest {np.abs(shifts).max():.2f} px)")
+    if output is not None:
+        xf_path, tlt_path = alignment_paths(output)
+        write_xf(xf_path, xf, force=force)
+        write_tilt_angles(tlt_path, run.tilts_deg, force=force)
+        record.update(xf=str(xf_path), tlt=str(tlt_path))
+        session.tell(f"wrote {xf_path} and {tlt_path} (the correction of the views as given; "
+                     f"xfproduct your .xf with it to use it elsewhere)")
+    return record
+
+
 def _seed(settings: GaussianSettings, source: StackSource, shape, session: Session):
     """What seeds a new run besides its config: ``(initial_volume, params, view_scale)``."""
     from ..gaussian.state import load_state
@@ -284,6 +318,12 @@ def run_reconstruct(source: StackSource, target: VolumeTarget,
     half_outputs = half_paths(output) if settings.halves and output is not None else []
     for path in half_outputs:
         check_writable(path, force, probe=True)
+    if settings.refine_alignment and output is not None:
+        for path in alignment_paths(output):
+            if source.angles is not None and inputs.same_file(path, source.angles):
+                raise InputError(f"--refine-alignment would write the refined angles over "
+                                 f"the input's {path}: choose another output name")
+            check_writable(path, force)
     resume_path = None if settings.resume is None else Path(settings.resume)
     state_path = None
     if settings.save_state and (settings.state is not None or output is not None):
@@ -441,6 +481,8 @@ def run_reconstruct(source: StackSource, target: VolumeTarget,
             "final_loss": run.losses[-1] if run.losses else None,
             "state": None if state_path is None else str(state_path),
             "input_checksum": checksum, "validation": validation}
+    if run.alignment is not None:
+        info["alignment"] = _write_alignment(session, run, output, source.binning, force)
     if output is not None:
         try:
             write_tomogram(session, output, volume, pixel * factor, source.contrast,

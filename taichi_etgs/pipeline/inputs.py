@@ -150,7 +150,7 @@ def peek(source: StackSource) -> StackHeader:
     return StackHeader(n_raw, ny, nx, data.dtype, pixel, b, aligned_yx)
 
 
-def _same_file(a, b) -> bool:
+def same_file(a, b) -> bool:
     try:
         return os.path.samefile(a, b)
     except OSError:
@@ -188,7 +188,7 @@ def _axis_plan(source: StackSource) -> _AxisPlan:
     try:
         axis = read_mdoc(mdoc)["tilt_axis_deg"]
     except InputError:
-        if explicit or (angles is not None and _same_file(mdoc, angles)):
+        if explicit or (angles is not None and same_file(mdoc, angles)):
             raise
         return _AxisPlan()  # a sibling .mdoc not used for the angles: nothing to learn from it
     if axis is None:
@@ -273,7 +273,7 @@ def load(source: StackSource, session, force: bool | None = None, allocate=None)
     if source.in_memory:
         return source.stack, []
     angles, aln = source.angles, source.aln
-    if angles is not None and aln is not None and not _same_file(angles, aln):
+    if angles is not None and aln is not None and not same_file(angles, aln):
         raise InputError(f"--angles {angles} and --aln {aln} both give tilt angles; pass "
                          f"only one: --aln alone uses the .aln's TILT column (AreTomo's "
                          f"refined angles and the views it kept), --angles alone uses that "

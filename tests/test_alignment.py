@@ -1,0 +1,113 @@
+"""Residual alignment refinement (issue 10, item 3): projection matching of the views to a
+prediction, inside the Gaussian fit, and ``reconstruct --refine-alignment``."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from taichi_etgs.alignment import ViewAlignment, match_views
+from taichi_etgs.alignment.matching import _gauge, _without_gauge
+from taichi_etgs.classical.projector import forward_project
+from taichi_etgs.gaussian.fit import GaussianReconstruction, ReconstructConfig
+from taichi_etgs.preprocess import density_views
+from taichi_etgs.simulation.phantom import make_phantom
+from taichi_etgs.simulation.simulate import SimulationConfig, simulate_tilt_series
+
+TILTS = np.arange(-60.0, 61.0, 6.0)
+
+
+@pytest.fixture(scope="module")
+def projections():
+    return forward_project(make_phantom((16, 64, 64), seed=1), TILTS)
+
+
+def _rms(a, b):
+    return float(np.sqrt(np.mean((np.asarray(a) - np.asarray(b)) ** 2)))
+
+
+def test_a_correction_moves_content_by_its_shift_and_is_an_xf():
+    image = np.zeros((1, 32, 32), np.float32)
+    image[0, 16, 10] = 1.0
+    moved = ViewAlignment(np.array([[3.0, -2.0]])).apply(image)[0]
+    assert np.unravel_index(np.argmax(moved), moved.shape) == (14, 13)  # (y - 2, x + 3)
+    xf = ViewAlignment(np.array([[3.0, -2.0]]), 90.0).xf()[0]
+    assert xf == pytest.approx(np.array([[0.0, -1.0, 3.0], [1.0, 0.0, -2.0]]), abs=1e-12)
+
+
+def test_shifts_are_recovered_from_a_perfect_prediction(projections):
+    rng = np.random.default_rng(0)
+    error = rng.normal(0, 1.5, (len(TILTS), 2))
+    misaligned = ViewAlignment(error).apply(projections)
+    found = match_views(misaligned, projections, TILTS, steps=4, fit_axis=False)
+    # The correction undoes the error, up to the motions a specimen translation makes,
+    # which no refinement can see; 0.1 px: cubic resampling of a 64-pixel phantom.
+    assert _rms(found.shifts_px, _without_gauge(-error, TILTS)) < 0.1
+    assert _rms(np.zeros_like(error), _without_gauge(-error, TILTS)) > 1.0
+    # ... and the found shifts hold none of those motions.
+    flat = np.concatenate([[0.0], found.shifts_px.ravel()])
+    assert np.abs(_gauge(TILTS) @ flat).max() < 1e-9
+
+
+def test_the_axis_is_recovered_from_a_perfect_prediction(projections):
+    misaligned = ViewAlignment(np.zeros((len(TILTS), 2)), 1.0).apply(projections)
+    found = match_views(misaligned, projections, TILTS, steps=4)
+    assert found.axis_deg == pytest.approx(-1.0, abs=0.05)
+
+
+def test_matching_aligned_views_moves_nothing(projections):
+    found = match_views(projections, projections, TILTS, steps=3)
+    assert np.abs(found.shifts_px).max() < 0.01 and abs(found.axis_deg) < 0.01
+
+
+@pytest.fixture(scope="module")
+def misaligned_series():
+    common = dict(shape_zyx=(24, 48, 48), tilt_min_deg=-60, tilt_max_deg=60, tilt_step_deg=4,
+                  n_particles=4, n_vesicles=0, n_filaments=1, noise="none", seed=2)
+    good = simulate_tilt_series(SimulationConfig(**common))
+    bad = simulate_tilt_series(SimulationConfig(**common, shift_sd_px=1.5))
+    return good, bad
+
+
+def _fit(result, refine: bool) -> GaussianReconstruction:
+    config = ReconstructConfig(iterations=200, max_gaussians=4000, refine_alignment=refine)
+    run = GaussianReconstruction(density_views(result.tilts, "dark"), result.tilts_deg,
+                                 result.ground_truth.shape[0], config)
+    run.run()
+    return run
+
+
+def test_the_fit_refines_residual_shifts_and_leaves_aligned_views_alone(misaligned_series):
+    good, bad = misaligned_series
+    run = _fit(bad, refine=True)
+    truth = np.asarray(bad.info["misalignment"]["shifts_xy_px"])
+    target = _without_gauge(-truth, bad.tilts_deg)
+    # Issue 10 asks for 0.3 px rms; the views start 1.5 px rms off.
+    assert _rms(run.alignment.shifts_px, target) < 0.3 < _rms(0 * target, target)
+    assert "alignment" in run.validation_report()
+    # No drift: on aligned views the refinement finds (almost) nothing to correct.
+    still = _fit(good, refine=True)
+    assert _rms(still.alignment.shifts_px, 0.0) < 0.1
+
+
+def test_reconstruct_writes_the_refined_alignment(tmp_path, misaligned_series, capsys):
+    from taichi_etgs.cli import main
+    from taichi_etgs.io import read_tilt_angles, read_xf
+    from taichi_etgs.simulation.simulate import write_simulation
+
+    _, bad = misaligned_series
+    paths = write_simulation(bad, tmp_path / "sim")
+    out = tmp_path / "rec.mrc"
+    args = ["reconstruct", str(paths["tilts.mrc"]), "--angles", str(paths["tilts.tlt"]),
+            "--thickness", "24", "--iterations", "20", "--max-gaussians", "2000",
+            "--refine-alignment", "-o", str(out), "--arch", "cpu"]
+    assert main(args) == 0, capsys.readouterr().err
+    xf = read_xf(tmp_path / "rec.xf", n_expected=len(bad.tilts_deg))
+    assert np.abs(xf[:, :, 2]).max() > 0.1  # the shifts found in the first fit
+    assert read_tilt_angles(tmp_path / "rec.tlt") == pytest.approx(bad.tilts_deg, abs=1e-4)
+    # Never over the input's own angle file.
+    capsys.readouterr()
+    (tmp_path / "sim" / "tilts_rec.tlt").write_text(paths["tilts.tlt"].read_text())
+    clash = main([*args[:-4], "-o", str(tmp_path / "sim" / "tilts_rec.mrc"), "--arch", "cpu",
+                  "--angles", str(tmp_path / "sim" / "tilts_rec.tlt")])
+    assert clash == 2 and "refined angles over the input" in capsys.readouterr().err
