@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from os import PathLike
 from pathlib import Path
 
@@ -56,3 +57,24 @@ def parse_float(token: str) -> float | None:
         return float(token)
     except ValueError:
         return None
+
+
+class AtomicWriter:
+    """Base of the writers that build an output under a temporary name held by
+    ``self._files`` (an ExitStack) and move it to its final name in :meth:`close`. Used
+    as a context manager, an exception removes what was built and leaves the final name
+    as it was."""
+
+    _files: contextlib.ExitStack
+
+    def close(self) -> Path:
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, exc, traceback) -> None:
+        if exc is None:
+            self.close()
+        else:
+            self._files.__exit__(kind, exc, traceback)

@@ -25,7 +25,7 @@ import numpy as np
 from .._atomic import atomic_output
 from ..errors import InputError
 from ..pipeline.outputs import check_writable
-from ._files import existing_file
+from ._files import AtomicWriter, existing_file
 
 __all__ = [
     "SUPPORTED_MODES",
@@ -387,7 +387,7 @@ def write_stack(path: str | PathLike, stack: np.ndarray, pixel_size_A: float, *,
                       image_stack=True)
 
 
-class MrcSlabWriter:
+class MrcSlabWriter(AtomicWriter):
     """A float32 MRC volume written a band of Y rows at a time, atomically.
 
     For volumes built slab by slab (:mod:`taichi_etgs.pipeline.slabs`): the file is
@@ -452,12 +452,3 @@ class MrcSlabWriter:
             mrc.header.rms = np.float32(np.sqrt(self._m2 / max(self._count, 1)))
         self._files.close()
         return self.path
-
-    def __enter__(self) -> MrcSlabWriter:
-        return self
-
-    def __exit__(self, kind, exc, traceback) -> None:
-        if exc is None:
-            self.close()
-        else:
-            self._files.__exit__(kind, exc, traceback)

@@ -31,6 +31,7 @@ import numpy as np
 from .._atomic import atomic_folder
 from ..errors import InputError
 from ..pipeline.outputs import check_writable
+from ._files import AtomicWriter
 
 __all__ = ["CHUNK", "LEVELS", "OmeZarrWriter", "check_available", "level_shapes"]
 
@@ -75,7 +76,7 @@ def _transforms(level: int, voxel_A: float, offset_zyx_A) -> list[dict]:
     return out
 
 
-class OmeZarrWriter:
+class OmeZarrWriter(AtomicWriter):
     """An OME-Zarr tomogram written a band of Y rows at a time, atomically.
 
     path: the ``.zarr`` folder to make. shape_zyx: level 0's shape. voxel_size_A: its
@@ -161,13 +162,4 @@ class OmeZarrWriter:
                                    name=self.name)
         self._files.close()
         return self.path
-
-    def __enter__(self) -> OmeZarrWriter:
-        return self
-
-    def __exit__(self, kind, exc, traceback) -> None:
-        if exc is None:
-            self.close()
-        else:
-            self._files.__exit__(kind, exc, traceback)
 
