@@ -152,9 +152,12 @@ def reconstruct(stack, angles=None, *, thickness: int, output=None,
         ``seed``, ``heldout_every``, ``defocus_um`` (micrometres, or a defocus file; and
         ``voltage_kV``, ``cs_mm``, ``amplitude_contrast``), ``dose`` (an .mdoc or DOSE
         PRIOR_DOSE file) or ``dose_per_tilt`` with ``tilt_order``, ``tilt_start``,
-        ``tilt_group`` (the views' exposure filter in the model), ``voxel_size``, ``halves``, ``refine_alignment``,
+        ``tilt_group`` (the views' exposure filter in the model), ``voxel_size``, ``halves``,
+        ``refine_alignment``,
         ``state`` (default with an output: OUTPUT.state.h5), ``save_every``, ``resume``,
-        or ``config`` (a whole :class:`~taichi_etgs.gaussian.fit.ReconstructConfig`).
+        ``slab_rows`` (``--slab-rows``: slabs along Y fitted independently and blended;
+        ``.volume`` None and ``.run`` None then), or ``config`` (a whole
+        :class:`~taichi_etgs.gaussian.fit.ReconstructConfig`).
 
     Returns a :class:`~taichi_etgs.pipeline.gaussian.ReconstructResult` (``.volume``,
     ``.run`` with the model, ``.validation``).

@@ -81,8 +81,8 @@ class RunSize:
         (``--voxel-size``).
     binning: the ``--binning`` that gave ny, nx (for the suggestions).
     iterations: optimisation steps (reconstruct: the saved loss history).
-    slab_rows: WBP and SIRT in slabs of this many rows along Y (0: the whole at once;
-        :mod:`taichi_etgs.pipeline.slabs`).
+    slab_rows: in slabs of this many rows along Y (0: the whole at once;
+        :mod:`taichi_etgs.pipeline.slabs`; reconstruct fits each slab with its overlap).
     in_memory: the tomogram stays in memory (no output file: returned whole).
     """
 
@@ -105,8 +105,8 @@ class RunSize:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; expected one of {METHODS}")
-        if self.slab_rows and self.method not in ("wbp", "sirt"):
-            raise ValueError(f"slabs are for wbp and sirt, not {self.method}")
+        if self.slab_rows and self.method == "info":
+            raise ValueError("slabs are for reconstructions, not info")
 
     @property
     def volume_shape_zyx(self) -> tuple[int, int, int]:
@@ -179,17 +179,23 @@ def estimate_memory_bytes(size: RunSize) -> MemoryEstimate:
       then the octree's float64 copies, 9 Vp), the fit (1 KiB per Gaussian, the
       projector's table of at most 64 MiB, and 14 float32 images per view of a step for
       rendering and the SSIM loss) and the output (Gaussians and 3 Vo).
-    - wbp and sirt in slabs of R rows (``slab_rows``): the same for a stack and tomogram
-      R rows high, plus one whole view at a time while the views are prepared on disk
+    - in slabs of R rows (``slab_rows``): the same for a stack and tomogram R rows high
+      (reconstruct: R plus the overlap on both sides, the Gaussian budget in proportion),
+      plus one whole view at a time while the views are prepared on disk
       (:data:`BYTES_PER_VIEW_PIXEL`), plus V when the tomogram is returned in memory.
     - every run: :data:`BASE_BYTES` for Python and the runtime.
     """
-    rows = min(size.slab_rows, size.ny) if size.slab_rows else size.ny
+    rows = size.ny
+    if size.slab_rows:
+        from .pipeline.slabs import GAUSSIAN_OVERLAP_ROWS
+
+        overlap = 2 * GAUSSIAN_OVERLAP_ROWS if size.method == "reconstruct" else 0
+        rows = min(size.slab_rows + overlap, size.ny)
     s = size.n_tilts * rows * size.nx * _F32
     nz, ny, nx = size.volume_shape_zyx
     v = nz * rows * nx * _F32
     vp = nz * rows * (nx + 2 * size.fov_pad) * _F32
-    vo = math.prod(size.written_shape_zyx) * _F32
+    vo = math.prod(size.written_shape_zyx) * rows // size.ny * _F32
     parts: dict[str, int] = {}
     if size.slab_rows:
         parts["one view"] = BYTES_PER_VIEW_PIXEL * size.ny * size.nx
@@ -203,9 +209,10 @@ def estimate_memory_bytes(size: RunSize) -> MemoryEstimate:
         parts.update({"tilt series": 6 * s, "volumes": 4 * vp + 2 * v})
     else:
         step_views = max(1, min(size.views_per_step, size.n_tilts))
-        table = min(PROJECTOR_TABLE_BYTES, size.max_gaussians * step_views * 64)
-        gaussians = size.max_gaussians * BYTES_PER_GAUSSIAN + table
-        step_images = 14 * step_views * ny * size.nx * _F32
+        n_max = math.ceil(size.max_gaussians * rows / size.ny)  # a slab's share
+        table = min(PROJECTOR_TABLE_BYTES, n_max * step_views * 64)
+        gaussians = n_max * BYTES_PER_GAUSSIAN + table
+        step_images = 14 * step_views * rows * size.nx * _F32
         if size.init == "sirt":
             init = max(4 * s + 5 * vp, 9 * vp)
         elif size.init in ("wbp", "volume"):
@@ -214,7 +221,7 @@ def estimate_memory_bytes(size: RunSize) -> MemoryEstimate:
             init = 0
         fit = gaussians + step_images
         output = gaussians + 3 * vo
-        parts = {"tilt series": 5 * s}
+        parts = {**parts, "tilt series": 5 * s}
         phase = max(init, fit, output)
         if phase == init:
             parts["initialisation"] = init
@@ -231,10 +238,14 @@ def estimate_memory_bytes(size: RunSize) -> MemoryEstimate:
 def output_bytes(size: RunSize) -> int:
     """Disk a run writes at its peak: the tomogram, and for reconstruct its state file
     twice (the atomic replace holds the old and the new copy for a moment); a slabbed run
-    also keeps its prepared views beside the tomogram until it ends."""
-    total = math.prod(size.written_shape_zyx) * _F32 + MRC_HEADER_BYTES
+    also keeps its prepared views beside the tomogram until it ends, and a slabbed
+    reconstruct its stitched tomogram until its mean is known (instead of a state)."""
+    tomogram = math.prod(size.written_shape_zyx) * _F32
+    total = tomogram + MRC_HEADER_BYTES
     if size.slab_rows:
         total += size.n_tilts * size.ny * size.nx * _F32
+    if size.slab_rows and size.method == "reconstruct":
+        return int(total + tomogram)
     if size.method == "reconstruct":
         state = (size.max_gaussians * STATE_BYTES_PER_GAUSSIAN + 8 * size.iterations
                  + size.n_tilts * 64 + 256 * 2**10)

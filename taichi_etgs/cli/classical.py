@@ -18,13 +18,17 @@ from .options import (
 _FLIP = ": the views are phase-flipped first, in strips along the tilt axis"
 _DOSE = ": the views are exposure-filtered (Grant & Grigorieff's critical exposure)"
 
-# type=int, not IntRange: a bad N gets the pipeline's one-line error and exit code 2.
-_slab_rows = click.option(
-    "--slab-rows", "slab_rows", type=int, default=None, metavar="N",
-    help="Reconstruct N rows along Y (the tilt axis) at a time, reading the views and "
-         "writing the tomogram slab by slab: the same tomogram in a fraction of the "
-         "memory [default: slabs only when the whole does not fit in the memory "
-         "available].")
+def slab_rows_option(note: str = " The same tomogram, bit for bit."):
+    """``--slab-rows N``; ``note``: what slabs mean for the command."""
+    # type=int, not IntRange: a bad N gets the pipeline's one-line error and exit code 2.
+    return click.option(
+        "--slab-rows", "slab_rows", type=int, default=None, metavar="N",
+        help="Reconstruct N rows along Y (the tilt axis) at a time, reading the views and "
+             "writing the tomogram slab by slab, in a fraction of the memory [default: "
+             "slabs only when the whole does not fit in the memory available]." + note)
+
+
+_slab_rows = slab_rows_option()
 
 
 @cli.command()

@@ -9,6 +9,7 @@ import click
 from ..pipeline.gaussian import GaussianSettings, run_reconstruct
 from ..pipeline.resume import resolve
 from .app import cli, command, session
+from .classical import slab_rows_option
 from .options import (
     STACK_NAMES,
     VOLUME_NAMES,
@@ -72,6 +73,9 @@ _REQUIRED_NOTE = " Required unless --resume (the state knows it)."
               metavar="N",
               help="Hold one view in N (in tilt order) out of the fit to validate it: the "
                    "model that predicts them best is written (early stop). 0: fit all views.")
+@slab_rows_option(" Each slab is fitted as its own model with 8 rows of each neighbour, "
+                  "blended across them; no state file, and not with --halves, --resume, "
+                  "--refine-alignment, --init FILE or --voxel-size.")
 @ctf_options(note=": the CTF goes into the model, so that it fits the specimen's "
                   "potential, not a CTF-filtered image of it")
 @dose_options(note=": each view's exposure filter goes into the model, which predicts the "
@@ -79,7 +83,7 @@ _REQUIRED_NOTE = " Required unless --resume (the state knows it)."
 @runtime_options
 def reconstruct(source, target, iterations, max_gaussians, views_per_step, init, tilt_weight,
                 seed, state_path, save_every, resume_path, voxel_size, halves, refine_alignment,
-                heldout_every, ctf, dose):
+                heldout_every, slab_rows, ctf, dose):
     """Reconstruct STACK as adaptive 3D Gaussians (the CryoETGS method).
 
     STACK is an MRC tilt series with the tilt axis along Y, as for wbp.
@@ -118,5 +122,5 @@ def reconstruct(source, target, iterations, max_gaussians, views_per_step, init,
         dose_per_tilt=dose.dose_per_tilt, tilt_order=dose.tilt_order,
         tilt_start=dose.tilt_start_deg, tilt_group=dose.tilt_group, voxel_size=voxel_size,
         halves=halves, refine_alignment=refine_alignment,
-        state=state_path, save_every=save_every, resume=resume_path)
+        state=state_path, save_every=save_every, resume=resume_path, slab_rows=slab_rows)
     run_reconstruct(source, target, settings, session=session())

@@ -29,7 +29,9 @@ class ScratchStack:
 
     Behaves as the views array where the readers and filters take one: ``stack[t]`` reads
     view ``t``, ``stack[t] = image`` writes it, ``len``, iteration, ``shape``, ``ndim``
-    and ``dtype``; :meth:`rows` reads a band of rows of every view.
+    and ``dtype``; :meth:`rows` reads a band of rows of every view, :meth:`write_rows`
+    writes one (a slabbed Gaussian run keeps its stitched tomogram here until its mean
+    is known).
     """
 
     ndim = 3
@@ -77,6 +79,16 @@ class ScratchStack:
         band = np.array(mapped[:, first:end, :])
         del mapped  # unmapped now: its pages leave the resident set
         return band
+
+    def write_rows(self, first: int, block: np.ndarray) -> None:
+        """Put rows ``first:first + rows`` of every view (or section). block: [n, rows, nx]"""
+        block = np.asarray(block, dtype=_F32)
+        if block.shape[0] != self.shape[0] or block.shape[2] != self.shape[2]:
+            raise ValueError(f"rows of shape {block.shape} do not fit a stack of {self.shape}")
+        mapped = np.memmap(self.path, dtype=_F32, mode="r+", shape=self.shape)
+        mapped[:, first:first + block.shape[1], :] = block
+        mapped.flush()
+        del mapped  # unmapped now, as in rows()
 
     def close(self) -> None:
         """Remove the file (again: nothing)."""

@@ -70,6 +70,11 @@ class GaussianSettings:
     save_state: False: no state file at all (Ctrl-C then loses the run).
     save_every: save the state every this many steps (0: only at the end).
     resume: a state file to continue.
+    slab_rows: fit slabs of this many rows along Y independently, each with a margin of
+        rows shared with its neighbours, and blend them
+        (:mod:`taichi_etgs.pipeline.gaussian_slabs`); None: in slabs only when the whole
+        does not fit in the memory available. Not with halves, resume, refine_alignment,
+        an init file or voxel_size.
     config: every setting at once (library use): replaces the fields above that it holds
         (``iterations`` still overrides its own).
     """
@@ -97,6 +102,7 @@ class GaussianSettings:
     save_state: bool = True
     save_every: int = 100
     resume: str | PathLike | None = None
+    slab_rows: int | None = None
     config: object | None = None
 
     @property
@@ -254,6 +260,27 @@ def _write_alignment(session: Session, run, output: Path | None, binning: int,
     return record
 
 
+def new_config(settings: GaussianSettings, series, n_raw: int, pixel: float,
+               session: Session):
+    """The :class:`~taichi_etgs.gaussian.fit.ReconstructConfig` of a new run on ``series``
+    (``n_raw`` views in the stack before any were excluded): the settings with the views'
+    defocus and exposure read and checked."""
+    defocus = dose = None
+    if settings.config is None:
+        from .ctf import defocus_of_views
+        from .dose import dose_of_views
+
+        defocus = defocus_of_views(settings.ctf(), series, n_raw, session)
+        if defocus is not None and not series.pixel_size_A > 0:
+            raise InputError("--defocus needs the pixel size, which the stack's header "
+                             "does not give: pass --pixel-size", series.source)
+        dose = dose_of_views(settings.dose_settings(), series, n_raw, session)
+        if dose is not None and not series.pixel_size_A > 0:
+            raise InputError("dose weighting needs the pixel size, which the stack's "
+                             "header does not give: pass --pixel-size", series.source)
+    return settings.build_config(pixel, defocus, dose)
+
+
 def _seed(settings: GaussianSettings, source: StackSource, shape, session: Session):
     """What seeds a new run besides its config: ``(initial_volume, params, view_scale)``."""
     from ..gaussian.state import load_state
@@ -293,7 +320,8 @@ def run_reconstruct(source: StackSource, target: VolumeTarget,
         unless ``settings.state`` names one).
     settings: how to reconstruct (:class:`GaussianSettings`).
     session: where messages go and what is recorded.
-    on_step: also called with each :class:`~taichi_etgs.gaussian.fit.Progress`.
+    on_step: also called with each :class:`~taichi_etgs.gaussian.fit.Progress` (not in
+        a slabbed run, whose slabs are fitted by a pure function).
 
     Returns
     -------
@@ -324,6 +352,11 @@ def run_reconstruct(source: StackSource, target: VolumeTarget,
                 raise InputError(f"--refine-alignment would write the refined angles over "
                                  f"the input's {path}: choose another output name")
             check_writable(path, force)
+    from . import gaussian_slabs
+
+    rows = gaussian_slabs.slab_rows_of(source, target, settings, session)
+    if rows:
+        return gaussian_slabs.run_slabbed(source, target, settings, rows, session)
     resume_path = None if settings.resume is None else Path(settings.resume)
     state_path = None
     if settings.save_state and (settings.state is not None or output is not None):
@@ -402,22 +435,7 @@ def run_reconstruct(source: StackSource, target: VolumeTarget,
                              resume_path) from None
         session.tell(f"resuming {resume_path} at iteration {run.iteration}")
     else:
-        defocus = dose = None
-        if settings.config is None:
-            from .ctf import defocus_of_views
-
-            ctf = settings.ctf()
-            defocus = defocus_of_views(ctf, series, header.n_raw, session)
-            if defocus is not None and not series.pixel_size_A > 0:
-                raise InputError("--defocus needs the pixel size, which the stack's header "
-                                 "does not give: pass --pixel-size", series.source)
-            from .dose import dose_of_views
-
-            dose = dose_of_views(settings.dose_settings(), series, header.n_raw, session)
-            if dose is not None and not series.pixel_size_A > 0:
-                raise InputError("dose weighting needs the pixel size, which the stack's "
-                                 "header does not give: pass --pixel-size", series.source)
-        config = settings.build_config(pixel, defocus, dose)
+        config = new_config(settings, series, header.n_raw, pixel, session)
         initial_volume, params, params_view_scale = _seed(settings, source, shape, session)
         seed_from = config.init if initial_volume is None and params is None else settings.init
         session.start_compute()

@@ -33,10 +33,17 @@ import numpy as np
 
 from ..errors import InputError
 
-__all__ = ["ClassicalSettings", "RowsResult", "Slab", "SlabPlan", "choose_rows",
-           "check_rows", "plan_slabs", "reconstruct_rows", "reconstruct_slabs", "stitch"]
+__all__ = ["GAUSSIAN_OVERLAP_ROWS", "ClassicalSettings", "RowsResult", "Slab", "SlabPlan",
+           "choose_rows", "check_rows", "plan_slabs", "reconstruct_rows", "reconstruct_slabs",
+           "stitch"]
 
 log = logging.getLogger("taichi_etgs.pipeline")
+
+#: Rows a Gaussian slab shares with each neighbour (fitted by both, blended): several of
+#: the model's typical Gaussian scales (1-3 voxels), so that a Gaussian on a border is
+#: whole in both fits, and the CTF's spread along Y at usual defocus and binning
+#: (a few pixels), which a slab's forward model cuts at its edges.
+GAUSSIAN_OVERLAP_ROWS = 8
 
 
 def check_rows(rows) -> int:
