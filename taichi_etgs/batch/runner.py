@@ -10,7 +10,7 @@ from os import PathLike
 from pathlib import Path
 
 from ..errors import InputError
-from .cluster import ClusterPlan, dashboard_link, open_client, plan_cluster
+from .cluster import ClusterPlan, dashboard_link, failure_reason, open_client, plan_cluster
 from .discover import Series
 from .summary import SeriesOutcome, counts, write_summary
 from .tasks import WORK_FOLDER, BatchSettings, SeriesTask, check_done, run_series, work_folders
@@ -81,17 +81,6 @@ def _deaths(client, keys: list[str]) -> dict[str, int]:
         return client.run_on_scheduler(suspicious, keys=keys)
     except Exception:  # a scheduler that refuses to run functions: counts unknown
         return {}
-
-
-def _killed_message(exc: BaseException, retries: int) -> str:
-    from distributed import KilledWorker
-
-    if isinstance(exc, KilledWorker):
-        tries = f"{retries + 1} attempt{'s' * (retries > 0)}"
-        return f"its worker died on each of {tries} (killed, or out of memory: try fewer " \
-               f"--workers or more --binning)"
-    text = str(exc).strip().splitlines()
-    return f"the task failed ({type(exc).__name__}: {text[0] if text else ''})"
 
 
 def run_batch(series: Sequence[Series], settings: BatchSettings, outdir: str | PathLike, *,
@@ -255,7 +244,7 @@ def _outcome(future, name: str, task: SeriesTask, retries: int) -> SeriesOutcome
     if future.status == "cancelled":
         message = "cancelled (the scheduler or its workers went away)"
     else:
-        message = _killed_message(future.exception(), retries)
+        message = failure_reason(future.exception(), retries)
     return SeriesOutcome(name=name, status="failed", stack=str(task.series.stack),
                          attempts=retries + 1, message=message)
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError, RunFailure
+from .cluster import current_worker, pin_gpu, taichi_as_asked
 from .discover import Series
 from .summary import SeriesOutcome
 
@@ -205,27 +206,6 @@ class SeriesTask:
     version: str = ""
 
 
-def _worker():
-    try:
-        from distributed import get_worker
-
-        return get_worker()
-    except (ImportError, ValueError):  # not inside a Dask worker (a plain call)
-        return None
-
-
-def _pin_gpu(worker, gpus: tuple[str, ...]) -> None:
-    """One GPU per worker of the embedded cluster, by the worker's name (0, 1, ...), set
-    before Taichi starts in the worker's process."""
-    if not gpus or worker is None:
-        return
-    try:
-        index = int(worker.name)
-    except (TypeError, ValueError):
-        index = abs(hash(worker.name))
-    os.environ["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]
-
-
 def _check_memory(source, task: SeriesTask, thickness: int, limit: int | None) -> None:
     """Refuse a series whose run needs more than the worker may use: Dask's nanny would
     kill the worker at its limit, and the retries would die the same way."""
@@ -319,14 +299,13 @@ def run_series(task: SeriesTask) -> SeriesOutcome:
     """Run one series (inside a Dask worker, or anywhere); never raises for the series'
     own faults: bad input, a full disk or an internal error come back as a failed
     :class:`SeriesOutcome` with the error's one-line message, so the others go on."""
-    from .. import runtime
     from ..pipeline.inputs import StackSource
     from ..pipeline.session import Session
     from ..pipeline.tomograms import VolumeTarget
     from ..provenance import Provenance
 
     series, settings = task.series, task.settings
-    worker = _worker()
+    worker = current_worker()
     name = f"{series.name}.mrc"
     outcome = SeriesOutcome(name=series.name, status="failed", stack=str(series.stack),
                             worker=str(getattr(worker, "name", "")) if worker else "")
@@ -334,7 +313,7 @@ def run_series(task: SeriesTask) -> SeriesOutcome:
     work = task.outdir / WORK_FOLDER / f"{series.name}.{uuid.uuid4().hex[:12]}"
     start = time.perf_counter()
     try:
-        _pin_gpu(worker, task.gpus)
+        pin_gpu(worker, task.gpus)
         thickness = series.thickness_at(settings.binning, settings.thickness)
         if thickness is None:
             raise InputError("no thickness: give --thickness or a thickness column",
@@ -346,10 +325,7 @@ def run_series(task: SeriesTask) -> SeriesOutcome:
         work.mkdir(parents=True)
         target = VolumeTarget(thickness, work / name, width=settings.width,
                               output_contrast=settings.output_contrast, force=settings.force)
-        running = runtime.current()
-        # Keep a Taichi this worker already started as asked: a restart recompiles.
-        same = (running is not None and settings.arch in ("auto", running.arch)
-                and (running.arch != "cpu" or running.threads == task.threads))
+        same = taichi_as_asked(settings.arch, task.threads)
         provenance = Provenance(command=settings.method,
                                 command_line=list(task.command_line),
                                 parameters=fingerprint(series, settings),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import click
 
 from ..pipeline.classical import run_sirt, run_wbp
@@ -31,6 +33,28 @@ def slab_rows_option(note: str = " The same tomogram, bit for bit."):
 _slab_rows = slab_rows_option()
 
 
+def slab_task_options(func):
+    """--workers and --scheduler: a slabbed run's slabs as Dask tasks (what they mean in
+    ``batch``); the command receives them as ``slab_runner`` (None without either)."""
+
+    @click.option("--workers", type=click.IntRange(min=1), default=None, metavar="N",
+                  help="Spread the slabs over N Dask workers of an embedded cluster, a slab "
+                       "per task; --threads is then each worker's [default: the cores "
+                       "shared out]. Only for a run in slabs.")
+    @click.option("--scheduler", default=None, metavar="ADDRESS",
+                  help="Run the slabs as tasks on an existing Dask cluster (tcp://host:8786, "
+                       "e.g. from dask-jobqueue); its workers need no shared file system.")
+    @functools.wraps(func)
+    def wrapper(*args, workers: int | None, scheduler: str | None, **kwargs):
+        from ..batch.slab_tasks import SlabTasks
+
+        runner = None if workers is None and scheduler is None else SlabTasks(workers,
+                                                                              scheduler)
+        return func(*args, slab_runner=runner, **kwargs)
+
+    return wrapper
+
+
 @cli.command()
 @command
 @stack_options
@@ -45,8 +69,9 @@ _slab_rows = slab_rows_option()
 @ctf_options(note=_FLIP)
 @dose_options(note=_DOSE)
 @_slab_rows
+@slab_task_options
 @runtime_options
-def wbp(source, target, radial, fake_sirt, ctf, dose, slab_rows):
+def wbp(source, target, radial, fake_sirt, ctf, dose, slab_rows, slab_runner):
     """Weighted back-projection of STACK into a tomogram (fast; the classical baseline).
 
     STACK is an MRC tilt series (.mrc, .st, .ali; one view per section) with the tilt
@@ -63,9 +88,10 @@ def wbp(source, target, radial, fake_sirt, ctf, dose, slab_rows):
     Examples:
       taichi-etgs wbp TS_01.ali --angles TS_01.tlt --binning 4 --thickness 300 -o TS_01_wbp.mrc
       taichi-etgs wbp TS_01.ali --thickness 1200 --slab-rows 256 -o TS_01_bin1.zarr
+      taichi-etgs wbp TS_01.ali --thickness 1200 --slab-rows 256 --workers 4 -o TS_01.mrc
     """
     run_wbp(source, target, radial=parse_radial(radial), fake_sirt=fake_sirt, ctf=ctf,
-            dose=dose, slab_rows=slab_rows, session=session())
+            dose=dose, slab_rows=slab_rows, session=session(), slab_runner=slab_runner)
 
 
 @cli.command()
@@ -83,8 +109,10 @@ def wbp(source, target, radial, fake_sirt, ctf, dose, slab_rows):
 @ctf_options(note=_FLIP)
 @dose_options(note=_DOSE)
 @_slab_rows
+@slab_task_options
 @runtime_options
-def sirt(source, target, iterations, relaxation, positivity, ctf, dose, slab_rows):
+def sirt(source, target, iterations, relaxation, positivity, ctf, dose, slab_rows,
+         slab_runner):
     """SIRT reconstruction of STACK (row- and column-normalised, from zero).
 
     STACK is an MRC tilt series with the tilt axis along Y, as for wbp.
@@ -101,4 +129,4 @@ def sirt(source, target, iterations, relaxation, positivity, ctf, dose, slab_row
     """
     run_sirt(source, target, iterations=iterations, relaxation=relaxation,
              positivity=positivity, ctf=ctf, dose=dose, slab_rows=slab_rows,
-             session=session())
+             session=session(), slab_runner=slab_runner)

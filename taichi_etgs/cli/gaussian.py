@@ -9,7 +9,7 @@ import click
 from ..pipeline.gaussian import GaussianSettings, run_reconstruct
 from ..pipeline.resume import resolve
 from .app import cli, command, session
-from .classical import slab_rows_option
+from .classical import slab_rows_option, slab_task_options
 from .options import (
     STACK_NAMES,
     VOLUME_NAMES,
@@ -76,6 +76,7 @@ _REQUIRED_NOTE = " Required unless --resume (the state knows it)."
 @slab_rows_option(" Each slab is fitted as its own model with 8 rows of each neighbour, "
                   "blended across them; no state file, and not with --halves, --resume, "
                   "--refine-alignment, --init FILE or --voxel-size.")
+@slab_task_options
 @ctf_options(note=": the CTF goes into the model, so that it fits the specimen's "
                   "potential, not a CTF-filtered image of it")
 @dose_options(note=": each view's exposure filter goes into the model, which predicts the "
@@ -83,7 +84,7 @@ _REQUIRED_NOTE = " Required unless --resume (the state knows it)."
 @runtime_options
 def reconstruct(source, target, iterations, max_gaussians, views_per_step, init, tilt_weight,
                 seed, state_path, save_every, resume_path, voxel_size, halves, refine_alignment,
-                heldout_every, slab_rows, ctf, dose):
+                heldout_every, slab_rows, slab_runner, ctf, dose):
     """Reconstruct STACK as adaptive 3D Gaussians (the CryoETGS method).
 
     STACK is an MRC tilt series with the tilt axis along Y, as for wbp.
@@ -123,4 +124,4 @@ def reconstruct(source, target, iterations, max_gaussians, views_per_step, init,
         tilt_start=dose.tilt_start_deg, tilt_group=dose.tilt_group, voxel_size=voxel_size,
         halves=halves, refine_alignment=refine_alignment,
         state=state_path, save_every=save_every, resume=resume_path, slab_rows=slab_rows)
-    run_reconstruct(source, target, settings, session=session())
+    run_reconstruct(source, target, settings, session=session(), slab_runner=slab_runner)

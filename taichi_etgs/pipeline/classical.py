@@ -128,10 +128,12 @@ def _flipped_views(source: StackSource, series, ctf, session: Session, dose=None
 
 
 def _reconstruct(source: StackSource, target: VolumeTarget, method: str, options: dict,
-                 ctf, dose, slab_rows, session: Session, what: str) -> TomogramResult:
+                 ctf, dose, slab_rows, session: Session, what: str,
+                 slab_runner: slabs.SlabRunner | None = None) -> TomogramResult:
     """The views, then the tomogram: whole in memory, or slab by slab into the output
-    (:mod:`taichi_etgs.pipeline.slabs`). options: the method's
-    :class:`~taichi_etgs.pipeline.slabs.ClassicalSettings` besides the sizes."""
+    (:mod:`taichi_etgs.pipeline.slabs`; the slabs computed by ``slab_runner`` when given).
+    options: the method's :class:`~taichi_etgs.pipeline.slabs.ClassicalSettings` besides
+    the sizes."""
     with contextlib.ExitStack() as files:
         series, shape, rows = prepare(method, source, target, session, slab_rows, files)
         settings = ClassicalSettings(method, shape[0], shape[2], **options)
@@ -143,6 +145,7 @@ def _reconstruct(source: StackSource, target: VolumeTarget, method: str, options
         session.start_compute()
         start = time.perf_counter()
         if not rows:
+            slabs.warn_whole(slab_runner, session)
             result = _whole(views, series.tilts_deg, settings, scale, session)
             del views
             info = {**_residual_info(result.residuals, scale, series), **info}
@@ -158,9 +161,11 @@ def _reconstruct(source: StackSource, target: VolumeTarget, method: str, options
             def write_rows(first: int, block: np.ndarray) -> None:
                 writer.write_rows(first, inputs.rescaled(block, scale, series.source))
 
-            with session.progress(len(plan.slabs), "slabs", unit="slab") as bar:
+            with slabs.opened(slab_runner, len(plan.slabs), session) as run, \
+                    session.progress(len(plan.slabs), "slabs", unit="slab") as bar:
                 residuals = slabs.reconstruct_slabs(views.rows, series.tilts_deg, settings,
-                                                    plan, write_rows, done=bar.update)
+                                                    plan, write_rows, done=bar.update,
+                                                    run=run)
             seconds = time.perf_counter() - start
             info = {"n_views": series.n_tilts, "binning": source.binning, "slab_rows": rows,
                     **_residual_info(residuals, scale, series), **info}
@@ -197,7 +202,8 @@ def _residual_info(residuals, scale: float, series) -> dict:
 def run_wbp(source: StackSource, target: VolumeTarget, *,
             radial: Sequence[float] = (0.35, 0.035), fake_sirt: int = 0,
             ctf: CtfSettings | None = None, dose: DoseSettings | None = None,
-            slab_rows: int | None = None, session: Session | None = None) -> TomogramResult:
+            slab_rows: int | None = None, session: Session | None = None,
+            slab_runner: slabs.SlabRunner | None = None) -> TomogramResult:
     """Weighted back-projection of a tilt series into a tomogram.
 
     Parameters
@@ -217,6 +223,9 @@ def run_wbp(source: StackSource, target: VolumeTarget, *,
         tomogram (:mod:`taichi_etgs.pipeline.slabs`); None: in slabs only when the whole
         does not fit in the memory available.
     session: where messages go and what is recorded (default: logging, no sidecar).
+    slab_runner: where the slabs of a slabbed run are computed (the Dask tasks of
+        ``taichi_etgs.batch.slab_tasks.SlabTasks``); None: one after the other in this
+        process. The same tomogram either way.
 
     Returns
     -------
@@ -234,7 +243,7 @@ def run_wbp(source: StackSource, target: VolumeTarget, *,
         raise InputError(f"--fake-sirt must be >= 0, got {fake_sirt}")
     result = _reconstruct(source, target, "wbp",
                           {"radial": radial_pair, "fake_sirt": int(fake_sirt)},
-                          ctf, dose, slab_rows, session, "wbp")
+                          ctf, dose, slab_rows, session, "wbp", slab_runner)
     session.tell(f"weighted back-projection: {result.seconds:.1f} s")
     return result
 
@@ -242,12 +251,13 @@ def run_wbp(source: StackSource, target: VolumeTarget, *,
 def run_sirt(source: StackSource, target: VolumeTarget, *, iterations: int = 20,
              relaxation: float = 1.0, positivity: bool = False,
              ctf: CtfSettings | None = None, dose: DoseSettings | None = None,
-             slab_rows: int | None = None, session: Session | None = None) -> TomogramResult:
+             slab_rows: int | None = None, session: Session | None = None,
+             slab_runner: slabs.SlabRunner | None = None) -> TomogramResult:
     """SIRT of a tilt series (row- and column-normalised, from zero).
 
     Parameters
     ----------
-    source, target, ctf, dose, slab_rows, session: as :func:`run_wbp`.
+    source, target, ctf, dose, slab_rows, session, slab_runner: as :func:`run_wbp`.
     iterations: SIRT iterations (10-30 is usual).
     relaxation: step size, in (0, 2).
     positivity: clamp negative density to zero each iteration.
@@ -265,6 +275,6 @@ def run_sirt(source: StackSource, target: VolumeTarget, *, iterations: int = 20,
     options = {"iterations": int(iterations), "relaxation": float(relaxation),
                "positivity": bool(positivity)}
     result = _reconstruct(source, target, "sirt", options, ctf, dose, slab_rows, session,
-                          f"sirt {iterations} it")
+                          f"sirt {iterations} it", slab_runner)
     log.info("SIRT: %d iterations in %.1f s", iterations, result.seconds)
     return result

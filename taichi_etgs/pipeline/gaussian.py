@@ -28,6 +28,7 @@ from .resume import (
     saved_config,
 )
 from .session import Session
+from .slabs import SlabRunner, warn_whole
 from .tomograms import (
     TomogramResult,
     VolumeTarget,
@@ -310,7 +311,8 @@ def _seed(settings: GaussianSettings, source: StackSource, shape, session: Sessi
 def run_reconstruct(source: StackSource, target: VolumeTarget,
                     settings: GaussianSettings | None = None, *,
                     session: Session | None = None,
-                    on_step: Callable | None = None) -> ReconstructResult:
+                    on_step: Callable | None = None,
+                    slab_runner: SlabRunner | None = None) -> ReconstructResult:
     """Reconstruct a tilt series as adaptive 3D Gaussians and voxelise the model.
 
     Parameters
@@ -322,6 +324,9 @@ def run_reconstruct(source: StackSource, target: VolumeTarget,
     session: where messages go and what is recorded.
     on_step: also called with each :class:`~taichi_etgs.gaussian.fit.Progress` (not in
         a slabbed run, whose slabs are fitted by a pure function).
+    slab_runner: where the slabs of a slabbed run are fitted (the Dask tasks of
+        ``taichi_etgs.batch.slab_tasks.SlabTasks``); None: one after the other in this
+        process. The same tomogram either way.
 
     Returns
     -------
@@ -356,7 +361,9 @@ def run_reconstruct(source: StackSource, target: VolumeTarget,
 
     rows = gaussian_slabs.slab_rows_of(source, target, settings, session)
     if rows:
-        return gaussian_slabs.run_slabbed(source, target, settings, rows, session)
+        return gaussian_slabs.run_slabbed(source, target, settings, rows, session,
+                                          slab_runner)
+    warn_whole(slab_runner, session)
     resume_path = None if settings.resume is None else Path(settings.resume)
     state_path = None
     if settings.save_state and (settings.state is not None or output is not None):

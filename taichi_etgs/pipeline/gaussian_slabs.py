@@ -20,7 +20,8 @@ the mean is only known once every slab is fitted, so the stitched rows wait in a
 temporary file beside the output and are written from there.
 
 :func:`fit_rows` is a pure function of (the views' rows, the angles, the settings), so
-that slabs can become tasks of a distributed scheduler.
+that slabs can become tasks of a distributed scheduler (``--workers``, ``--scheduler``:
+:data:`~taichi_etgs.pipeline.slabs.SlabMap`).
 """
 
 from __future__ import annotations
@@ -145,8 +146,9 @@ def fit_rows(views: np.ndarray, tilts_deg: np.ndarray, thickness: int, width: in
 def reconstruct_gaussian_slabs(read_rows: Callable[[int, int], np.ndarray],
                                tilts_deg: np.ndarray, shape_zyx, config, plan: SlabPlan,
                                write_rows: Callable[[int, np.ndarray], None],
-                               done: Callable[[int], None] | None = None) -> list[dict]:
-    """Fit slab after slab (:func:`fit_rows`) and stitch them.
+                               done: Callable[[int], None] | None = None,
+                               run: slabs.SlabMap = slabs.in_process) -> list[dict]:
+    """Fit the slabs (:func:`fit_rows`, through ``run``) and stitch them in order.
 
     read_rows(first, end): the views' rows. write_rows(first, volume): takes the stitched
     rows. done: called with the number of slabs done.
@@ -154,11 +156,11 @@ def reconstruct_gaussian_slabs(read_rows: Callable[[int, int], np.ndarray],
     Returns each slab's report: its rows, its Gaussians, iterations and validation.
     """
     reports: list[dict] = []
+    calls = ((read_rows(slab.first, slab.end), tilts_deg, shape_zyx[0], shape_zyx[2],
+              slab_config(config, slab.rows, plan.ny)) for slab in plan.slabs)
 
     def volumes() -> Iterator[np.ndarray]:
-        for k, slab in enumerate(plan.slabs):
-            fit = fit_rows(read_rows(slab.first, slab.end), tilts_deg, shape_zyx[0],
-                           shape_zyx[2], slab_config(config, slab.rows, plan.ny))
+        for k, (slab, fit) in enumerate(zip(plan.slabs, run(fit_rows, calls))):
             reports.append({"rows": [slab.first, slab.end], **fit.report})
             yield fit.volume
             if done is not None:
@@ -182,11 +184,11 @@ def _report(reports: list[dict], session: Session) -> None:
 
 
 def run_slabbed(source: StackSource, target: VolumeTarget, settings, rows: int,
-                session: Session):
+                session: Session, slab_runner: slabs.SlabRunner | None = None):
     """:func:`~taichi_etgs.pipeline.gaussian.run_reconstruct` in slabs of ``rows`` rows:
-    the views prepared once into a temporary file, each slab fitted from its rows, the
-    tomogram written a band of rows at a time. No state file (each slab's model is
-    dropped once voxelised). Returns a
+    the views prepared once into a temporary file, each slab fitted from its rows (by
+    ``slab_runner`` when given), the tomogram written a band of rows at a time. No state
+    file (each slab's model is dropped once voxelised). Returns a
     :class:`~taichi_etgs.pipeline.gaussian.ReconstructResult` (``volume`` None when
     written to a file; ``validation["slabs"]``: each slab's report)."""
     from .gaussian import ReconstructResult, new_config
@@ -233,9 +235,11 @@ def run_slabbed(source: StackSource, target: VolumeTarget, settings, rows: int,
             stitched.write_rows(first, block)
             total += float(np.sum(block, dtype=np.float64))
 
-        with session.progress(len(plan.slabs), "slabs", unit="slab") as bar:
+        with slabs.opened(slab_runner, len(plan.slabs), session) as run, \
+                session.progress(len(plan.slabs), "slabs", unit="slab") as bar:
             reports = reconstruct_gaussian_slabs(views.rows, series.tilts_deg, shape,
-                                                 config, plan, keep, done=bar.update)
+                                                 config, plan, keep, done=bar.update,
+                                                 run=run)
         seconds = time.perf_counter() - start
         _report(reports, session)
         validation = {"slabs": reports}

@@ -19,23 +19,27 @@ the two are blended across the shared rows with weights that add up to 1
 (:func:`stitch`). WBP and SIRT need no overlap.
 
 :func:`reconstruct_rows` is a pure function of (the views' rows, the angles, the
-settings), so that slabs can become tasks of a distributed scheduler.
+settings), so that slabs can become tasks of a distributed scheduler: a run runs its
+slabs through a :data:`SlabMap`, :func:`in_process` by default, or the Dask tasks of a
+:class:`SlabRunner` (``--workers``, ``--scheduler``: docs/large.md).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
 from ..errors import InputError
 
-__all__ = ["GAUSSIAN_OVERLAP_ROWS", "ClassicalSettings", "RowsResult", "Slab", "SlabPlan",
-           "choose_rows", "check_rows", "plan_slabs", "reconstruct_rows", "reconstruct_slabs",
-           "stitch"]
+__all__ = ["GAUSSIAN_OVERLAP_ROWS", "ClassicalSettings", "RowsResult", "Slab", "SlabMap",
+           "SlabPlan", "SlabRunner", "choose_rows", "check_rows", "in_process", "opened",
+           "plan_slabs", "reconstruct_rows", "reconstruct_slabs", "stitch", "warn_whole"]
 
 log = logging.getLogger("taichi_etgs.pipeline")
 
@@ -44,6 +48,45 @@ log = logging.getLogger("taichi_etgs.pipeline")
 #: whole in both fits, and the CTF's spread along Y at usual defocus and binning
 #: (a few pixels), which a slab's forward model cuts at its edges.
 GAUSSIAN_OVERLAP_ROWS = 8
+
+
+#: How a run computes its slabs: ``run(function, calls)`` calls ``function(*args)`` for each
+#: ``args`` of ``calls`` (the slab's view rows first; ``calls`` is lazy, so that a slab's
+#: rows are read only when it is due) and yields the results in the same order.
+SlabMap = Callable[[Callable, Iterable[tuple]], Iterator]
+
+
+def in_process(function: Callable, calls: Iterable[tuple]) -> Iterator:
+    """The slabs one after the other in this process: one slab's rows in memory at a time."""
+    for args in calls:
+        yield function(*args)
+
+
+class SlabRunner(Protocol):
+    """Where a slabbed run computes its slabs instead of in this process (the Dask tasks
+    of ``taichi_etgs.batch.slab_tasks.SlabTasks``: the pipeline does not import the
+    distributed layer above it, the command hands it one)."""
+
+    def open(self, n_slabs: int, session) -> contextlib.AbstractContextManager[SlabMap]:
+        """The :data:`SlabMap` of a run of ``n_slabs`` slabs, for as long as it lasts."""
+
+
+def opened(runner: SlabRunner | None, n_slabs: int,
+           session) -> contextlib.AbstractContextManager[SlabMap]:
+    """``runner``'s :data:`SlabMap` for ``n_slabs`` slabs, or :func:`in_process`."""
+    if runner is None:
+        return contextlib.nullcontext(in_process)
+    return runner.open(n_slabs, session)
+
+
+def warn_whole(runner: SlabRunner | None, session) -> None:
+    """A run given a slab runner that is not in slabs: say why the workers stay idle
+    rather than refuse it, since a tomogram too large for memory is cut into slabs
+    (and spread) without ``--slab-rows``."""
+    if runner is not None:
+        session.warn("--workers/--scheduler spread the slabs of a run over Dask workers, "
+                     "and this run is not in slabs: it runs whole, in this process (give "
+                     "--slab-rows N to cut it into slabs of N rows)")
 
 
 def check_rows(rows) -> int:
@@ -186,8 +229,10 @@ def reconstruct_rows(views: np.ndarray, tilts_deg: np.ndarray, settings: Classic
 def reconstruct_slabs(read_rows: Callable[[int, int], np.ndarray], tilts_deg: np.ndarray,
                       settings: ClassicalSettings, plan: SlabPlan,
                       write_rows: Callable[[int, np.ndarray], None],
-                      done: Callable[[int], None] | None = None) -> list[float]:
-    """Reconstruct slab after slab and stitch them (:func:`stitch`).
+                      done: Callable[[int], None] | None = None,
+                      run: SlabMap = in_process) -> list[float]:
+    """Reconstruct the slabs (:func:`reconstruct_rows`, through ``run``) and stitch them
+    in order (:func:`stitch`).
 
     read_rows(first, end): the unit views' rows. write_rows(first, volume): takes the
     stitched rows. done: called with the number of slabs done.
@@ -197,10 +242,11 @@ def reconstruct_slabs(read_rows: Callable[[int, int], np.ndarray], tilts_deg: np
     """
     squares = np.zeros(settings.iterations if settings.method == "sirt" else 0)
 
+    calls = ((read_rows(slab.first, slab.end), tilts_deg, settings) for slab in plan.slabs)
+
     def volumes() -> Iterator[np.ndarray]:
         nonlocal squares
-        for k, slab in enumerate(plan.slabs):
-            result = reconstruct_rows(read_rows(slab.first, slab.end), tilts_deg, settings)
+        for k, (slab, result) in enumerate(zip(plan.slabs, run(reconstruct_rows, calls))):
             if result.residuals:
                 squares = squares + np.square(result.residuals)
             log.debug("slab %d/%d: rows %d-%d", k + 1, len(plan.slabs), slab.first,
