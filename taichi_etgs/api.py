@@ -70,13 +70,24 @@ def _dose(dose, dose_per_tilt, tilt_order, tilt_start, tilt_group):
     return DoseSettings(dose, dose_per_tilt, tilt_order, tilt_start, tilt_group)
 
 
+def _slab_runner(workers: int | None, scheduler: str | None):
+    """``--workers`` / ``--scheduler``: a slabbed run's slabs as Dask tasks (None: in
+    this process)."""
+    if workers is None and scheduler is None:
+        return None
+    from .batch.slab_tasks import SlabTasks
+
+    return SlabTasks(workers, scheduler)
+
+
 def wbp(stack, angles=None, *, thickness: int, output=None, width: int | None = None,
         binning: int = 1, contrast: str = "dark", output_contrast: str = "input",
         pixel_size: float | None = None, radial: tuple[float, float] = (0.35, 0.035),
         fake_sirt: int = 0, defocus=None, voltage_kV: float = 300.0, cs_mm: float = 2.7,
         amplitude_contrast: float = 0.07, dose=None, dose_per_tilt: float | None = None,
         tilt_order: str | None = None, tilt_start: float | None = None, tilt_group: int = 2,
-        slab_rows: int | None = None, force: bool = False, arch: str | None = None,
+        slab_rows: int | None = None, workers: int | None = None,
+        scheduler: str | None = None, force: bool = False, arch: str | None = None,
         threads: int | None = None, **read: Any):
     """Weighted back-projection (``taichi-etgs wbp``).
 
@@ -95,6 +106,9 @@ def wbp(stack, angles=None, *, thickness: int, output=None, width: int | None = 
     slab_rows: reconstruct this many rows along Y at a time (``--slab-rows``; None: only
         when the whole does not fit in memory); the result's ``volume`` is then None when
         an output is written (read the file).
+    workers, scheduler: run the slabs as Dask tasks on this many workers of an embedded
+        cluster, or on the cluster of this scheduler address (``--workers``,
+        ``--scheduler``; docs/large.md).
     read: more reading options (``xf``, ``aln``, ``apply_aln``, ``aligned``, ``mdoc``,
         ``exclude_views``).
 
@@ -108,7 +122,8 @@ def wbp(stack, angles=None, *, thickness: int, output=None, width: int | None = 
                    radial=radial, fake_sirt=fake_sirt,
                    ctf=_ctf(defocus, voltage_kV, cs_mm, amplitude_contrast),
                    dose=_dose(dose, dose_per_tilt, tilt_order, tilt_start, tilt_group),
-                   slab_rows=slab_rows, session=session)
+                   slab_rows=slab_rows, session=session,
+                   slab_runner=_slab_runner(workers, scheduler))
 
 
 def sirt(stack, angles=None, *, thickness: int, output=None, iterations: int = 20,
@@ -118,8 +133,8 @@ def sirt(stack, angles=None, *, thickness: int, output=None, iterations: int = 2
          cs_mm: float = 2.7, amplitude_contrast: float = 0.07, dose=None,
          dose_per_tilt: float | None = None, tilt_order: str | None = None,
          tilt_start: float | None = None, tilt_group: int = 2, slab_rows: int | None = None,
-         force: bool = False, arch: str | None = None, threads: int | None = None,
-         **read: Any):
+         workers: int | None = None, scheduler: str | None = None, force: bool = False,
+         arch: str | None = None, threads: int | None = None, **read: Any):
     """SIRT (``taichi-etgs sirt``); arguments as :func:`wbp`, and ``iterations``,
     ``relaxation`` (in (0, 2)) and ``positivity``.
 
@@ -133,18 +148,20 @@ def sirt(stack, angles=None, *, thickness: int, output=None, iterations: int = 2
                     iterations=iterations, relaxation=relaxation, positivity=positivity,
                     ctf=_ctf(defocus, voltage_kV, cs_mm, amplitude_contrast),
                     dose=_dose(dose, dose_per_tilt, tilt_order, tilt_start, tilt_group),
-                    slab_rows=slab_rows, session=session)
+                    slab_rows=slab_rows, session=session,
+                    slab_runner=_slab_runner(workers, scheduler))
 
 
 def reconstruct(stack, angles=None, *, thickness: int, output=None,
                 width: int | None = None, binning: int = 1, contrast: str = "dark",
                 output_contrast: str = "input", pixel_size: float | None = None,
                 force: bool = False, arch: str | None = None, threads: int | None = None,
+                workers: int | None = None, scheduler: str | None = None,
                 read: dict | None = None, **settings: Any):
     """The Gaussian reconstruction (``taichi-etgs reconstruct``).
 
     stack, angles, thickness, output, width, binning, contrast, output_contrast,
-    pixel_size, force, arch, threads: as :func:`wbp`.
+    pixel_size, force, arch, threads, workers, scheduler: as :func:`wbp`.
     read: more reading options (``xf``, ``aln``, ``apply_aln``, ``aligned``, ``mdoc``,
         ``exclude_views``).
     settings: :class:`~taichi_etgs.pipeline.gaussian.GaussianSettings` fields:
@@ -168,7 +185,8 @@ def reconstruct(stack, angles=None, *, thickness: int, output=None,
     return run_reconstruct(
         _source(stack, angles, pixel_size, contrast, dict(read or {}, binning=binning)),
         _target(thickness, output, width, output_contrast, force),
-        GaussianSettings(**settings), session=session)
+        GaussianSettings(**settings), session=session,
+        slab_runner=_slab_runner(workers, scheduler))
 
 
 def simulate(output_dir=None, *, force: bool = False, arch: str | None = None,
