@@ -13,6 +13,10 @@ Writes ``bench/results/batch.md`` and ``batch.json`` (``--quick``: ``batch-quick
 
     python bench/batch.py            # 8 series of 64 x 256 x 256; minutes on 2 cores
     python bench/batch.py --quick    # 3 small series: checks the script in seconds
+    python bench/batch.py --shape 64,512,512 --methods wbp   # bigger series, WBP only
+                                     # (writes batch-wbp-64x512x512.*)
+
+The SIGKILL scenario runs with SIRT, so only when SIRT is among ``--methods``.
 """
 
 from __future__ import annotations
@@ -125,11 +129,17 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true",
                         help="3 small series (checks the script; the numbers mean nothing)")
     parser.add_argument("--series", type=int, default=None, help="tilt series [8]")
+    parser.add_argument("--shape", default=None, help="NZ,NY,NX of each series [64,256,256]")
+    parser.add_argument("--methods", default="wbp,sirt", help="wbp, sirt or both [wbp,sirt]")
     parser.add_argument("--work", type=Path, default=None,
                         help="folder for the data and outputs [a temporary one]")
     opts = parser.parse_args()
     n = opts.series or (3 if opts.quick else 8)
-    shape = (16, 48, 48) if opts.quick else (64, 256, 256)
+    shape = (tuple(int(v) for v in opts.shape.split(",")) if opts.shape
+             else (16, 48, 48) if opts.quick else (64, 256, 256))
+    methods = [m for m in opts.methods.split(",") if m]
+    if not set(methods) <= {"wbp", "sirt"} or not methods:
+        parser.error(f"--methods {opts.methods}: expected wbp, sirt or wbp,sirt")
     step = 5.0 if opts.quick else 3.0
     iterations = 3 if opts.quick else 10
     thickness = shape[0]
@@ -140,7 +150,7 @@ def main() -> int:
     report: dict = {"machine": machine(), "series": n, "shape_zyx": list(shape),
                     "tilt_step_deg": step, "sirt_iterations": iterations, "methods": {}}
     ok = True
-    for method in ("wbp", "sirt"):
+    for method in methods:
         singles = {}
         for k in range(n):
             out = work / f"single-{method}" / f"ts{k}.mrc"
@@ -164,6 +174,13 @@ def main() -> int:
               f"{entry['2w']['seconds']} s: x{entry['speedup']}; equal to single runs: "
               f"{entry['1w']['equal_to_single_runs'] and entry['2w']['equal_to_single_runs']}")
 
+    name = "batch-quick" if opts.quick else "batch"
+    if opts.shape or methods != ["wbp", "sirt"]:
+        name = f"batch-{'-'.join(methods)}-{'x'.join(map(str, shape))}"
+    if "sirt" not in methods:
+        report["ok"] = bool(ok)
+        write(report, name)
+        return 0 if ok else 1
     out = work / "batch-sirt-killed"
     args = batch_args(data, out, "sirt", thickness, iterations, 2)
     seconds, code, stderr, killed = kill_one_worker_while_running(args, 0.2 if opts.quick
@@ -189,19 +206,23 @@ def main() -> int:
     if code != 0:
         print(stderr[-3000:])
     report["ok"] = bool(ok)
-    write(report, "batch-quick" if opts.quick else "batch")
+    write(report, name)
     return 0 if ok else 1
 
 
 def write(report: dict, name: str) -> None:
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(report, indent=1) + "\n")
-    wbp, sirt, kill = report["methods"]["wbp"], report["methods"]["sirt"], report["sigkill"]
+    kill = report.get("sigkill")
     m = report["machine"]
+    options = " --quick" if name.endswith("quick") else ""
+    if name not in ("batch", "batch-quick"):
+        options = (f" --shape {','.join(map(str, report['shape_zyx']))} --methods "
+                   f"{','.join(report['methods'])}")
     lines = [
         "# batch: 2 workers vs 1, equality with single runs, a worker SIGKILLed",
         "",
-        f"`python bench/batch.py{' --quick' if name.endswith('quick') else ''}`: "
+        f"`python bench/batch.py{options}`: "
         f"{report['series']} simulated tilt series of {' x '.join(map(str, report['shape_zyx']))}"
         f" voxels, tilts every {report['tilt_step_deg']:g} degrees from -60 to 60; SIRT "
         f"{report['sirt_iterations']} iterations; every run `--arch cpu --threads 1`, on "
@@ -211,27 +232,24 @@ def write(report: dict, name: str) -> None:
         "runs, bit for bit |",
         "| --- | --- | --- | --- | --- |",
     ]
-    for method, e in (("wbp", wbp), ("sirt", sirt)):
+    for method, e in report["methods"].items():
         equal = e["1w"]["equal_to_single_runs"] and e["2w"]["equal_to_single_runs"]
         lines.append(f"| {method} | {e['1w']['seconds']:.1f} s | {e['2w']['seconds']:.1f} s | "
                      f"x{e['speedup']:.2f} | {'yes' if equal else 'NO'} |")
-    lines += [
-        "",
-        "Times are whole commands: the cluster's start, each worker's Taichi start and "
-        "kernel compilation included.",
-        "",
-        f"SIGKILL of a worker during SIRT with 2 workers (pid {kill['killed'].get('pid')}, "
-        f"{kill['killed'].get('at_s')} s in): exit {kill['exit']}, {kill['counts']['done']} of "
-        f"{report['series']} done in {kill['seconds']:.1f} s, attempts "
-        f"{kill['attempts']}; leftovers in the output folder: "
-        f"{kill['leftovers'] or 'none'}; tomograms equal to single runs: "
-        f"{'yes' if kill['equal_to_single_runs'] else 'NO'}. The same batch again: exit "
-        f"{kill['rerun']['exit']}, {kill['rerun']['counts']['skipped']} skipped, "
-        f"{kill['rerun']['seconds']:.1f} s.",
-        "",
-        f"All checks passed: {'yes' if report['ok'] else 'NO'}.",
-        "",
-    ]
+    lines += ["", "Times are whole commands: the cluster's start, each worker's Taichi start and "
+              "kernel compilation included.", ""]
+    if kill is not None:
+        lines += [
+            f"SIGKILL of a worker during SIRT with 2 workers (pid {kill['killed'].get('pid')}, "
+            f"{kill['killed'].get('at_s')} s in): exit {kill['exit']}, {kill['counts']['done']} of "
+            f"{report['series']} done in {kill['seconds']:.1f} s, attempts "
+            f"{kill['attempts']}; leftovers in the output folder: "
+            f"{kill['leftovers'] or 'none'}; tomograms equal to single runs: "
+            f"{'yes' if kill['equal_to_single_runs'] else 'NO'}. The same batch again: exit "
+            f"{kill['rerun']['exit']}, {kill['rerun']['counts']['skipped']} skipped, "
+            f"{kill['rerun']['seconds']:.1f} s.",
+            ""]
+    lines += [f"All checks passed: {'yes' if report['ok'] else 'NO'}.", ""]
     (RESULTS / f"{name}.md").write_text("\n".join(lines))
 
 
