@@ -111,3 +111,19 @@ def test_reconstruct_writes_the_refined_alignment(tmp_path, misaligned_series, c
     clash = main([*args[:-4], "-o", str(tmp_path / "sim" / "tilts_rec.mrc"), "--arch", "cpu",
                   "--angles", str(tmp_path / "sim" / "tilts_rec.tlt")])
     assert clash == 2 and "refined angles over the input" in capsys.readouterr().err
+
+
+def test_a_resumed_run_keeps_its_alignment(tmp_path, misaligned_series):
+    from taichi_etgs.gaussian.state import load_state
+
+    _, bad = misaligned_series
+    views = density_views(bad.tilts, "dark")
+    config = ReconstructConfig(iterations=20, max_gaussians=2000, refine_alignment=True)
+    run = GaussianReconstruction(views, bad.tilts_deg, 24, config)
+    run.run()
+    run.save_state(tmp_path / "s.h5", "checksum")
+    state = load_state(tmp_path / "s.h5")
+    again = GaussianReconstruction(views, bad.tilts_deg, 24, config, params=state.params)
+    again.restore(state)
+    assert again.alignment.shifts_px == pytest.approx(run.alignment.shifts_px, abs=1e-6)
+    assert np.array_equal(again.measured, run.measured)  # the same views are fitted on
