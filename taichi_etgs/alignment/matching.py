@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from ..io.transforms import apply_xf_image
+from ..io.transforms import apply_xf, rigid_xf
 
 __all__ = ["ViewAlignment", "match_views"]
 
@@ -48,12 +48,7 @@ class ViewAlignment:
     def xf(self) -> np.ndarray:
         """The correction as IMOD ``.xf`` transforms ``[[A11, A12, DX], [A21, A22, DY]]``.
         [n, 2, 3]"""
-        c, s = np.cos(np.radians(self.axis_deg)), np.sin(np.radians(self.axis_deg))
-        out = np.empty((len(self.shifts_px), 2, 3))
-        out[:, 0, :2] = (c, -s)
-        out[:, 1, :2] = (s, c)
-        out[:, :, 2] = self.shifts_px
-        return out
+        return rigid_xf(self.axis_deg, self.shifts_px)
 
     def apply(self, views: np.ndarray) -> np.ndarray:
         """The corrected views. [n, ny, nx]
@@ -62,8 +57,7 @@ class ViewAlignment:
         on its shift, and that blur, not the alignment, would decide comparisons between
         corrections. Outside the view: its nearest edge pixel.
         """
-        return np.stack([apply_xf_image(v, xf, order=3, edge="nearest")
-                         for v, xf in zip(views, self.xf())])
+        return apply_xf(views, self.xf(), order=3, edge="nearest")
 
     def to_dict(self) -> dict:
         return {"axis_deg": float(self.axis_deg),

@@ -37,7 +37,7 @@ from ._files import parse_float, read_text_lines
 from .aln import AlnAlignment
 
 __all__ = ["aligned_shape", "aln_to_xf", "apply_xf", "apply_xf_image", "compose_xf",
-           "invert_xf", "read_xf", "rotation_xf", "write_xf", "xf_rotation_deg"]
+           "invert_xf", "read_xf", "rigid_xf", "rotation_xf", "write_xf", "xf_rotation_deg"]
 
 
 def read_xf(path: str | PathLike, n_expected: int | None = None) -> np.ndarray:
@@ -132,6 +132,15 @@ def rotation_xf(angle_deg: float) -> np.ndarray:
     return np.array([[np.cos(a), -np.sin(a), 0.0], [np.sin(a), np.cos(a), 0.0]])
 
 
+def rigid_xf(angle_deg: float, shifts_xy_px) -> np.ndarray:
+    """Per image: turn by ``angle_deg`` about the centre (:func:`rotation_xf`), then move
+    by that image's ``(DX, DY)``. shifts_xy_px: [n, 2] -> [n, 2, 3]"""
+    shifts = np.asarray(shifts_xy_px, dtype=np.float64).reshape(-1, 2)
+    xf = np.repeat(rotation_xf(angle_deg)[None], len(shifts), axis=0)
+    xf[:, :, 2] = shifts
+    return xf
+
+
 def compose_xf(first: np.ndarray, second: np.ndarray) -> np.ndarray:
     """The transform that applies ``first``, then ``second`` (IMOD's ``xfproduct``).
 
@@ -202,7 +211,8 @@ def apply_xf_image(image: np.ndarray, xf: np.ndarray, *,
                                     output=np.float32, order=order, mode=mode, cval=fill)
 
 
-def apply_xf(stack: np.ndarray, xf: np.ndarray) -> np.ndarray:
+def apply_xf(stack: np.ndarray, xf: np.ndarray, *, order: int = 1,
+             edge: str = "mean") -> np.ndarray:
     """Transform every image of a stack, IMOD ``newstack -xform`` style.
 
     Parameters
@@ -211,6 +221,8 @@ def apply_xf(stack: np.ndarray, xf: np.ndarray) -> np.ndarray:
         The raw images, any real dtype, possibly a memory map. [n, ny, nx]
     xf
         One transform per image, as from :func:`read_xf` or :func:`aln_to_xf`. [n, 2, 3]
+    order, edge
+        As :func:`apply_xf_image` (default: bilinear, the image's mean outside, as newstack).
 
     Returns
     -------
@@ -231,7 +243,7 @@ def apply_xf(stack: np.ndarray, xf: np.ndarray) -> np.ndarray:
         raise ValueError(f"expected {stack_shape[0]} transforms of shape (2, 3), got {xf.shape}")
     out = np.empty(stack_shape, dtype=np.float32)
     for k in range(stack_shape[0]):
-        out[k] = apply_xf_image(stack[k], xf[k])
+        out[k] = apply_xf_image(stack[k], xf[k], order=order, edge=edge)
     return out
 
 

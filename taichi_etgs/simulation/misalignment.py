@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..io.transforms import apply_xf_image, invert_xf, rotation_xf
+from ..io.transforms import apply_xf, invert_xf, rigid_xf
 
 __all__ = ["Misalignment", "draw_misalignment", "misalign_views"]
 
@@ -60,9 +60,7 @@ class Misalignment:
 
     def misaligning_xf(self) -> np.ndarray:
         """Perfect view -> simulated view, per view (IMOD form, output pixels). [n, 2, 3]"""
-        xf = np.repeat(rotation_xf(self.axis_error_deg)[None], len(self.shifts_xy_px), axis=0)
-        xf[:, :, 2] = self.shifts_xy_px
-        return xf
+        return rigid_xf(self.axis_error_deg, self.shifts_xy_px)
 
     def correcting_xf(self) -> np.ndarray:
         """Simulated view -> perfect view: the ``.xf`` a perfect refinement writes. [n, 2, 3]"""
@@ -122,7 +120,4 @@ def misalign_views(views: np.ndarray, misalignment: Misalignment,
     would continue there.
     """
     xf = _upsampled_xf(misalignment.misaligning_xf(), int(oversampling))
-    out = np.empty_like(views, dtype=np.float32)
-    for k in range(len(views)):
-        out[k] = apply_xf_image(views[k], xf[k], order=3, edge="nearest")
-    return out
+    return apply_xf(views, xf, order=3, edge="nearest")
