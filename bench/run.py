@@ -38,7 +38,7 @@ PRESETS = {
 SIRT_ITERATIONS = (10, 20, 50)
 
 
-def load_or_simulate(preset: str, force: bool) -> dict:
+def load_or_simulate(preset: str, force: bool, structures_dir: Path = STRUCTURES) -> dict:
     """The preset's tilt series and ground truth, simulated once and cached on disk."""
     from taichi_etgs.io import load_tilt_series, read_volume
     from taichi_etgs.simulation.simulate import (
@@ -49,7 +49,7 @@ def load_or_simulate(preset: str, force: bool) -> dict:
 
     folder = HERE / "data" / preset
     if force or not (folder / "simulation.json").exists():
-        structures = tuple(str(p) for p in sorted(STRUCTURES.glob("*.cif.gz"))
+        structures = tuple(str(p) for p in sorted(structures_dir.glob("*.cif.gz"))
                            if p.name.startswith(("4v1w", "6qt9", "3jb9")))
         config = SimulationConfig(structures=structures, seed=1, **PRESETS[preset])
         start = time.perf_counter()
@@ -125,6 +125,19 @@ def methods_for(series, nz: int, with_astra: bool) -> dict[str, Callable[[], np.
     return methods
 
 
+def _scored_file(path: Path) -> Callable[[], np.ndarray]:
+    """A tomogram a command wrote, as a method whose time is the command's own (from its
+    sidecar) and whose memory is not known here."""
+    from taichi_etgs.io import read_volume
+
+    def load() -> np.ndarray:
+        return read_volume(path)[0]
+
+    load.seconds = float(json.loads(Path(f"{path}.json").read_text())["seconds"])
+    load.peak_rss_mib = float("nan")
+    return load
+
+
 def _cell(metrics: dict, key: str, fmt: str) -> str:
     """A table cell; "n/a" for a metric the result does not hold (e.g. a specimen score
     of a result rescored from its stored curves, see rescore.py) or holds as null."""
@@ -171,6 +184,13 @@ def main() -> None:
     parser.add_argument("--resimulate", action="store_true")
     parser.add_argument("--no-astra", action="store_true")
     parser.add_argument("--no-figure", action="store_true")
+    parser.add_argument("--structures", type=Path, default=STRUCTURES,
+                        help="folder of the atomic models (default: ../shared/data/structures)")
+    parser.add_argument("--score", action="append", default=[], metavar="NAME=FILE",
+                        help="also score a tomogram written by a command (its time: the "
+                             "command's, from the FILE.json sidecar); repeatable")
+    parser.add_argument("--simulate-only", action="store_true",
+                        help="write the preset's data to bench/data/<preset>/ and stop")
     args = parser.parse_args()
 
     from taichi_etgs import runtime
@@ -178,7 +198,9 @@ def main() -> None:
     from taichi_etgs.pipeline import jsonio
 
     runtime.init(args.arch)
-    data = load_or_simulate(args.preset, args.resimulate)
+    data = load_or_simulate(args.preset, args.resimulate, args.structures)
+    if args.simulate_only:
+        return
     series, truth = data["series"], data["truth"]
     nz = truth.shape[0]
     max_tilt = float(np.abs(series.tilts_deg).max())
@@ -193,12 +215,15 @@ def main() -> None:
                        "snr": sim.get("snr"), "isolated": sim.get("isolated")},
               "methods": {}}
     volumes = {}
+    for item in args.score:
+        name, _, path = item.partition("=")
+        methods[name] = _scored_file(Path(path))
     for name, fn in methods.items():
         reset_peak_rss()
         start = time.perf_counter()
         volume = fn()
-        seconds = time.perf_counter() - start
-        peak = peak_rss_mib()
+        seconds = getattr(fn, "seconds", time.perf_counter() - start)
+        peak = getattr(fn, "peak_rss_mib", peak_rss_mib())
         metrics = evaluate(volume, truth, data["voxel_size_A"], max_tilt)
         volumes[name] = volume
         report["methods"][name] = {"seconds": seconds, "peak_rss_mib": peak, "metrics": metrics}

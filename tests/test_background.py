@@ -6,7 +6,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from taichi_etgs.gaussian.background import MIN_EXPLAINED, SLAB_PARAMETERS, SlabBackground, fit_slab
+from taichi_etgs.gaussian.background import (
+    MIN_EXPLAINED,
+    SLAB_PARAMETERS,
+    SlabBackground,
+    _averaged_columns,
+    fit_slab,
+)
 from taichi_etgs.gaussian.transfer import Microscope, ViewFilter
 
 # Midpoint quadrature over a grid that ends 8 edge widths outside each face: the
@@ -223,6 +229,24 @@ def test_fit_slab_recovers_box_slab(bounded_quadrature, true):
     bounded_quadrature["limit"] = 40.0 * (nz + nx)
     fitted, explained = fit_slab(_measured(true, nx), TILTS, nz, nx)
     _assert_recovered(fitted, true, explained)
+
+
+def test_fit_slab_on_a_wide_detector_fits_averaged_columns(bounded_quadrature):
+    # 600 columns are fitted as 200 averages of 3 (the odd count checks the groups'
+    # centres): the slab must come out as from the full profiles, within the same bounds.
+    nz, nx = 96, 600
+    bounded_quadrature["limit"] = 40.0 * (nz + nx)
+    true = SlabBackground(0.8, -40.3, 37.6, -251.4, 262.3, angle_rad=0.02)
+    fitted, explained = fit_slab(_measured(true, nx), TILTS, nz, nx)
+    _assert_recovered(fitted, true, explained)
+    assert fitted.angle_rad == pytest.approx(true.angle_rad, abs=0.002)
+
+
+def test_averaged_columns_centres():
+    rows = np.arange(14, dtype=np.float64)[None, :] + 0.5 - 7.0  # each column's centre
+    averaged, centres = _averaged_columns(rows, 4)  # 3 groups, the central 12 columns
+    np.testing.assert_allclose(averaged[0], centres)
+    np.testing.assert_allclose(centres, [-4.0, 0.0, 4.0])
 
 
 def test_fit_slab_recovers_box_slab_through_transfer(bounded_quadrature):

@@ -48,7 +48,8 @@ MIN_EXPLAINED = 0.5
 #: A slab thinner than this (voxels) is a sheet fitted to something else: not trusted.
 MIN_THICKNESS = 2.0
 
-_DZETA = 0.25  # quadrature step across the slab, voxels
+_DZETA = 0.25  # quadrature step across the slab, in edge widths
+_FIT_COLUMNS = 256  # the fit averages wider row profiles down to about this many columns
 _MARGIN_EDGES = 8.0  # the integrand is below 3e-4 of its plateau 8 edge widths outside
 
 
@@ -88,13 +89,15 @@ class SlabBackground:
         return {name: float(getattr(self, name)) for name in (*SLAB_PARAMETERS, "edge")}
 
     def _zeta_grid(self) -> np.ndarray:
+        # A soft edge needs no finer steps than its width: the coarse-to-fine fit's wide
+        # edges cost a fraction of the sharp one's quadrature.
         lo = min(self.z_lo, self.z_hi) - _MARGIN_EDGES * self.edge
         hi = max(self.z_lo, self.z_hi) + _MARGIN_EDGES * self.edge
-        n = max(1, int(np.ceil((hi - lo) / _DZETA)))
+        n = max(1, int(np.ceil((hi - lo) / (_DZETA * self.edge))))
         return lo + (np.arange(n) + 0.5) * ((hi - lo) / n), (hi - lo) / n
 
-    def profiles(self, tilts_deg: np.ndarray, nu: int, with_jacobian: bool = False
-                 ) -> tuple[np.ndarray, np.ndarray | None]:
+    def profiles(self, tilts_deg: np.ndarray, nu: int, with_jacobian: bool = False,
+                 u: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
         """The slab's projection onto each view's detector columns, and its Jacobian.
 
         Parameters
@@ -102,6 +105,8 @@ class SlabBackground:
         tilts_deg: tilt angles, degrees. [n_views]
         nu: detector columns (pixel ``j`` at ``u = j + 0.5 - nu/2``).
         with_jacobian: also return the derivatives by the six parameters.
+        u: the detector coordinates to sample instead of the ``nu`` pixel centres
+            (e.g. the centres of averaged columns). [nu]
 
         Returns
         -------
@@ -110,7 +115,9 @@ class SlabBackground:
             [n_views, nu, 6]
         """
         tilts = np.deg2rad(np.asarray(tilts_deg, dtype=np.float64).reshape(-1))
-        u = np.arange(nu, dtype=np.float64) + 0.5 - nu / 2.0
+        if u is None:
+            u = np.arange(nu, dtype=np.float64) + 0.5 - nu / 2.0
+        u = np.asarray(u, dtype=np.float64).reshape(nu)
         zeta, dz = self._zeta_grid()
         e = float(self.edge)
         s_lo = _sigmoid((zeta - self.z_lo) / e)
@@ -194,7 +201,13 @@ def fit_slab(profiles_measured: np.ndarray, tilts_deg: np.ndarray, thickness: in
     -------
     (slab, fraction of the row-averaged variance it explains)
     """
-    m = _centred(np.asarray(profiles_measured, dtype=np.float64))
+    m = np.asarray(profiles_measured, dtype=np.float64)
+    u = None
+    if transfer is None and m.shape[1] > _FIT_COLUMNS:
+        # Six parameters need no 4k columns: average neighbours (the model is sampled at
+        # the groups' centres; the error is second order in the group's width).
+        m, u = _averaged_columns(m, -(-m.shape[1] // _FIT_COLUMNS))
+    m = _centred(m)
     n_views, nu = m.shape
     total = float(np.sum(m * m))
     far = 10.0 * (width + thickness)
@@ -205,7 +218,7 @@ def fit_slab(profiles_measured: np.ndarray, tilts_deg: np.ndarray, thickness: in
     # Faces further than this from the centre are nonsense (and a long quadrature).
     bounds = (2.0 * max(thickness, 8), far)
     for start in starts:
-        slab, cost = _refine(start, m, tilts_deg, nu, iterations, transfer, bounds)
+        slab, cost = _refine(start, m, tilts_deg, u, iterations, transfer, bounds)
         if best is None or cost < best_cost * (1.0 - 1e-3):
             best, best_cost = slab, cost
     explained = 1.0 - best_cost / total if total > 0 else 0.0
@@ -214,11 +227,23 @@ def fit_slab(profiles_measured: np.ndarray, tilts_deg: np.ndarray, thickness: in
     return best, float(explained)
 
 
-def _refine(slab: SlabBackground, m: np.ndarray, tilts_deg: np.ndarray, nu: int,
-            iterations: int, transfer: Callable[[np.ndarray], np.ndarray] | None,
+def _averaged_columns(rows: np.ndarray, group: int) -> tuple[np.ndarray, np.ndarray]:
+    """The columns of ``rows`` averaged in groups of ``group`` (the central whole groups),
+    and each group's centre on the detector. [n, nu // group], [nu // group]"""
+    nu = rows.shape[1]
+    n = nu // group
+    first = (nu - n * group) // 2
+    used = rows[:, first:first + n * group].reshape(rows.shape[0], n, group).mean(axis=2)
+    centres = np.arange(nu, dtype=np.float64) + 0.5 - nu / 2.0
+    return used, centres[first:first + n * group].reshape(n, group).mean(axis=1)
+
+
+def _refine(slab: SlabBackground, m: np.ndarray, tilts_deg: np.ndarray,
+            u: np.ndarray | None, iterations: int,
+            transfer: Callable[[np.ndarray], np.ndarray] | None,
             bounds: tuple[float, float]) -> tuple[SlabBackground, float]:
     def model(s: SlabBackground, jacobian: bool):
-        p, jac = s.profiles(tilts_deg, nu, with_jacobian=jacobian)
+        p, jac = s.profiles(tilts_deg, m.shape[1], with_jacobian=jacobian, u=u)
         if transfer is not None:
             p = transfer(p)
             if jac is not None:
