@@ -90,10 +90,19 @@ class _Start:
 
 
 def _run_slab(start: _Start, function: Callable, *args):
-    """On a worker: its GPU and Taichi as asked (kept from slab to slab), then the slab."""
+    """On a worker: its GPU and Taichi as asked (kept from slab to slab on the CPU; a
+    process of its own per slab on a GPU, see :mod:`.isolated`), then the slab."""
+    if start.gpus:
+        from .isolated import run_in_child
+
+        pin_gpu(current_worker(), start.gpus)
+        return run_in_child(_start_and_run, start, function, *args)
+    return _start_and_run(start, function, *args)
+
+
+def _start_and_run(start: _Start, function: Callable, *args):
     from .. import runtime
 
-    pin_gpu(current_worker(), start.gpus)
     if not taichi_as_asked(start.arch, start.threads):
         runtime.init(start.arch, threads=start.threads)
     return function(*args)

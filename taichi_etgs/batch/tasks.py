@@ -298,30 +298,46 @@ def _one_line(exc: BaseException) -> str:
 def run_series(task: SeriesTask) -> SeriesOutcome:
     """Run one series (inside a Dask worker, or anywhere); never raises for the series'
     own faults: bad input, a full disk or an internal error come back as a failed
-    :class:`SeriesOutcome` with the error's one-line message, so the others go on."""
+    :class:`SeriesOutcome` with the error's one-line message, so the others go on.
+    On a GPU worker the series runs in a process of its own (:mod:`.isolated`)."""
+    worker = current_worker()
+    name = str(getattr(worker, "name", "")) if worker else ""
+    limit = getattr(getattr(worker, "memory_manager", None), "memory_limit", None)
+    if not task.gpus:
+        return _run_series(task, name, limit)
+    from .isolated import run_in_child
+
+    pin_gpu(worker, task.gpus)
+    try:
+        return run_in_child(_run_series, task, name, limit)
+    except RunFailure as exc:  # the process died (killed, out of memory): this series failed
+        return SeriesOutcome(name=task.series.name, status="failed",
+                             stack=str(task.series.stack), worker=name, message=str(exc))
+
+
+def _run_series(task: SeriesTask, worker_name: str, memory_limit: int | None
+                ) -> SeriesOutcome:
+    """:func:`run_series` in this process, ``memory_limit`` (bytes) the worker's."""
     from ..pipeline.inputs import StackSource
     from ..pipeline.session import Session
     from ..pipeline.tomograms import VolumeTarget
     from ..provenance import Provenance
 
     series, settings = task.series, task.settings
-    worker = current_worker()
     name = f"{series.name}.mrc"
     outcome = SeriesOutcome(name=series.name, status="failed", stack=str(series.stack),
-                            worker=str(getattr(worker, "name", "")) if worker else "")
+                            worker=worker_name)
     notes: list[str] = []
     work = task.outdir / WORK_FOLDER / f"{series.name}.{uuid.uuid4().hex[:12]}"
     start = time.perf_counter()
     try:
-        pin_gpu(worker, task.gpus)
         thickness = series.thickness_at(settings.binning, settings.thickness)
         if thickness is None:
             raise InputError("no thickness: give --thickness or a thickness column",
                              series.stack)
         source = StackSource(series.stack, angles=series.angles, xf=series.xf,
                              aln=series.aln, **settings.read_options())
-        limit = getattr(getattr(worker, "memory_manager", None), "memory_limit", None)
-        _check_memory(source, task, thickness, limit)
+        _check_memory(source, task, thickness, memory_limit)
         work.mkdir(parents=True)
         target = VolumeTarget(thickness, work / name, width=settings.width,
                               output_contrast=settings.output_contrast, force=settings.force)
