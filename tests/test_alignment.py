@@ -105,6 +105,15 @@ def test_reconstruct_writes_the_refined_alignment(tmp_path, misaligned_series, c
     xf = read_xf(tmp_path / "rec.xf", n_expected=len(bad.tilts_deg))
     assert np.abs(xf[:, :, 2]).max() > 0.1  # the shifts found in the first fit
     assert read_tilt_angles(tmp_path / "rec.tlt") == pytest.approx(bad.tilts_deg, abs=1e-4)
+    # Views left out: still one line and one angle per section of the stack (tiltalign's
+    # layout), the left-out views' transforms the identity.
+    capsys.readouterr()
+    assert main([*args, "--exclude-views", "0,5", "--force"]) == 0, capsys.readouterr().err
+    xf = read_xf(tmp_path / "rec.xf", n_expected=len(bad.tilts_deg))
+    identity = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    assert np.array_equal(xf[0], identity) and np.array_equal(xf[5], identity)
+    assert np.abs(xf[1:5, :, 2]).max() > 0.1
+    assert read_tilt_angles(tmp_path / "rec.tlt") == pytest.approx(bad.tilts_deg, abs=1e-4)
     # Never over the input's own angle file.
     capsys.readouterr()
     (tmp_path / "sim" / "tilts_rec.tlt").write_text(paths["tilts.tlt"].read_text())

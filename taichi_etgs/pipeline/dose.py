@@ -5,7 +5,6 @@ loaded tilt series, and the exposure filtering of the views for WBP and SIRT."""
 from __future__ import annotations
 
 import logging
-import warnings
 from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
@@ -14,6 +13,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..simulation.simulate import TILT_ORDERS
+from . import inputs
 
 __all__ = ["TILT_ORDERS", "DoseSettings", "dose_of_views", "exposure_filter", "record"]
 
@@ -61,25 +61,6 @@ class DoseSettings:
         return self.dose is not None or bool(self.dose_per_tilt)
 
 
-def _raw_angles(series, n_raw: int):
-    """The angles of every section of the raw stack where the angle file gives them (the
-    excluded views were exposed too), else None."""
-    from ..io.angles import read_tilt_angles
-
-    if len(series.kept_views) == n_raw:
-        return np.asarray(series.tilts_deg, dtype=np.float64)
-    path = Path(series.angles_source) if series.angles_source else None
-    if path is None or not path.is_file() or path.suffix.lower() == ".aln":
-        return None
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            angles = read_tilt_angles(path)
-    except (InputError, ValueError):
-        return None
-    return angles if angles.size == n_raw else None
-
-
 def _sequence(settings: DoseSettings, angles) -> np.ndarray:
     from ..simulation.simulate import acquisition_sequence
 
@@ -95,7 +76,7 @@ def dose_of_views(settings: DoseSettings, series, n_raw: int, session):
 
     if settings is None or not settings.active:
         return None
-    raw = _raw_angles(series, n_raw)
+    raw = inputs.raw_angles(series, n_raw)
     if settings.dose is not None:
         sequence = None
         if settings.tilt_order is not None:

@@ -239,22 +239,36 @@ def alignment_paths(output: Path) -> tuple[Path, Path]:
 
 
 def _write_alignment(session: Session, run, output: Path | None, binning: int,
-                     force: bool) -> dict:
-    """Report the refined alignment and write it next to the output."""
+                     force: bool, series, n_raw: int) -> dict:
+    """Report the refined alignment and write it next to the output: one ``.xf`` line and
+    one angle per section of the raw stack, as IMOD's tiltalign writes them (a view left
+    out of the fit keeps the identity, its correction unknown)."""
     from ..io.angles import write_tilt_angles
     from ..io.transforms import write_xf
 
-    xf = run.alignment.xf()
+    kept = np.asarray(series.kept_views)
+    xf = np.zeros((n_raw, 2, 3))
+    xf[:, 0, 0] = xf[:, 1, 1] = 1.0
+    xf[kept] = run.alignment.xf()
     xf[:, :, 2] *= binning  # the input stack's pixels, not the binned views'
     shifts = run.alignment.shifts_px * binning
-    record = {"shifts_px": shifts.round(4).tolist(),
+    record = {"views": kept.tolist(), "shifts_px": shifts.round(4).tolist(),
               "rms_shift_px": float(np.sqrt(np.mean(shifts ** 2)))}
     session.tell(f"alignment refined: residual shifts {record['rms_shift_px']:.2f} px rms "
                  f"(largest {np.abs(shifts).max():.2f} px)")
     if output is not None:
         xf_path, tlt_path = alignment_paths(output)
+        angles = inputs.raw_angles(series, n_raw)
+        if angles is None:
+            angles = run.tilts_deg
+            session.warn(f"{tlt_path}: lists the {len(kept)} views fitted only (the angles "
+                         f"of the {n_raw - len(kept)} left out are not known here), while "
+                         f"{xf_path.name} has a line for each of the {n_raw} sections")
+        else:
+            angles = np.array(angles, dtype=np.float64)
+            angles[kept] = run.tilts_deg
         write_xf(xf_path, xf, force=force)
-        write_tilt_angles(tlt_path, run.tilts_deg, force=force)
+        write_tilt_angles(tlt_path, angles, force=force)
         record.update(xf=str(xf_path), tlt=str(tlt_path))
         session.tell(f"wrote {xf_path} and {tlt_path} (the correction of the views as given; "
                      f"xfproduct your .xf with it to use it elsewhere)")
@@ -507,7 +521,8 @@ def run_reconstruct(source: StackSource, target: VolumeTarget,
             "state": None if state_path is None else str(state_path),
             "input_checksum": checksum, "validation": validation}
     if run.alignment is not None:
-        info["alignment"] = _write_alignment(session, run, output, source.binning, force)
+        info["alignment"] = _write_alignment(session, run, output, source.binning, force,
+                                             series, header.n_raw)
     if output is not None:
         try:
             write_tomogram(session, output, volume, pixel * factor, source.contrast,

@@ -398,6 +398,25 @@ def rescaled(volume: np.ndarray, scale: float, source) -> np.ndarray:
     return volume
 
 
+def raw_angles(series, n_raw: int) -> np.ndarray | None:
+    """The angles of every section of the raw stack where the angle file gives them (the
+    excluded views were exposed too), else None."""
+    from ..io.angles import read_tilt_angles
+
+    if len(series.kept_views) == n_raw:
+        return np.asarray(series.tilts_deg, dtype=np.float64)
+    path = Path(series.angles_source) if series.angles_source else None
+    if path is None or not path.is_file() or path.suffix.lower() == ".aln":
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            angles = read_tilt_angles(path)
+    except (InputError, ValueError):
+        return None
+    return angles if angles.size == n_raw else None
+
+
 def index_ranges(indices) -> str:
     """0,1,2,5 -> '0-2,5'."""
     indices = [int(i) for i in indices]
