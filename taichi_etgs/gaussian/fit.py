@@ -573,16 +573,20 @@ class GaussianReconstruction:
 
     # -- the image model ------------------------------------------------------------------
 
-    def predict(self, index: np.ndarray, params: GaussianParams | None = None) -> np.ndarray:
+    def predict(self, index: np.ndarray, params: GaussianParams | None = None,
+                slab_profiles: np.ndarray | None = None) -> np.ndarray:
         """Model views ``CTF * (P[Gaussians] + P[slab])`` before gain and offset (the CTF
-        when one is set). [n, ny, nu]"""
+        when one is set); ``slab_profiles``: the slab's projections for ``index`` when
+        already computed. [n, ny, nu]"""
         from .render import project_gaussians
 
         params = self.params if params is None else params
         _, ny, nu = self.measured.shape
         rendered = project_gaussians(params, self.tilts_deg[index], ny, nu)
         if self.slab.density != 0.0:
-            rendered += self._slab_profiles(index)[:, None, :].astype(rendered.dtype)
+            if slab_profiles is None:
+                slab_profiles = self._slab_profiles(index)
+            rendered += slab_profiles[:, None, :].astype(rendered.dtype)
         if self.ctf is not None:
             rendered = self.ctf.apply(rendered, index)
         return rendered
@@ -607,7 +611,12 @@ class GaussianReconstruction:
         params = self.params if params is None else params
         tilts = self.tilts_deg[selected]
         measured = self.measured[selected]
-        model = self.predict(selected, params)
+        # The slab's projections and their derivatives in one pass (most of a step's
+        # host time on wide views).
+        slab_profiles = jac = None
+        if self.slab.density != 0.0:
+            slab_profiles, jac = self.slab.profiles(tilts, self.nu, with_jacobian=True)
+        model = self.predict(selected, params, slab_profiles)
         gain = self.gains[selected][:, None, None].astype(model.dtype)
         predicted = gain * model
         # Per-view offset: only the measured views' deviations from their mean are known.
@@ -620,8 +629,7 @@ class GaussianReconstruction:
         if self.ctf is not None:
             grad = self.ctf.adjoint(grad, selected)
         slab_grad = np.zeros(6)
-        if self.slab.density != 0.0:
-            _, jac = self.slab.profiles(tilts, self.nu, with_jacobian=True)
+        if jac is not None:
             slab_grad = np.einsum("tu,tup->p", grad.sum(axis=1, dtype=np.float64), jac)
         if self.config.fit_gain:
             self._update_gains(selected, model, measured)
