@@ -80,6 +80,8 @@ sys.path.insert(0, str(HERE))
 from _common import machine  # noqa: E402
 from sweep import load_or_simulate, score, simulation_config, structures  # noqa: E402
 
+from taichi_etgs.classical.phaseflip import first_zero_per_A  # noqa: E402
+
 SCHEMES = ("dose-symmetric", "bidirectional")
 CTF_SCHEME = "dose-symmetric"  # the data of the CTF comparison
 METHODS = ("wbp", "sirt20", "gaussians")
@@ -236,17 +238,6 @@ def measure(method: str, scheme: str, variant: str, folder: Path, data: dict,
 # -- verdicts and report ---------------------------------------------------------------
 
 
-def first_ctf_zero_per_A(defocus_um: float, voltage_kV: float = 300.0, cs_mm: float = 2.7,
-                         amplitude_contrast: float = 0.07) -> float:
-    """The spatial frequency of the CTF's first zero at this defocus, 1/A."""
-    from taichi_etgs.simulation.imaging import ctf_2d
-
-    n = 1 << 15  # 1/A steps of 3e-5 up to 0.5/A
-    ctf = ctf_2d((1, n), 1.0, defocus_um, voltage_kV, cs_mm, amplitude_contrast)[0]
-    k = np.fft.rfftfreq(n, d=1.0)
-    return float(k[int(np.argmax(np.sign(ctf[1:]) != np.sign(ctf[0]))) + 1])
-
-
 def past_first_zero_fsc(curve: dict | None, first_zero: float) -> float:
     """Mean FSC against the truth over the shells past the CTF's first zero (to Nyquist):
     where an uncorrected CTF inverts the contrast and a correction can show. NaN without
@@ -320,6 +311,10 @@ def markdown(report: dict) -> str:
         f"exposure filter in the forward model. Machine: {report['machine']['cpu_count']} "
         f"CPUs, arch {report['arch']}, threads {report['threads'] or 'all'}. "
         f"Scores: `taichi_etgs.evaluation.metrics.evaluate` against the truth.", ""]
+    if report.get("rerun"):
+        lines[-1:-1] = [f"Runs of {', '.join(report['rerun']['methods'])} from "
+                        f"{report['started']} (`--methods`); the others' from the run of "
+                        f"{report['rerun']['kept_from']}.", ""]
     header = ("| {what} | method | off: band / wedge band / FSC0.143 (A) / time (s) | "
               "on: band / wedge band / FSC0.143 (A) / time (s) | band ratio | wedge band "
               "ratio | FSC0.143 better | criterion | result | FSC past the first zero, "
@@ -390,7 +385,7 @@ def rescore(out: Path) -> None:
 
     report = json.loads((out / "ctf_dose.json").read_text())
     data = report["data"]
-    data.setdefault("first_ctf_zero_per_A", first_ctf_zero_per_A(data["defocus_um"]))
+    data.setdefault("first_ctf_zero_per_A", first_zero_per_A(data["defocus_um"]))
     only = {v["kind"] for v in report["verdicts"]}
     comps = comparisons(None if len(only) != 1 else only.pop())
     report["verdicts"] = [verdict(c, report["runs"], data["first_ctf_zero_per_A"])
@@ -430,6 +425,10 @@ def main() -> None:
                         help="simulate again even when cached data match")
     parser.add_argument("--no-structures", action="store_true",
                         help="procedural particles even when the atomic models exist")
+    parser.add_argument("--methods", default=None,
+                        help="rerun only these methods (comma-separated, of "
+                             f"{','.join(METHODS)}) and keep the others' runs from --out's "
+                             "ctf_dose.json (same data and settings)")
     parser.add_argument("--rescore", action="store_true",
                         help="only rewrite the verdicts and tables of --out's ctf_dose.json "
                              "from its stored scores and curves (no runs)")
@@ -457,9 +456,24 @@ def main() -> None:
         "data": {"shape_zyx": list(args.shape), "pixel_size_A": args.pixel_size,
                  "geometry": args.geometry, "total_dose_e_per_A2": TOTAL_DOSE,
                  "defocus_um": DEFOCUS_UM, "specimen": specimen, "n_tilts": None,
-                 "first_ctf_zero_per_A": first_ctf_zero_per_A(DEFOCUS_UM),
+                 "first_ctf_zero_per_A": first_zero_per_A(DEFOCUS_UM),
                  "sets": {}},
         "runs": {}, "verdicts": []}
+    methods = METHODS
+    if args.methods:
+        import json
+
+        methods = tuple(m for m in args.methods.split(",") if m)
+        if not set(methods) <= set(METHODS):
+            parser.error(f"--methods: expected some of {', '.join(METHODS)}")
+        kept = json.loads((args.out / "ctf_dose.json").read_text())
+        if kept["data"]["pixel_size_A"] != args.pixel_size or \
+                kept["data"]["shape_zyx"] != list(args.shape):
+            parser.error(f"{args.out / 'ctf_dose.json'} was made with other data")
+        report["runs"] = {scheme: {m: r for m, r in runs.items() if m not in methods}
+                          for scheme, runs in kept["runs"].items()}
+        report["gaussian_iterations"] = kept.get("gaussian_iterations")
+        report["rerun"] = {"methods": list(methods), "kept_from": kept.get("started")}
     print(f"CTF and dose benchmark: {len(runs_plan)} run(s) x {len(METHODS)} methods, shape "
           f"{args.shape} at {args.pixel_size:g} A, {args.geometry}, {specimen}; writing "
           f"{args.out}", flush=True)
@@ -477,7 +491,7 @@ def main() -> None:
         report["data"]["sets"][scheme] = {"folder": str(folder), "cached": data[scheme]["cached"],
                                           "simulation_seconds": data[scheme]["simulation_seconds"]}
     comps = comparisons(args.only)
-    for method in METHODS:
+    for method in methods:
         for scheme, variant in runs_plan:
             folder = HERE / "data" / "sweep" / point_name(scheme, args.geometry)
             entry = measure(method, scheme, variant, folder, data[scheme], args.iterations)

@@ -18,10 +18,13 @@ redundant measurements; it raises the high frequencies of the least exposed view
 included. On simulated series (physical noise model, 120 e/A^2, 41 views, phase-flipped
 WBP) the specimen band FSC (1/400-1/32 per A) went 0.398 -> 0.403 (dose-symmetric, 8 A)
 and 0.396 -> 0.400 (bidirectional, 5 A) with ``max``, but down to 0.390 and 0.370 with
-``rms`` (tests/test_dose.py, docs/method.md "Dose").
+``rms`` (tests/test_dose.py, docs/method.md "Dose"; measured with 16 pixels of padding).
 
-Views are filtered after removing their mean, with mirror padding against wrap-around (as
-the phase flip), and get their mean back.
+Views are filtered after removing their mean, without padding unless asked (as the phase
+flip: a padded view's crop leaks the filtered frequencies into the others; with 16
+pixels of mirror padding, the exposure filter lowered WBP's band FSC where it now raises
+it, 0.431 -> 0.427 against 0.431 -> 0.433 without, bidirectional at 5 A), and get their
+mean back.
 """
 
 from __future__ import annotations
@@ -68,13 +71,13 @@ def dose_weights(shape: tuple[int, int], pixel_size_A: float, exposure_e_per_A2,
 
 
 def exposure_filter_views(views: np.ndarray, pixel_size_A: float, exposure_e_per_A2,
-                          voltage_kV: float = 300.0, pad: int = 16,
+                          voltage_kV: float = 300.0, pad: int = 0,
                           normalise: str = "max", progress=None, out=None) -> np.ndarray:
     """Exposure-filtered views (float32). [n, ny, nx]
 
     views: the views, any contrast. [n, ny, nx]
     exposure_e_per_A2: the mid-exposure of each view. [n]
-    pad: mirror padding, pixels (at most one less than the view).
+    pad: mirror padding, pixels (at most one less than the view); none by default.
     normalise: "max", "rms" or "none" (:func:`dose_weights`).
     progress: called with the number of views done.
     out: where the views go (as :func:`~taichi_etgs.classical.phaseflip.phase_flip_views`'s);
