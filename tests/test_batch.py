@@ -109,6 +109,24 @@ def test_tables_csv_and_relion_star(tmp_path):
     (series,) = read_table(star)
     assert series.name == "TS_2" and series.xf == tmp_path / "imod" / "TS_2.xf"
     assert series.thickness_at(4, None) == 300  # RELION's unbinned Z over --binning
+    # RELION 4's import table as its documentation lays it out: the stack with its ":mrc"
+    # type tag, ctfplotter's file, and RELION's own columns, which are not ours to check.
+    _touch(tmp_path / "b.defocus")
+    relion4 = _touch(tmp_path / "import.star",
+                     "data_\n\nloop_\n_rlnTomoName #1\n_rlnTomoTiltSeriesName #2\n"
+                     "_rlnTomoImportCtfPlotterFile #3\n_rlnTomoImportImodDir #4\n"
+                     "_rlnTomoFrameCount #5\n_rlnTomoImportFractionalDose #6\n"
+                     "_rlnVoltage #7\n_rlnTomoHand #8\n"
+                     "TS_2 a.st:mrc b.defocus imod 41 3.0 300.0 -1\n")
+    (series,) = read_table(relion4)
+    assert series.stack == tmp_path / "a.st" and series.defocus == tmp_path / "b.defocus"
+    assert series.angles == tmp_path / "imod" / "TS_2.tlt"
+    # RELION 5's tomograms.star names per-tilt STAR files, no stacks: said so.
+    relion5 = _touch(tmp_path / "tomograms5.star",
+                     "data_global\n\nloop_\n_rlnTomoName #1\n_rlnTomoTiltSeriesStarFile #2\n"
+                     "_rlnVoltage #3\nTS_2 tilt_series/TS_2.star 300.0\n")
+    with pytest.raises(InputError, match="RELION 5 tomograms.star.*per-tilt STAR files"):
+        read_table(relion5)
 
 
 @pytest.mark.parametrize("text, line, message", [

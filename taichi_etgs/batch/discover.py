@@ -20,7 +20,11 @@ STAR: a ``loop_`` of the first data block (``data_global`` when there is one) wi
 same columns as ``_stack``, ``_thickness``, ... or RELION's names: ``_rlnTomoName``,
 ``_rlnTomoTiltSeriesName`` (the stack), ``_rlnTomoSizeZ`` (the thickness in unbinned
 pixels, divided by ``--binning``), ``_rlnTomoImportImodDir`` (a folder holding
-``<name>.xf`` and ``<name>.tlt``), ``_rlnTomoImportCtfFindFile`` (the defocus).
+``<name>.xf`` and ``<name>.tlt``), ``_rlnTomoImportCtfFindFile`` or
+``_rlnTomoImportCtfPlotterFile`` (the defocus), as RELION 4's import table names them; a
+file's ``:mrc`` type tag (``TS_01.st:mrc``) is dropped, and RELION's other columns
+(voltage, optics group, hand, ...) are ignored. RELION 5's tomograms.star names per-tilt
+STAR files of single tilt images instead of stacks: refused with a message.
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ TABLE_SUFFIXES = (".csv", ".star")
 _COLUMNS = ("name", "stack", "angles", "xf", "aln", "thickness", "defocus", "dose")
 _RELION = {"rlntomoname": "name", "rlntomotiltseriesname": "stack",
            "rlntomosizez": "rln_size_z", "rlntomoimportimoddir": "rln_imod_dir",
-           "rlntomoimportctffindfile": "defocus"}
+           "rlntomoimportctffindfile": "defocus", "rlntomoimportctfplotterfile": "defocus"}
 # Stack suffixes in order of preference for one stem: the aligned stack first.
 _PREFERENCE = (".ali", ".st", ".mrc")
 
@@ -234,8 +238,16 @@ def read_table(path: str | PathLike) -> list[Series]:
             header_line, names = 1, header
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"cannot be read as a table: {exc}", path) from None
-    unknown = [h for h, n in zip(header, names)
-               if n not in _COLUMNS and n not in _RELION.values()]
+    if "stack" not in names and "rlntomotiltseriesstarfile" in header:
+        raise InputError("a RELION 5 tomograms.star: its rlnTomoTiltSeriesStarFile names "
+                         "per-tilt STAR files of single tilt images, not stacks; give a "
+                         "table (CSV, or STAR with rlnTomoTiltSeriesName) of the stacks, "
+                         "or the folder that holds them", path, header_line)
+    # RELION's own metadata (voltage, optics group, hand, ...) is not ours to check.
+    keep = [n in _COLUMNS or n in _RELION.values() or not n.startswith("rln")
+            for n in names]
+    unknown = [h for h, n, k in zip(header, names, keep)
+               if k and n not in _COLUMNS and n not in _RELION.values()]
     if unknown:
         raise InputError(f"unknown column {unknown[0]!r}; expected {', '.join(_COLUMNS)} (or "
                          f"RELION's rlnTomoName, rlnTomoTiltSeriesName, rlnTomoSizeZ, ...)",
@@ -248,7 +260,7 @@ def read_table(path: str | PathLike) -> list[Series]:
         if len(cells) != len(names):
             raise InputError(f"{len(cells)} cells for {len(names)} columns "
                              f"({', '.join(header)})", path, number)
-        series.append(_row(path, number, dict(zip(names, cells))))
+        series.append(_row(path, number, {n: c for n, c, k in zip(names, cells, keep) if k}))
     if not series:
         raise InputError("lists no tilt series (a header but no rows)", path)
     return series
@@ -270,6 +282,8 @@ def _row(path: Path, number: int, row: dict[str, str]) -> Series:
 
     def file(key: str) -> Path | None:
         text = row.get(key, "")
+        if text.lower().endswith((":mrc", ":st")):  # RELION's file type tag
+            text = text.rsplit(":", 1)[0]
         return (folder / text) if text else None
 
     stack = file("stack")
