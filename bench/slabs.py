@@ -2,7 +2,7 @@
 and peak memory; with ``--gaussians``, slabbed Gaussian reconstruction against the whole.
 
     python bench/slabs.py [--quick] [--slab-rows N] [--iterations N] [--threads N]
-                          [--shape NZ,NY,NX]
+                          [--shape NZ,NY,NX] [--workers-speedup]
                           [--gaussians [--gaussian-shape NZ,NY,NX] [--gaussian-rows N]
                            [--gaussian-iterations N] [--max-gaussians N]]
 
@@ -21,6 +21,13 @@ against the whole's (a seam would show there).
 (band FSC, :func:`taichi_etgs.evaluation.metrics.evaluate`), with their peak RSS and the
 seam check of a Gaussian run: the mean absolute row-to-row difference at every slab
 border and blend-band edge over the whole run's at the same rows.
+
+``--workers-speedup`` measures instead how the slabs of one tomogram spread over Dask
+workers: slabbed SIRT (``--iterations``, default 10 here) of a 64 x 512 x 512 tomogram
+(``--shape``) in 64-row slabs, run in the command's own process with 1 thread against
+``--workers 2 --threads 1`` (an embedded cluster of two one-thread workers, its start
+included), each timed as a whole command; the two tomograms must be equal bit for bit.
+Results: bench/results/slabs-workers.md and .json.
 
 Acceptance (issue 11): slabbed equal to the whole (correlation >= 0.999, no seam) and the
 slabbed runs' peak RSS at most 1/3 of the whole runs'; Gaussians: slabbed band FSC at
@@ -194,7 +201,12 @@ def main() -> None:
     parser.add_argument("--gaussian-iterations", type=int, default=None,
                         help="their iterations (default 600; --quick 60)")
     parser.add_argument("--max-gaussians", type=int, default=60_000)
+    parser.add_argument("--workers-speedup", action="store_true",
+                        help="slabbed SIRT on 1 process vs 2 Dask workers (only that)")
     args = parser.parse_args()
+    if args.workers_speedup:
+        _workers_speedup(args)
+        return
     shape, n_tilts = ((16, 128, 128), 21) if args.quick else ((64, 1024, 1024), 41)
     if args.shape:
         shape = tuple(int(v) for v in args.shape.split(","))
@@ -233,6 +245,52 @@ def main() -> None:
     (RESULTS / f"{name}.json").write_text(json.dumps(report, indent=1) + "\n")
     (RESULTS / f"{name}.md").write_text(_markdown(report))
     print((RESULTS / f"{name}.md").read_text())
+
+
+def _workers_speedup(args) -> None:
+    """Slabbed SIRT in one process (1 thread) against 2 Dask workers of 1 thread."""
+    shape = tuple(int(v) for v in args.shape.split(",")) if args.shape else (64, 512, 512)
+    rows = args.slab_rows or 64
+    iterations = 10 if args.iterations == 5 else args.iterations  # 5: the other mode's
+    report: dict = {"shape_zyx": list(shape), "n_tilts": 41, "slab_rows": rows,
+                    "sirt_iterations": iterations, "machine": machine(), "runs": {}}
+    with tempfile.TemporaryDirectory(prefix="bench-slabs-", dir=RESULTS.parent) as tmp:
+        stack = Path(tmp) / "ts.mrc"
+        _simulate(shape, 41, 2, stack)
+        common = ["sirt", str(stack), "--thickness", str(shape[0]), "--arch", "cpu",
+                  "--iterations", str(iterations), "--slab-rows", str(rows)]
+        outputs = {}
+        for label, extra in (("1 process x 1 thread", ["--threads", "1"]),
+                             ("2 workers x 1 thread", ["--workers", "2", "--threads", "1"])):
+            outputs[label] = Path(tmp) / f"sirt_{label[0]}.mrc"
+            report["runs"][label] = _run([*common, "-o", str(outputs[label]), *extra])
+            print(f"{label}: {report['runs'][label]}", flush=True)
+        a, b = (_volume_bytes(p) for p in outputs.values())
+        report["equal_bit_for_bit"] = a == b
+    one, two = (r["seconds"] for r in report["runs"].values())
+    report["speedup"] = round(one / two, 2)
+    lines = [f"# Slabs of one tomogram over Dask workers ({' x '.join(map(str, shape))})", "",
+             f"`python bench/slabs.py --workers-speedup`: slabbed SIRT ({iterations} "
+             f"iterations, {rows}-row slabs, 41 tilts) of one simulated tilt series, each run "
+             f"a whole command (the embedded cluster's start included), on "
+             f"{report['machine'].get('cpu_count', '?')} cores.", "",
+             "| run | time (s) | peak RSS of the command (MiB) |", "| --- | ---: | ---: |"]
+    lines += [f"| {label} | {r['seconds']:.1f} | {r['peak_rss_mib']:.0f} |"
+              for label, r in report["runs"].items()]
+    lines += ["", f"Speed-up x{report['speedup']:.2f}; tomograms equal bit for bit: "
+              f"{'yes' if report['equal_bit_for_bit'] else 'NO'}. The command's peak RSS "
+              "does not count the workers' (separate processes).", ""]
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "slabs-workers.json").write_text(json.dumps(report, indent=1) + "\n")
+    (RESULTS / "slabs-workers.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+def _volume_bytes(path: Path) -> bytes:
+    import mrcfile
+
+    with mrcfile.open(path, permissive=True) as f:
+        return f.data.tobytes()
 
 
 def _markdown(report: dict) -> str:
