@@ -87,8 +87,8 @@ def wbp(stack, angles=None, *, thickness: int, output=None, width: int | None = 
         amplitude_contrast: float = 0.07, dose=None, dose_per_tilt: float | None = None,
         tilt_order: str | None = None, tilt_start: float | None = None, tilt_group: int = 2,
         slab_rows: int | None = None, workers: int | None = None,
-        scheduler: str | None = None, force: bool = False, arch: str | None = None,
-        threads: int | None = None, **read: Any):
+        scheduler: str | None = None, refine_alignment: bool = False, force: bool = False,
+        arch: str | None = None, threads: int | None = None, **read: Any):
     """Weighted back-projection (``taichi-etgs wbp``).
 
     stack, angles: the tilt series (see the module docstring).
@@ -109,6 +109,8 @@ def wbp(stack, angles=None, *, thickness: int, output=None, width: int | None = 
     workers, scheduler: run the slabs as Dask tasks on this many workers of an embedded
         cluster, or on the cluster of this scheduler address (``--workers``,
         ``--scheduler``; docs/large.md).
+    refine_alignment: refine the views' residual shifts first and write them as
+        ``<output stem>.xf`` / ``.tlt`` (``--refine-alignment``; not with slabs).
     read: more reading options (``xf``, ``aln``, ``apply_aln``, ``aligned``, ``mdoc``,
         ``exclude_views``).
 
@@ -123,7 +125,8 @@ def wbp(stack, angles=None, *, thickness: int, output=None, width: int | None = 
                    ctf=_ctf(defocus, voltage_kV, cs_mm, amplitude_contrast),
                    dose=_dose(dose, dose_per_tilt, tilt_order, tilt_start, tilt_group),
                    slab_rows=slab_rows, session=session,
-                   slab_runner=_slab_runner(workers, scheduler))
+                   slab_runner=_slab_runner(workers, scheduler),
+                   refine_alignment=refine_alignment)
 
 
 def sirt(stack, angles=None, *, thickness: int, output=None, iterations: int = 20,
@@ -133,8 +136,9 @@ def sirt(stack, angles=None, *, thickness: int, output=None, iterations: int = 2
          cs_mm: float = 2.7, amplitude_contrast: float = 0.07, dose=None,
          dose_per_tilt: float | None = None, tilt_order: str | None = None,
          tilt_start: float | None = None, tilt_group: int = 2, slab_rows: int | None = None,
-         workers: int | None = None, scheduler: str | None = None, force: bool = False,
-         arch: str | None = None, threads: int | None = None, **read: Any):
+         workers: int | None = None, scheduler: str | None = None,
+         refine_alignment: bool = False, force: bool = False, arch: str | None = None,
+         threads: int | None = None, **read: Any):
     """SIRT (``taichi-etgs sirt``); arguments as :func:`wbp`, and ``iterations``,
     ``relaxation`` (in (0, 2)) and ``positivity``.
 
@@ -149,7 +153,8 @@ def sirt(stack, angles=None, *, thickness: int, output=None, iterations: int = 2
                     ctf=_ctf(defocus, voltage_kV, cs_mm, amplitude_contrast),
                     dose=_dose(dose, dose_per_tilt, tilt_order, tilt_start, tilt_group),
                     slab_rows=slab_rows, session=session,
-                    slab_runner=_slab_runner(workers, scheduler))
+                    slab_runner=_slab_runner(workers, scheduler),
+                    refine_alignment=refine_alignment)
 
 
 def reconstruct(stack, angles=None, *, thickness: int, output=None,

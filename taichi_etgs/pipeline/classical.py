@@ -14,6 +14,7 @@ import numpy as np
 from ..errors import InputError
 from ..io.scratch import ScratchStack
 from . import inputs, sizes, slabs
+from .alignment import check_alignment_outputs, write_alignment
 from .ctf import CtfSettings, phase_flip
 from .dose import DoseSettings, exposure_filter
 from .inputs import StackSource
@@ -129,13 +130,22 @@ def _flipped_views(source: StackSource, series, ctf, session: Session, dose=None
 
 def _reconstruct(source: StackSource, target: VolumeTarget, method: str, options: dict,
                  ctf, dose, slab_rows, session: Session, what: str,
-                 slab_runner: slabs.SlabRunner | None = None) -> TomogramResult:
+                 slab_runner: slabs.SlabRunner | None = None,
+                 refine_alignment: bool = False) -> TomogramResult:
     """The views, then the tomogram: whole in memory, or slab by slab into the output
     (:mod:`taichi_etgs.pipeline.slabs`; the slabs computed by ``slab_runner`` when given).
     options: the method's :class:`~taichi_etgs.pipeline.slabs.ClassicalSettings` besides
-    the sizes."""
+    the sizes. refine_alignment: the views' residual shifts refined first (whole views
+    only; :func:`_aligned_views`)."""
+    if refine_alignment:
+        check_alignment_outputs(source, target.path, target.force)
     with contextlib.ExitStack() as files:
         series, shape, rows = prepare(method, source, target, session, slab_rows, files)
+        if refine_alignment and rows:
+            raise InputError("--refine-alignment matches whole views: not with slabs "
+                             f"(--slab-rows {rows}"
+                             + ("" if slab_rows else ", chosen because the whole does not "
+                                "fit in memory: bin more (--binning)") + ")", source.path)
         settings = ClassicalSettings(method, shape[0], shape[2], **options)
         out = None
         if rows:
@@ -144,6 +154,9 @@ def _reconstruct(source: StackSource, target: VolumeTarget, method: str, options
         views, scale, info = _flipped_views(source, series, ctf, session, dose, out)
         session.start_compute()
         start = time.perf_counter()
+        if refine_alignment:
+            views, info["alignment"] = _aligned_views(views, series, shape, source, target,
+                                                      session)
         if not rows:
             slabs.warn_whole(slab_runner, session)
             result = _whole(views, series.tilts_deg, settings, scale, session)
@@ -172,6 +185,22 @@ def _reconstruct(source: StackSource, target: VolumeTarget, method: str, options
             writer.finish(info)
         return TomogramResult(volume=writer.volume, voxel_size_A=pixel, origin_A=origin,
                               output=target.path, seconds=seconds, info=info)
+
+
+def _aligned_views(views: np.ndarray, series, shape, source: StackSource,
+                   target: VolumeTarget, session: Session) -> tuple[np.ndarray, dict]:
+    """The views with their residual shifts corrected by projection matching against a
+    short Gaussian fit (:func:`taichi_etgs.gaussian.fit.prealign_views`), and the record
+    of the correction, written next to the output as ``.xf`` and ``.tlt``."""
+    from ..gaussian.fit import prealign_views
+
+    session.tell("refining the views' alignment (projection matching against a short "
+                 "Gaussian fit)")
+    alignment = prealign_views(views, series.tilts_deg, shape[0], width=shape[2])
+    n_raw = series.n_tilts if source.in_memory else inputs.peek(source).n_raw
+    record = write_alignment(session, alignment, series.tilts_deg, target.path,
+                             source.binning, target.force, series, n_raw)
+    return alignment.apply(views).astype(np.float32, copy=False), record
 
 
 def _whole(views: np.ndarray, tilts_deg, settings: ClassicalSettings, scale: float,
@@ -203,7 +232,8 @@ def run_wbp(source: StackSource, target: VolumeTarget, *,
             radial: Sequence[float] = (0.35, 0.035), fake_sirt: int = 0,
             ctf: CtfSettings | None = None, dose: DoseSettings | None = None,
             slab_rows: int | None = None, session: Session | None = None,
-            slab_runner: slabs.SlabRunner | None = None) -> TomogramResult:
+            slab_runner: slabs.SlabRunner | None = None,
+            refine_alignment: bool = False) -> TomogramResult:
     """Weighted back-projection of a tilt series into a tomogram.
 
     Parameters
@@ -226,6 +256,10 @@ def run_wbp(source: StackSource, target: VolumeTarget, *,
     slab_runner: where the slabs of a slabbed run are computed (the Dask tasks of
         ``taichi_etgs.batch.slab_tasks.SlabTasks``); None: one after the other in this
         process. The same tomogram either way.
+    refine_alignment: refine each view's residual shift first, by projection matching
+        against a short Gaussian fit, and write the correction as ``<output stem>.xf``
+        and ``.tlt`` (:mod:`taichi_etgs.pipeline.alignment`); whole views only, not in
+        slabs.
 
     Returns
     -------
@@ -243,7 +277,8 @@ def run_wbp(source: StackSource, target: VolumeTarget, *,
         raise InputError(f"--fake-sirt must be >= 0, got {fake_sirt}")
     result = _reconstruct(source, target, "wbp",
                           {"radial": radial_pair, "fake_sirt": int(fake_sirt)},
-                          ctf, dose, slab_rows, session, "wbp", slab_runner)
+                          ctf, dose, slab_rows, session, "wbp", slab_runner,
+                          refine_alignment)
     session.tell(f"weighted back-projection: {result.seconds:.1f} s")
     return result
 
@@ -252,12 +287,14 @@ def run_sirt(source: StackSource, target: VolumeTarget, *, iterations: int = 20,
              relaxation: float = 1.0, positivity: bool = False,
              ctf: CtfSettings | None = None, dose: DoseSettings | None = None,
              slab_rows: int | None = None, session: Session | None = None,
-             slab_runner: slabs.SlabRunner | None = None) -> TomogramResult:
+             slab_runner: slabs.SlabRunner | None = None,
+             refine_alignment: bool = False) -> TomogramResult:
     """SIRT of a tilt series (row- and column-normalised, from zero).
 
     Parameters
     ----------
-    source, target, ctf, dose, slab_rows, session, slab_runner: as :func:`run_wbp`.
+    source, target, ctf, dose, slab_rows, session, slab_runner, refine_alignment: as
+        :func:`run_wbp`.
     iterations: SIRT iterations (10-30 is usual).
     relaxation: step size, in (0, 2).
     positivity: clamp negative density to zero each iteration.
@@ -275,6 +312,6 @@ def run_sirt(source: StackSource, target: VolumeTarget, *, iterations: int = 20,
     options = {"iterations": int(iterations), "relaxation": float(relaxation),
                "positivity": bool(positivity)}
     result = _reconstruct(source, target, "sirt", options, ctf, dose, slab_rows, session,
-                          f"sirt {iterations} it", slab_runner)
+                          f"sirt {iterations} it", slab_runner, refine_alignment)
     log.info("SIRT: %d iterations in %.1f s", iterations, result.seconds)
     return result

@@ -17,6 +17,7 @@ import numpy as np
 
 from ..errors import InputError, RunFailure
 from . import checkpoint, inputs, sizes
+from .alignment import check_alignment_outputs, write_alignment
 from .inputs import StackSource
 from .outputs import check_writable, os_reason
 from .resume import (
@@ -233,48 +234,6 @@ def _write_halves(session, run, views, series, paths, factor, out_shape, pixel, 
             "specimen_half_band_fsc": specimen["band_fsc"]}
 
 
-def alignment_paths(output: Path) -> tuple[Path, Path]:
-    """Where a refined alignment goes: ``<output stem>.xf`` and ``<output stem>.tlt``."""
-    return output.with_suffix(".xf"), output.with_suffix(".tlt")
-
-
-def _write_alignment(session: Session, run, output: Path | None, binning: int,
-                     force: bool, series, n_raw: int) -> dict:
-    """Report the refined alignment and write it next to the output: one ``.xf`` line and
-    one angle per section of the raw stack, as IMOD's tiltalign writes them (a view left
-    out of the fit keeps the identity, its correction unknown)."""
-    from ..io.angles import write_tilt_angles
-    from ..io.transforms import write_xf
-
-    kept = np.asarray(series.kept_views)
-    xf = np.zeros((n_raw, 2, 3))
-    xf[:, 0, 0] = xf[:, 1, 1] = 1.0
-    xf[kept] = run.alignment.xf()
-    xf[:, :, 2] *= binning  # the input stack's pixels, not the binned views'
-    shifts = run.alignment.shifts_px * binning
-    record = {"views": kept.tolist(), "shifts_px": shifts.round(4).tolist(),
-              "rms_shift_px": float(np.sqrt(np.mean(shifts ** 2)))}
-    session.tell(f"alignment refined: residual shifts {record['rms_shift_px']:.2f} px rms "
-                 f"(largest {np.abs(shifts).max():.2f} px)")
-    if output is not None:
-        xf_path, tlt_path = alignment_paths(output)
-        angles = inputs.raw_angles(series, n_raw)
-        if angles is None:
-            angles = run.tilts_deg
-            session.warn(f"{tlt_path}: lists the {len(kept)} views fitted only (the angles "
-                         f"of the {n_raw - len(kept)} left out are not known here), while "
-                         f"{xf_path.name} has a line for each of the {n_raw} sections")
-        else:
-            angles = np.array(angles, dtype=np.float64)
-            angles[kept] = run.tilts_deg
-        write_xf(xf_path, xf, force=force)
-        write_tilt_angles(tlt_path, angles, force=force)
-        record.update(xf=str(xf_path), tlt=str(tlt_path))
-        session.tell(f"wrote {xf_path} and {tlt_path} (the correction of the views as given; "
-                     f"xfproduct your .xf with it to use it elsewhere)")
-    return record
-
-
 def new_config(settings: GaussianSettings, series, n_raw: int, pixel: float,
                session: Session):
     """The :class:`~taichi_etgs.gaussian.fit.ReconstructConfig` of a new run on ``series``
@@ -365,12 +324,8 @@ def run_reconstruct(source: StackSource, target: VolumeTarget,
     half_outputs = half_paths(output) if settings.halves and output is not None else []
     for path in half_outputs:
         check_writable(path, force, probe=True)
-    if settings.refine_alignment and output is not None:
-        for path in alignment_paths(output):
-            if source.angles is not None and inputs.same_file(path, source.angles):
-                raise InputError(f"--refine-alignment would write the refined angles over "
-                                 f"the input's {path}: choose another output name")
-            check_writable(path, force)
+    if settings.refine_alignment:
+        check_alignment_outputs(source, output, force)
     from . import gaussian_slabs
 
     rows = gaussian_slabs.slab_rows_of(source, target, settings, session)
@@ -521,8 +476,8 @@ def run_reconstruct(source: StackSource, target: VolumeTarget,
             "state": None if state_path is None else str(state_path),
             "input_checksum": checksum, "validation": validation}
     if run.alignment is not None:
-        info["alignment"] = _write_alignment(session, run, output, source.binning, force,
-                                             series, header.n_raw)
+        info["alignment"] = write_alignment(session, run.alignment, run.tilts_deg, output,
+                                            source.binning, force, series, header.n_raw)
     if output is not None:
         try:
             write_tomogram(session, output, volume, pixel * factor, source.contrast,
