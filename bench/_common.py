@@ -53,3 +53,12 @@ def machine() -> dict:
         "cpu_count": os.cpu_count(),
         "python": platform.python_version(),
     }
+
+
+def volume_bytes(path) -> bytes:
+    """A tomogram's voxels as bytes (for bit-for-bit comparisons)."""
+    import mrcfile
+
+    with mrcfile.open(path, permissive=True) as f:
+        return f.data.tobytes()
+

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine
+from _common import machine, volume_bytes
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CLI = [sys.executable, "-m", "taichi_etgs.cli"]
@@ -64,13 +64,6 @@ def run(args: list, **kwargs) -> tuple[float, subprocess.CompletedProcess]:
     start = time.perf_counter()
     done = subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, **kwargs)
     return time.perf_counter() - start, done
-
-
-def volume_bytes(path: Path) -> bytes:
-    import mrcfile
-
-    with mrcfile.open(path, permissive=True) as f:
-        return f.data.tobytes()
 
 
 def method_args(method: str, iterations: int) -> list:

@@ -50,7 +50,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine
+from _common import machine, volume_bytes
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -265,7 +265,7 @@ def _workers_speedup(args) -> None:
             outputs[label] = Path(tmp) / f"sirt_{label[0]}.mrc"
             report["runs"][label] = _run([*common, "-o", str(outputs[label]), *extra])
             print(f"{label}: {report['runs'][label]}", flush=True)
-        a, b = (_volume_bytes(p) for p in outputs.values())
+        a, b = (volume_bytes(p) for p in outputs.values())
         report["equal_bit_for_bit"] = a == b
     one, two = (r["seconds"] for r in report["runs"].values())
     report["speedup"] = round(one / two, 2)
@@ -284,13 +284,6 @@ def _workers_speedup(args) -> None:
     (RESULTS / "slabs-workers.json").write_text(json.dumps(report, indent=1) + "\n")
     (RESULTS / "slabs-workers.md").write_text("\n".join(lines))
     print("\n".join(lines))
-
-
-def _volume_bytes(path: Path) -> bytes:
-    import mrcfile
-
-    with mrcfile.open(path, permissive=True) as f:
-        return f.data.tobytes()
 
 
 def _markdown(report: dict) -> str:

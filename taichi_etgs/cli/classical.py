@@ -63,6 +63,15 @@ def slab_task_options(func):
     return wrapper
 
 
+def _view_and_run_options(func):
+    """What wbp and sirt share after their own options: the CTF, the dose, alignment
+    refinement, slabs and their tasks, the compute device."""
+    for option in reversed((ctf_options(note=_FLIP), dose_options(note=_DOSE), _REFINE,
+                            _slab_rows, slab_task_options, runtime_options)):
+        func = option(func)
+    return func
+
+
 @cli.command()
 @command
 @stack_options
@@ -74,12 +83,7 @@ def slab_task_options(func):
               show_default=True,
               help="Shape the filter like N SIRT iterations (IMOD's FakeSIRTiterations): "
                    "smoother, higher-contrast tomograms. 0 = plain weighted back-projection.")
-@ctf_options(note=_FLIP)
-@dose_options(note=_DOSE)
-@_REFINE
-@_slab_rows
-@slab_task_options
-@runtime_options
+@_view_and_run_options
 def wbp(source, target, radial, fake_sirt, ctf, dose, refine_alignment, slab_rows,
         slab_runner):
     """Weighted back-projection of STACK into a tomogram (fast; the classical baseline).
@@ -118,12 +122,7 @@ def wbp(source, target, radial, fake_sirt, ctf, dose, refine_alignment, slab_row
 @click.option("--positivity", is_flag=True,
               help="Clamp negative density to zero each iteration (only meaningful when the "
                    "background is zero, e.g. isolated simulated specimens).")
-@ctf_options(note=_FLIP)
-@dose_options(note=_DOSE)
-@_REFINE
-@_slab_rows
-@slab_task_options
-@runtime_options
+@_view_and_run_options
 def sirt(source, target, iterations, relaxation, positivity, ctf, dose, refine_alignment,
          slab_rows, slab_runner):
     """SIRT reconstruction of STACK (row- and column-normalised, from zero).
