@@ -95,7 +95,8 @@ def run_classical_case(data: dict, method: str, refine: bool) -> dict:
 
 def markdown(report: dict) -> str:
     if "methods" in report:
-        return "\n".join(markdown({**report, "cases": cases, "title": method})
+        common = {k: v for k, v in report.items() if k != "methods"}
+        return "\n".join(markdown({**common, "cases": cases, "title": method})
                          for method, cases in report["methods"].items())
     rows = report["cases"]
     aligned = rows["aligned"]["band_fsc"]
