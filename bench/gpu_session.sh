@@ -9,6 +9,18 @@
 #   5. `taichi-etgs batch --arch $ARCH` on two small series (a worker pinned to the GPU).
 # Atomic models are read from .gpu/structures (copied there from ../shared, which does not
 # travel). Wheels for what the machine lacks are installed from .whl when present.
+#
+# Preparing a session (here, before the first device call; both folders git-ignored via
+# .git/info/exclude, and carried: run(carry=[".whl", ".gpu"])):
+#   mkdir -p .gpu/structures && cp ../shared/data/structures/{4v1w,6qt9,3jb9}.cif.gz .gpu/structures/
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#       --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 --platform \
+#       manylinux2014_x86_64 -d .whl taichi==1.7.4 dill mrcfile gemmi dask distributed \
+#       partd locket zict tblib tornado      (the versions installed here)
+# then drop taichi/_lib/c_api/, taichi/examples/ and taichi-*.data/ from the taichi wheel
+# (and their RECORD lines): 56 MB -> 35 MB, so that the tree stays under the 64 MiB a
+# call may carry. The smoke test without a GPU:
+#   SKIP_WHEELS=1 METHODS=wbp ARCH=cpu PRESET=small THICKNESS=48 OUT=/tmp/gpuout bash bench/gpu_session.sh
 # ARCH=cpu PRESET=small THICKNESS=48 runs the same steps as a smoke test without a GPU.
 set -u
 OUT=${OUT:-gpu-out} ARCH=${ARCH:-cuda} PRESET=${PRESET:-paper} THICKNESS=${THICKNESS:-180}
