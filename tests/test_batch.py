@@ -212,6 +212,26 @@ def test_batch_wbp_equals_single_runs_then_a_rerun_skips_everything(series_folde
     assert state == "stale" and "its angles" in why and "changed" in why
 
 
+def test_batch_refines_the_alignment_and_writes_it_beside_each_tomogram(series_folder,
+                                                                         tmp_path, capsys):
+    from taichi_etgs.batch.tasks import fingerprint
+
+    outdir = tmp_path / "out"
+    code, out, err = _run(["batch", series_folder / "ts1.mrc", "--method", "wbp",
+                           "--thickness", 16, "-o", outdir, "--refine-alignment",
+                           "--workers", 1, "--threads", 1], capsys)
+    assert code == 0, err
+    assert {p.name for p in outdir.glob("ts1.*")} == {"ts1.mrc", "ts1.mrc.json", "ts1.xf",
+                                                       "ts1.tlt"}
+    sidecar = json.loads((outdir / "ts1.mrc.json").read_text())
+    assert sidecar["result"]["alignment"]["xf"] == str((outdir / "ts1.xf").resolve())
+    # Outputs made before the option existed stay up to date: it is recorded only when set.
+    (ts1,) = find_series([series_folder / "ts1.mrc"])
+    assert "refine_alignment" not in fingerprint(ts1, BatchSettings("wbp"))["options"]
+    assert fingerprint(ts1, BatchSettings("wbp", options={"refine_alignment": True})
+                       )["options"]["refine_alignment"] is True
+
+
 def test_a_bad_series_fails_alone(series_folder, tmp_path, capsys):
     _touch(series_folder / "broken.mrc", "not an MRC file")
     np.savetxt(series_folder / "broken.tlt", TILTS, fmt="%.2f")

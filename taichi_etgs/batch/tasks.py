@@ -42,12 +42,18 @@ WORK_FOLDER = ".taichi-etgs-batch"
 # a fingerprint is the same whether an option was given at its default or left out.
 _CTF = {"defocus": None, "voltage_kV": 300.0, "cs_mm": 2.7, "amplitude_contrast": 0.07}
 _DOSE = {"dose_per_tilt": None, "tilt_order": None, "tilt_start": None, "tilt_group": 2}
+_ALIGN = {"refine_alignment": False}
+# Options added after outputs were already fingerprinted: recorded only when not at their
+# default, so that those outputs stay up to date.
+_RECORDED_WHEN_SET = frozenset(_ALIGN)
 METHOD_OPTIONS: dict[str, dict[str, Any]] = {
-    "wbp": {"radial": (0.35, 0.035), "fake_sirt": 0, **_CTF, **_DOSE},
-    "sirt": {"iterations": 20, "relaxation": 1.0, "positivity": False, **_CTF, **_DOSE},
+    "wbp": {"radial": (0.35, 0.035), "fake_sirt": 0, **_CTF, **_DOSE, **_ALIGN},
+    "sirt": {"iterations": 20, "relaxation": 1.0, "positivity": False, **_CTF, **_DOSE,
+             **_ALIGN},
     "reconstruct": {"iterations": None, "max_gaussians": 60_000, "views_per_step": 8,
                     "init": "sirt", "tilt_weight": "cos", "seed": 0, "heldout_every": 10,
-                    "voxel_size": None, "halves": False, "save_every": 100, **_CTF, **_DOSE},
+                    "voxel_size": None, "halves": False, "save_every": 100, **_CTF, **_DOSE,
+                    **_ALIGN},
 }
 
 
@@ -127,7 +133,8 @@ def fingerprint(series: Series, settings: BatchSettings) -> dict:
               "volume": {"thickness": series.thickness_at(settings.binning,
                                                           settings.thickness),
                          "width": settings.width, "output_contrast": settings.output_contrast},
-              "options": dict(sorted(settings.options.items()))}
+              "options": {k: v for k, v in sorted(settings.options.items())
+                          if k not in _RECORDED_WHEN_SET or v != _ALIGN.get(k)}}
     return json.loads(dumps(record))
 
 
@@ -242,7 +249,7 @@ def _run_method(task: SeriesTask, source, target, session):
                                       "tilt_weight", "seed", "heldout_every", "voxel_size",
                                       "halves", "save_every", "voltage_kV", "cs_mm",
                                       "amplitude_contrast", "dose_per_tilt", "tilt_order",
-                                      "tilt_start", "tilt_group")}
+                                      "tilt_start", "tilt_group", "refine_alignment")}
         settings = GaussianSettings(**gaussian, defocus_um=series.defocus or o["defocus"] or 0.0,
                                     dose=series.dose)
         return run_reconstruct(source, target, settings, session=session)
@@ -254,9 +261,10 @@ def _run_method(task: SeriesTask, source, target, session):
                         o["tilt_group"])
     if task.settings.method == "wbp":
         return run_wbp(source, target, radial=o["radial"], fake_sirt=o["fake_sirt"], ctf=ctf,
-                       dose=dose, session=session)
+                       dose=dose, session=session, refine_alignment=o["refine_alignment"])
     return run_sirt(source, target, iterations=o["iterations"], relaxation=o["relaxation"],
-                    positivity=o["positivity"], ctf=ctf, dose=dose, session=session)
+                    positivity=o["positivity"], ctf=ctf, dose=dose, session=session,
+                    refine_alignment=o["refine_alignment"])
 
 
 def _rewrite_paths(value: Any, old: str, new: str) -> Any:

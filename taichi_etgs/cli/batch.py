@@ -17,7 +17,7 @@ _METHOD_OPTIONS = ("radial", "fake_sirt", "iterations", "relaxation", "positivit
                    "max_gaussians", "views_per_step", "init", "tilt_weight", "seed",
                    "heldout_every", "voxel_size", "halves", "save_every", "defocus",
                    "voltage_kV", "cs_mm", "amplitude_contrast", "dose_per_tilt", "tilt_order",
-                   "tilt_start", "tilt_group")
+                   "tilt_start", "tilt_group", "refine_alignment")
 
 
 @cli.command()
@@ -89,6 +89,9 @@ _METHOD_OPTIONS = ("radial", "fake_sirt", "iterations", "relaxation", "positivit
          help="Start angle of a bidirectional or dose-symmetric order.")
 @click.option("--tilt-group", type=click.IntRange(min=1), metavar="N",
          help="Views per group of the dose-symmetric order [default: 2].")
+@click.option("--refine-alignment", is_flag=True, default=None,
+              help="Refine each view's residual shift (any method; whole views only), "
+                   "writing OUTDIR/<stem>.xf and .tlt beside each tomogram.")
 @click.option("--force", is_flag=True,
               help="Redo series whose output was made from other inputs or settings; accept "
                    "tilt angles that look like radians.")
