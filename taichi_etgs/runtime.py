@@ -26,6 +26,7 @@ class RuntimeConfig:
 
 
 _current: RuntimeConfig | None = None
+_starts = 0  # how many times Taichi was started: device arrays die with each start
 
 
 def _cuda_available() -> bool:
@@ -54,7 +55,7 @@ def init(arch: str = "auto", threads: int | None = None, precision: str = "f32",
     ------
     InputError: ``arch="cuda"`` on a machine without a usable CUDA device.
     """
-    global _current
+    global _current, _starts
     from .errors import InputError
 
     if arch not in ARCH_CHOICES:
@@ -80,12 +81,19 @@ def init(arch: str = "auto", threads: int | None = None, precision: str = "f32",
                 default_fp=ti.f64 if precision == "f64" else ti.f32,
                 offline_cache=True, log_level=ti.WARN if quiet else ti.INFO, **kwargs)
     _current = RuntimeConfig(arch=chosen, threads=threads, precision=precision)
+    _starts += 1
     return _current
 
 
 def ensure_initialized() -> RuntimeConfig:
     """Initialise Taichi on the CPU unless :func:`init` already ran."""
     return _current if _current is not None else init("cpu")
+
+
+def starts() -> int:
+    """How many times Taichi was started in this process: a cache of Taichi arrays made
+    under another count holds arrays of a runtime that is gone."""
+    return _starts
 
 
 def current() -> RuntimeConfig | None:

@@ -121,6 +121,25 @@ def test_view_loss_matches_reference(taichi_arch, rng):
     np.testing.assert_allclose(grad, want_grad, rtol=0, atol=1e-5 * np.abs(want_grad).max())
 
 
+def test_device_buffers_give_the_same_loss(taichi_cpu, rng, monkeypatch):
+    # The GPU keeps the SSIM's work arrays as Taichi arrays between calls; the CPU backend
+    # runs the same path when asked, which must give the host arrays' numbers exactly
+    # (the same kernels on the same values), also for a second shape and a repeated call
+    # whose buffers are reused.
+    from taichi_etgs.gaussian import loss
+
+    x, y = _pair(rng, dtype=np.float32)
+    w = np.array([0.5, 1.5])
+    host = view_loss(x, y, w, lambda_dssim=0.2, data_range=3.0)
+    monkeypatch.setattr(loss, "DEVICE_BUFFERS", True)
+    for _ in range(2):
+        device = view_loss(x, y, w, lambda_dssim=0.2, data_range=3.0)
+        assert device[0] == host[0] and np.array_equal(device[1], host[1])
+    one = ssim_views(x[:1], y[:1], data_range=3.0)
+    np.testing.assert_array_equal(one, ssim_views(x, y, data_range=3.0)[:1])
+    assert all(len(kept) <= 2 for name, kept in loss._BUFFERS.items() if name != "starts")
+
+
 def test_dssim_is_weighted_once(taichi_cpu, rng):
     x, y = _pair(rng, dtype=np.float32)
     w = np.array([1.0, 3.0])
