@@ -95,6 +95,8 @@ _REL_FLOOR_DENSITY = 1e-3
 #: MAD -> standard deviation for a normal distribution.
 _MAD_TO_STD = 1.482602218505602
 _GAUSS_NORM = (2.0 * np.pi) ** 1.5
+#: Above this many voxels, the median and percentiles come from a 1/8 subsample.
+_FULL_STATISTICS_VOXELS = 1 << 24
 #: Largest/smallest scale of an initial Gaussian (densify prunes above 50).
 _MAX_ASPECT = 20.0
 
@@ -238,10 +240,15 @@ def init_from_volume(volume_zyx: np.ndarray, max_gaussians: int, *, min_cell: in
                          "raise max_cell or max_gaussians")
 
     sigma = estimate_noise_sigma(v)
+    # Order statistics of a large volume from every other voxel along each axis: the
+    # median and the 99.9th percentile of 2^21 voxels and more are as good, and sorting
+    # all of a bin-1 tomogram's took seconds (2.9 s of 9.3 for 180 x 512 x 824).
+    sample = v[::2, ::2, ::2] if v.size > _FULL_STATISTICS_VOXELS else v
     if background is None:
-        background = float(np.median(v))
+        background = float(np.median(sample))
     vb = v.astype(np.float64) - float(background)
-    signal_scale = float(np.percentile(np.abs(vb), 99.9))
+    signal_scale = float(np.percentile(np.abs(sample.astype(np.float64) - float(background)),
+                                       99.9))
     if signal_scale <= 0:
         signal_scale = 1.0  # an all-background volume: any positive unit will do
     floor_t = _REL_FLOOR_THRESHOLD * signal_scale
