@@ -472,7 +472,8 @@ def main() -> None:
             parser.error(f"{args.out / 'ctf_dose.json'} was made with other data")
         report["runs"] = {scheme: {m: r for m, r in runs.items() if m not in methods}
                           for scheme, runs in kept["runs"].items()}
-        report["gaussian_iterations"] = kept.get("gaussian_iterations")
+        if "gaussians" not in methods:  # the Gaussian runs kept are the earlier run's
+            report["gaussian_iterations"] = kept.get("gaussian_iterations")
         report["rerun"] = {"methods": list(methods), "kept_from": kept.get("started")}
     print(f"CTF and dose benchmark: {len(runs_plan)} run(s) x {len(METHODS)} methods, shape "
           f"{args.shape} at {args.pixel_size:g} A, {args.geometry}, {specimen}; writing "

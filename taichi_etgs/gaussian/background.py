@@ -150,6 +150,24 @@ class SlabBackground:
             jac[t, :, 5] = -d_alpha
         return out, jac
 
+    def project(self, tilts_deg: np.ndarray, nu: int, with_jacobian: bool = False
+                ) -> tuple[np.ndarray, np.ndarray | None]:
+        """:meth:`profiles` (on the detector's pixel centres) by the Taichi kernel
+        :func:`taichi_etgs.kernels.slab.slab_profiles_kernel`: what a fit calls at every
+        step; :meth:`profiles` is its numpy reference."""
+        from ..kernels.slab import slab_profiles_kernel
+
+        tilts = np.deg2rad(np.asarray(tilts_deg, dtype=np.float64).reshape(-1))
+        u = np.arange(nu, dtype=np.float64) + 0.5 - nu / 2.0
+        zeta, dz = self._zeta_grid()
+        slab = np.array([*self.vector(), self.edge, dz], dtype=np.float64)
+        out = np.empty((tilts.size, nu))
+        jac = np.empty((tilts.size, nu, 6) if with_jacobian else (1, 1, 6))
+        if tilts.size and nu:
+            slab_profiles_kernel(tilts, u, np.ascontiguousarray(zeta, dtype=np.float64), slab,
+                                 out, jac, int(with_jacobian))
+        return out, (jac if with_jacobian else None)
+
     def volume(self, shape_zyx: tuple[int, int, int], voxel_size: float = 1.0) -> np.ndarray:
         """The slab sampled at the voxel centres of a centred grid of spacing ``voxel_size``
         (model voxels). [nz, ny, nx]"""

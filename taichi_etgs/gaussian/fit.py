@@ -513,7 +513,7 @@ class GaussianReconstruction:
         """The slab's projections for the views ``index``. [len(index), nu]"""
         if self.slab.density == 0.0:
             return np.zeros((len(index), self.nu))
-        return self.slab.profiles(self.tilts_deg[index], self.nu)[0]
+        return self.slab.project(self.tilts_deg[index], self.nu)[0]
 
     def _prealign(self, views: np.ndarray, width: int | None):
         """The views' alignment from a short fit of its own (:func:`prealign_views`): the
@@ -639,7 +639,7 @@ class GaussianReconstruction:
         # host time on wide views).
         slab_profiles = jac = None
         if self.slab.density != 0.0:
-            slab_profiles, jac = self.slab.profiles(tilts, self.nu, with_jacobian=True)
+            slab_profiles, jac = self.slab.project(tilts, self.nu, with_jacobian=True)
         model = self.predict(selected, params, slab_profiles)
         gain = self.gains[selected][:, None, None].astype(model.dtype)
         predicted = gain * model
