@@ -131,6 +131,21 @@ def _cache_key(config) -> dict:
     return key
 
 
+def gaussian_config(sim: dict, voxel_size_A: float, iterations: int | None = None):
+    """The Gaussian reconstruction's settings for a data set simulated with ``sim`` (its
+    simulation.json ``config``): library defaults, with the CTF of physical-noise data as
+    a user passes it with --defocus (and the header's pixel size): the CTF's constants are
+    known from the acquisition, not fitted."""
+    from taichi_etgs.gaussian.fit import ReconstructConfig
+
+    overrides = {} if iterations is None else {"iterations": iterations}
+    if sim.get("noise") == "physical":
+        overrides.update(defocus_um=float(sim["defocus_um"]), pixel_size_A=float(voxel_size_A),
+                         voltage_kV=float(sim["voltage_kV"]), cs_mm=float(sim["cs_mm"]),
+                         amplitude_contrast=float(sim["amplitude_contrast"]))
+    return ReconstructConfig(**overrides)
+
+
 def load_or_simulate(point: str, config, force: bool) -> dict:
     """The point's tilt series and ground truth, simulated once and cached on disk
     (bench/data/sweep/<point>/; simulated again when the settings differ)."""
@@ -261,14 +276,7 @@ def run_point(point: str, data: dict, args) -> dict:
         volume = fn()
         record(name, volume, time.perf_counter() - start)
 
-    overrides = {} if args.iterations is None else {"iterations": args.iterations}
-    if sim.get("noise") == "physical":
-        # What a user passes with --defocus (and the header's pixel size): the CTF's
-        # constants are known from the acquisition, not fitted.
-        overrides.update(defocus_um=float(sim["defocus_um"]), pixel_size_A=float(voxel),
-                         voltage_kV=float(sim["voltage_kV"]), cs_mm=float(sim["cs_mm"]),
-                         amplitude_contrast=float(sim["amplitude_contrast"]))
-    config = ReconstructConfig(**overrides)
+    config = gaussian_config(sim, voxel, args.iterations)
     start = time.perf_counter()
     run = GaussianReconstruction(views, tilts, nz, config)
     init_volume = run.tomogram()
@@ -281,6 +289,8 @@ def run_point(point: str, data: dict, args) -> dict:
     record("gaussians", volume, seconds,
            f"  best it {report.get('best_iteration')} of {run.iteration}"
            f"{' (stopped early)' if report.get('stopped_early') else ''}")
+    defaults = ReconstructConfig().to_dict()
+    overrides = {k: v for k, v in config.to_dict().items() if v != defaults[k]}
     entry["gaussians"] = {"config": config.to_dict(), "overrides": overrides,
                           "iterations_run": int(run.iteration),
                           "n_gaussians": int(run.params.n),

@@ -2,7 +2,8 @@
 
     python bench/validation_trace.py [--point snr1-ext] [--iterations 600] [--every 20]
 
-Fits the Gaussian reconstruction (library defaults) to one of bench/sweep.py's data sets
+Fits the Gaussian reconstruction (library defaults, with the CTF of physical-noise data,
+as bench/sweep.py runs it) to one of bench/sweep.py's data sets
 (simulated once, cached in bench/data/sweep/) and, every ``--every`` iterations, records
 the held-out score the run stops on (:meth:`GaussianReconstruction.heldout_loss`) beside
 the tomogram's scores against the truth (band FSC, wedge band FSC,
@@ -28,7 +29,13 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from _common import machine  # noqa: E402
-from sweep import load_or_simulate, score, simulation_config, structures  # noqa: E402
+from sweep import (  # noqa: E402
+    gaussian_config,
+    load_or_simulate,
+    score,
+    simulation_config,
+    structures,
+)
 
 
 def main() -> None:
@@ -41,7 +48,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from taichi_etgs import runtime
-    from taichi_etgs.gaussian.fit import GaussianReconstruction, ReconstructConfig
+    from taichi_etgs.gaussian.fit import GaussianReconstruction
     from taichi_etgs.preprocess import density_views
 
     runtime.init("cpu")
@@ -50,8 +57,10 @@ def main() -> None:
     data = load_or_simulate(args.point, config, False)
     series, truth, voxel = data["series"], data["truth"], data["voxel_size_A"]
     max_tilt = float(np.abs(series.tilts_deg).max())
+    # As bench/sweep.py runs it: with the CTF of physical-noise data.
+    fit_config = gaussian_config(data["simulation"].get("config", {}), voxel, args.iterations)
     run = GaussianReconstruction(density_views(series.data, "dark"), series.tilts_deg,
-                                 truth.shape[0], ReconstructConfig(iterations=args.iterations))
+                                 truth.shape[0], fit_config)
     rows = []
     start = time.perf_counter()
     while True:
