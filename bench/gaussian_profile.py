@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import io
+import json
 import pstats
 import sys
 import time
@@ -57,8 +58,7 @@ def main() -> None:
     folder = HERE / "data" / args.preset
     series = load_tilt_series(folder / "tilts.mrc", folder / "tilts.tlt")
     views = density_views(series.data, "dark")
-    nz = int(round(float(__import__("json").loads(
-        (folder / "simulation.json").read_text())["config"]["shape_zyx"][0])))
+    nz = int(json.loads((folder / "simulation.json").read_text())["config"]["shape_zyx"][0])
     print(f"{args.preset}: {views.shape[0]} views of {views.shape[2]} x {views.shape[1]}, "
           f"thickness {nz}, arch {args.arch}", flush=True)
 

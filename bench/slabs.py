@@ -188,7 +188,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="16 x 128 x 128, 21 tilts")
     parser.add_argument("--slab-rows", type=int, default=None,
                         help="rows per slab (default 64; --quick 16)")
-    parser.add_argument("--iterations", type=int, default=5, help="SIRT iterations")
+    parser.add_argument("--iterations", type=int, default=None,
+                        help="SIRT iterations [5; --workers-speedup: 10]")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--shape", default=None, metavar="NZ,NY,NX",
                         help="another tomogram size (41 tilts)")
@@ -211,13 +212,14 @@ def main() -> None:
     if args.shape:
         shape = tuple(int(v) for v in args.shape.split(","))
     rows = args.slab_rows or (16 if args.quick else 64)
+    iterations = args.iterations or 5
     report: dict = {"shape_zyx": list(shape), "n_tilts": n_tilts, "slab_rows": rows,
-                    "sirt_iterations": args.iterations, "threads": args.threads,
+                    "sirt_iterations": iterations, "threads": args.threads,
                     "machine": machine(), "runs": {}}
     with tempfile.TemporaryDirectory(prefix="bench-slabs-", dir=RESULTS.parent) as tmp:
         stack = Path(tmp) / "ts.mrc"
         _simulate(shape, n_tilts, args.threads, stack)
-        for method, extra in (("wbp", []), ("sirt", ["--iterations", str(args.iterations)])):
+        for method, extra in (("wbp", []), ("sirt", ["--iterations", str(iterations)])):
             runs = {}
             for label, slab in (("whole", []), ("slabs", ["--slab-rows", str(rows)])):
                 out = Path(tmp) / f"{method}_{label}.mrc"
@@ -251,7 +253,7 @@ def _workers_speedup(args) -> None:
     """Slabbed SIRT in one process (1 thread) against 2 Dask workers of 1 thread."""
     shape = tuple(int(v) for v in args.shape.split(",")) if args.shape else (64, 512, 512)
     rows = args.slab_rows or 64
-    iterations = 10 if args.iterations == 5 else args.iterations  # 5: the other mode's
+    iterations = args.iterations or 10
     report: dict = {"shape_zyx": list(shape), "n_tilts": 41, "slab_rows": rows,
                     "sirt_iterations": iterations, "machine": machine(), "runs": {}}
     with tempfile.TemporaryDirectory(prefix="bench-slabs-", dir=RESULTS.parent) as tmp:

@@ -3,6 +3,8 @@ prediction, inside the Gaussian fit, and ``reconstruct --refine-alignment``."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -155,7 +157,7 @@ def test_wbp_and_sirt_refine_the_alignment_first(tmp_path, misaligned_series, ca
     xf = read_xf(tmp_path / f"{method}.xf", n_expected=len(bad.tilts_deg))
     # The same bound as the Gaussian run's (issue 10: 0.3 px rms from 1.5 px sd).
     assert _rms(xf[:, :, 2], target) < 0.3 < _rms(0 * target, target)
-    sidecar = __import__("json").loads((tmp_path / f"{method}.mrc.json").read_text())
+    sidecar = json.loads((tmp_path / f"{method}.mrc.json").read_text())
     assert sidecar["result"]["alignment"]["xf"] == str(tmp_path / f"{method}.xf")
     # Whole views only: slabs are refused with one line, before any work.
     capsys.readouterr()

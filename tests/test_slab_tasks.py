@@ -25,17 +25,23 @@ def _cli(capsys, *args) -> tuple[int, str]:
     return code, capsys.readouterr().err
 
 
-@pytest.mark.parametrize("method, options", [("wbp", []), ("sirt", ["--iterations", 4])])
-def test_slabs_as_tasks_equal_the_slabs_in_process(stack_file, tmp_path, capsys,  # noqa: F811
-                                                   method, options):
-    base = [method, stack_file, "--thickness", 16, "--slab-rows", 14, *options, *_CPU]
+def _here_and_as_tasks(capsys, tmp_path, base: list, slabs: str) -> None:
+    """Run ``base`` in this process and on 2 workers: both succeed, the second says so,
+    and the tomograms are equal bit for bit."""
     code, err = _cli(capsys, *base, "-o", tmp_path / "here.mrc")
     assert code == 0, err
     code, err = _cli(capsys, *base, "--workers", 2, "-o", tmp_path / "tasks.mrc")
     assert code == 0, err
-    assert "3 slabs as Dask tasks on 2 CPU workers x 1 thread" in err
+    assert f"{slabs} as Dask tasks on 2 CPU workers x 1 thread" in err
     with mrcfile.open(tmp_path / "here.mrc") as a, mrcfile.open(tmp_path / "tasks.mrc") as b:
-        assert a.data.tobytes() == b.data.tobytes()  # bit for bit
+        assert a.data.tobytes() == b.data.tobytes()
+
+
+@pytest.mark.parametrize("method, options", [("wbp", []), ("sirt", ["--iterations", 4])])
+def test_slabs_as_tasks_equal_the_slabs_in_process(stack_file, tmp_path, capsys,  # noqa: F811
+                                                   method, options):
+    base = [method, stack_file, "--thickness", 16, "--slab-rows", 14, *options, *_CPU]
+    _here_and_as_tasks(capsys, tmp_path, base, "3 slabs")
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "here.mrc", "here.mrc.json", "tasks.mrc", "tasks.mrc.json"]
 
@@ -45,15 +51,9 @@ def test_gaussian_slabs_as_tasks_equal_the_slabs_in_process(series, tmp_path,  #
     stack, _ = series
     base = ["reconstruct", stack, "--thickness", 16, "--iterations", 10, "--max-gaussians",
             400, "--slab-rows", 24, *_CPU]
-    code, err = _cli(capsys, *base, "-o", tmp_path / "here.mrc")
-    assert code == 0, err
-    code, err = _cli(capsys, *base, "--workers", 2, "-o", tmp_path / "tasks.mrc")
-    assert code == 0, err
-    assert "2 slabs as Dask tasks on 2 CPU workers x 1 thread" in err
     # Each slab is a pure function of its rows, settings and seed, fitted on one thread:
     # the same numbers in a worker as here.
-    with mrcfile.open(tmp_path / "here.mrc") as a, mrcfile.open(tmp_path / "tasks.mrc") as b:
-        assert a.data.tobytes() == b.data.tobytes()
+    _here_and_as_tasks(capsys, tmp_path, base, "2 slabs")
 
 
 def test_a_failed_slab_task_fails_the_run_in_one_line(stack_file, tmp_path, capsys,  # noqa: F811

@@ -104,6 +104,12 @@ def _radial(radial: Sequence[float]) -> tuple[float, float]:
     return cutoff, falloff
 
 
+def _raw_view_count(source: StackSource, series) -> int:
+    """Sections in the stack as given, views left out included (what per-view files,
+    defocus, dose and the refined .xf, are counted against)."""
+    return series.n_tilts if source.in_memory else inputs.peek(source).n_raw
+
+
 def _flipped_views(source: StackSource, series, ctf, session: Session, dose=None, out=None):
     """Unit views (:func:`~taichi_etgs.pipeline.inputs.unit_views`), phase-flipped with
     ``ctf`` (:class:`~taichi_etgs.pipeline.ctf.CtfSettings`) when it has a defocus, then
@@ -115,7 +121,7 @@ def _flipped_views(source: StackSource, series, ctf, session: Session, dose=None
     dose_active = dose is not None and dose.active
     if not (ctf_active or dose_active):
         return views, scale, {}
-    n_raw = series.n_tilts if source.in_memory else inputs.peek(source).n_raw
+    n_raw = _raw_view_count(source, series)
     info: dict = {}
     if ctf_active:
         views, info = phase_flip(views, series, ctf, n_raw, series.pixel_size_A, session,
@@ -197,7 +203,7 @@ def _aligned_views(views: np.ndarray, series, shape, source: StackSource,
     session.tell("refining the views' alignment (projection matching against a short "
                  "Gaussian fit)")
     alignment = prealign_views(views, series.tilts_deg, shape[0], width=shape[2])
-    n_raw = series.n_tilts if source.in_memory else inputs.peek(source).n_raw
+    n_raw = _raw_view_count(source, series)
     record = write_alignment(session, alignment, series.tilts_deg, target.path,
                              source.binning, target.force, series, n_raw)
     return alignment.apply(views).astype(np.float32, copy=False), record
