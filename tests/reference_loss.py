@@ -80,16 +80,22 @@ def ssim_views_grad(x: np.ndarray, y: np.ndarray, data_range: float) -> np.ndarr
 
 
 def view_loss(x: np.ndarray, y: np.ndarray, weights: np.ndarray, lambda_dssim: float,
-              data_range: float) -> tuple[float, np.ndarray]:
-    """Tilt-weighted L1 + D-SSIM (D-SSIM weighted once) and its gradient."""
+              data_range: float, data_term: str = "rmse") -> tuple[float, np.ndarray]:
+    """Tilt-weighted RMSE (or L1) + D-SSIM (D-SSIM weighted once) and its gradient."""
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
     w = np.asarray(weights, dtype=np.float64)
     w = w / w.sum()
     n_pix = x.shape[1] * x.shape[2]
-    l1 = np.abs(x - y).mean(axis=(1, 2))
+    e = x - y
+    if data_term == "rmse":
+        error = np.sqrt((e * e).mean(axis=(1, 2)))
+        d_error = e / (n_pix * error[:, None, None])
+    else:
+        error = np.abs(e).mean(axis=(1, 2))
+        d_error = np.sign(e) / n_pix
     ssim = ssim_views(x, y, data_range)
-    loss = float(np.sum(w * ((1 - lambda_dssim) * l1 + lambda_dssim * (1 - ssim))))
-    grad = (w[:, None, None] * ((1 - lambda_dssim) * np.sign(x - y) / n_pix
-                                - lambda_dssim * ssim_views_grad(x, y, data_range)))
+    loss = float(np.sum(w * ((1 - lambda_dssim) * error + lambda_dssim * (1 - ssim))))
+    grad = w[:, None, None] * ((1 - lambda_dssim) * d_error
+                               - lambda_dssim * ssim_views_grad(x, y, data_range))
     return loss, grad

@@ -110,11 +110,12 @@ def test_ssim_gradient_matches_reference(taichi_arch, rng):
     np.testing.assert_allclose(g, want, rtol=0, atol=1e-5 * np.abs(want).max())
 
 
-def test_view_loss_matches_reference(taichi_arch, rng):
+@pytest.mark.parametrize("data_term", ["rmse", "l1"])
+def test_view_loss_matches_reference(taichi_arch, rng, data_term):
     x, y = _pair(rng, dtype=np.float32)
     w = np.array([0.5, 1.5])
-    loss, grad = view_loss(x, y, w, lambda_dssim=0.2, data_range=3.0)
-    want_loss, want_grad = ref.view_loss(x, y, w, 0.2, 3.0)
+    loss, grad = view_loss(x, y, w, lambda_dssim=0.2, data_range=3.0, data_term=data_term)
+    want_loss, want_grad = ref.view_loss(x, y, w, 0.2, 3.0, data_term)
     assert isinstance(loss, float)
     assert loss == pytest.approx(want_loss, rel=1e-6)  # float32 pixels, float64 sums
     # As in test_ssim_gradient_matches_reference (2e-7 measured).
@@ -147,14 +148,39 @@ def test_dssim_is_weighted_once(taichi_cpu, rng):
     l1 = np.abs(x.astype(np.float64) - y).mean(axis=(1, 2))
     dssim_only, _ = view_loss(x, y, w, lambda_dssim=1.0, data_range=3.0)
     assert dssim_only == pytest.approx(np.average(1 - ssim, weights=w), rel=1e-6)
-    l1_only, g1 = view_loss(x, y, w, lambda_dssim=0.0, data_range=3.0)
+    l1_only, g1 = view_loss(x, y, w, lambda_dssim=0.0, data_range=3.0, data_term="l1")
     assert l1_only == pytest.approx(np.average(l1, weights=w), rel=1e-6)
     # L1 alone: the gradient is w_t sign(r - m) / (sum w * n_pix), exactly.
     n_pix = SHAPE[1] * SHAPE[2]
     want = (w / w.sum())[:, None, None] * np.sign(x - y) / n_pix
     np.testing.assert_allclose(g1, want, rtol=1e-6)
-    mixed, _ = view_loss(x, y, w, lambda_dssim=0.2, data_range=3.0)
+    mixed, _ = view_loss(x, y, w, lambda_dssim=0.2, data_range=3.0, data_term="l1")
     assert mixed == pytest.approx(0.8 * l1_only + 0.2 * dssim_only, rel=1e-6)
+
+
+def test_rmse_term(taichi_cpu, rng):
+    # The default data term is each view's RMSE: its gradient is the misfit over
+    # (n_pix rms), so the term has the views' units, like L1, whatever their noise.
+    x, y = _pair(rng, dtype=np.float32)
+    w = np.array([1.0, 3.0])
+    e = x.astype(np.float64) - y
+    rms = np.sqrt((e * e).mean(axis=(1, 2)))
+    loss, grad = view_loss(x, y, w, lambda_dssim=0.0, data_range=3.0)
+    assert loss == pytest.approx(np.average(rms, weights=w), rel=1e-6)
+    n_pix = SHAPE[1] * SHAPE[2]
+    want = (w / w.sum())[:, None, None] * e / (n_pix * rms[:, None, None])
+    np.testing.assert_allclose(grad, want, rtol=1e-5, atol=1e-7 * np.abs(want).max())
+    # Twice the misfit, twice the term, the same gradient (units of the views).
+    loss2, grad2 = view_loss(y + 2 * (x - y), y, w, lambda_dssim=0.0, data_range=3.0)
+    assert loss2 == pytest.approx(2 * loss, rel=1e-5)
+    np.testing.assert_allclose(grad2, grad, rtol=1e-4, atol=1e-6 * np.abs(want).max())
+    # A view rendered exactly has no gradient (not 0/0).
+    exact = x.copy()
+    exact[0] = y[0]
+    _, g = view_loss(exact, y, w, lambda_dssim=0.0, data_range=3.0)
+    assert np.all(g[0] == 0.0) and np.all(np.isfinite(g))
+    with pytest.raises(ValueError, match="data term"):
+        view_loss(x, y, w, data_term="l2")
 
 
 def test_zero_weight_view_has_no_gradient(taichi_cpu, rng):
@@ -172,17 +198,18 @@ _PIXELS = [(0, 0, 0), (0, 0, 13), (0, 11, 0), (1, 11, 13), (1, 0, 7), (0, 6, 0),
            (1, 6, 13), (0, 5, 6), (1, 3, 9), (1, 8, 2), (0, 2, 2), (1, 10, 11)]
 
 
-@pytest.mark.parametrize("lambda_dssim", [0.0, 0.2, 1.0])
-def test_view_loss_gradient_finite_differences(taichi_f64, rng, lambda_dssim):
+@pytest.mark.parametrize("lambda_dssim,data_term", [(0.0, "rmse"), (0.2, "rmse"),
+                                                     (0.0, "l1"), (0.2, "l1"), (1.0, "l1")])
+def test_view_loss_gradient_finite_differences(taichi_f64, rng, lambda_dssim, data_term):
     x, y = _pair(rng)
     w = np.array([0.7, 1.3])
     data_range = 3.0
-    _, grad = view_loss(x, y, w, lambda_dssim, data_range)
+    _, grad = view_loss(x, y, w, lambda_dssim, data_range, data_term)
     assert grad.dtype == np.float64
     h = 1e-6  # below the 0.05 margin to the L1 kink: the loss is smooth on [x-h, x+h]
 
     def f(z):
-        return view_loss(z, y, w, lambda_dssim, data_range)[0]
+        return view_loss(z, y, w, lambda_dssim, data_range, data_term)[0]
 
     for idx in _PIXELS:
         xp, xm = x.copy(), x.copy()

@@ -244,3 +244,21 @@ def test_cli_gaussianize_export_and_refine(stack_file, tmp_path, capsys):
                          "--arch", "cpu"], capsys)
     assert code == 0, err
     assert (tmp_path / "refined.mrc").exists()
+
+
+def test_a_state_from_before_a_setting_resumes_as_it_began():
+    # States saved before the RMSE data term existed were fitted with L1: a resume must
+    # go on with L1, while a state that names its data term keeps it.
+    from types import SimpleNamespace
+
+    from taichi_etgs.pipeline.resume import saved_config
+
+    warnings = []
+    session = SimpleNamespace(warn=warnings.append)
+    old = SimpleNamespace(config={"iterations": 30, "_losses": [1.0], "retired": 1})
+    config = saved_config(old, "old.state.h5", ReconstructConfig, session)
+    assert config.data_term == "l1" and config.iterations == 30
+    assert ReconstructConfig().data_term == "rmse"
+    assert len(warnings) == 1 and "retired" in warnings[0]
+    new = SimpleNamespace(config={"iterations": 30, "data_term": "rmse"})
+    assert saved_config(new, "new.state.h5", ReconstructConfig, session).data_term == "rmse"

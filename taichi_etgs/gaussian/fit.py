@@ -8,7 +8,7 @@ Pipeline (docs/method.md):
 2. A classical reconstruction (SIRT by default) of those views seeds the model through the
    hierarchical octree initialisation (:func:`taichi_etgs.gaussian.seeding.init_from_volume`).
 3. Each iteration renders ``views_per_step`` views, compares them with the measured ones
-   (tilt-weighted L1 + D-SSIM; the rendered view's mean is matched to the measured one's,
+   (tilt-weighted RMSE + D-SSIM; the rendered view's mean is matched to the measured one's,
    a per-view offset that absorbs the ice slab and the detector offset), back-propagates
    through the projector and takes an Adam step. Views are visited in a fresh random order
    every epoch, derived from the seed and the epoch number alone, so a resumed run visits
@@ -28,6 +28,7 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+from typing import ClassVar
 
 import numpy as np
 
@@ -57,7 +58,9 @@ class ReconstructConfig:
     init: "sirt", "wbp" (classical reconstruction of the same data).
     init_sirt_iterations: SIRT iterations when ``init == "sirt"``.
     tilt_weight: "cos", "uniform" or "etgs" (see :func:`taichi_etgs.gaussian.loss.tilt_weights`).
-    lambda_dssim: weight of D-SSIM against L1.
+    lambda_dssim: weight of D-SSIM against the data term.
+    data_term: "rmse" (each view's root-mean-square misfit, the default) or "l1" (its mean
+        absolute misfit, as CryoETGS); see :mod:`taichi_etgs.gaussian.loss`.
     densify_every, densify_from: densification period and first iteration.
     densify_until: fraction of the run after which the model stops growing.
     densify_max_fraction: at most this fraction of the model is cloned or split at once
@@ -112,6 +115,7 @@ class ReconstructConfig:
     init_sirt_iterations: int = 20
     tilt_weight: str = "cos"
     lambda_dssim: float = 0.2
+    data_term: str = "rmse"
     densify_every: int = 100
     densify_from: int = 100
     densify_until: float = 0.5
@@ -139,7 +143,13 @@ class ReconstructConfig:
     lr_scale: float = 1.0
     seed: int = 0
 
+    #: What a state file saved before a setting existed was made with, where that differs
+    #: from today's default (a resumed run goes on as it began).
+    SAVED_BEFORE: ClassVar[dict] = {"data_term": "l1"}
+
     def __post_init__(self) -> None:
+        from .loss import DATA_TERMS
+
         checks = [
             (self.iterations >= 1, "iterations must be >= 1"),
             (self.views_per_step >= 1, "views per step must be >= 1"),
@@ -150,6 +160,8 @@ class ReconstructConfig:
             (self.densify_every >= 1, "densify-every must be >= 1"),
             (0.0 <= self.densify_until <= 1.0, "densify-until is a fraction in [0, 1]"),
             (self.lambda_dssim >= 0 and self.lambda_dssim <= 1, "lambda D-SSIM must be in [0, 1]"),
+            (self.data_term in DATA_TERMS,
+             f"unknown data term {self.data_term!r}; expected one of {', '.join(DATA_TERMS)}"),
             (self.lr_scale > 0, "lr scale must be positive"),
             (self.background in ("slab", "offset"),
              f"unknown background {self.background!r}; expected slab or offset"),
@@ -647,7 +659,8 @@ class GaussianReconstruction:
         shift = measured.mean(axis=(1, 2), keepdims=True) - predicted.mean(axis=(1, 2),
                                                                           keepdims=True)
         loss, grad = view_loss(predicted + shift, measured, self.weights[selected],
-                               lambda_dssim=self.config.lambda_dssim, data_range=self.data_range)
+                               lambda_dssim=self.config.lambda_dssim, data_range=self.data_range,
+                               data_term=self.config.data_term)
         # The offset depends on the rendering: d(r - mean r)/dr removes each view's mean.
         grad = (grad - grad.mean(axis=(1, 2), keepdims=True)) * gain
         if self.ctf is not None:

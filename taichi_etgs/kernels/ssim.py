@@ -1,4 +1,5 @@
-"""SSIM between rendered and measured views, its gradient, and the L1 row sums of the view loss.
+"""SSIM between rendered and measured views, its gradient, and the data term's row sums
+(``|x - y|`` or ``(x - y)^2``) of the view loss.
 
 Definitions (Wang et al. 2004, as 3DGS uses them): with ``G`` an 11 x 11 Gaussian window
 (sigma 1.5 px, the 11 taps normalised to sum 1, applied as two separable 1D passes), and
@@ -34,8 +35,9 @@ Three kernels, each with one thread per image row (a row's pixels in a serial lo
 loop index needs no division, and the image's interior runs without border tests):
 :func:`row_blur_moments_kernel` (horizontal blur of the five moments),
 :func:`ssim_rows_kernel` (vertical blur, S, its partials, the row sums of S and of
-``|x - y|``, and the horizontal blur of the partials) and :func:`ssim_grad_kernel`
-(vertical blur of the partials and the gradient, with the L1 term).
+``|x - y|^power``, and the horizontal blur of the partials) and :func:`ssim_grad_kernel`
+(vertical blur of the partials and the gradient, with the data term's: ``sign(x - y)``
+for ``power`` 1, ``x - y`` for 2).
 """
 
 import math
@@ -145,11 +147,11 @@ def _h_blur3(src: ti.template(), dst: ti.template(), v, i, j, nx, checked: ti.te
 
 @ti.func
 def _ssim_row(row_blurred: ti.template(), x: ti.template(), y: ti.template(), c1, c2,
-              dmaps: ti.template(), v, i, ny, nx, need_grad, checked: ti.template()):
-    """Row i of :func:`ssim_rows_kernel`: (sum_j S, sum_j |x - y|); the window's rows
-    outside the image are tested only when ``checked``."""
+              dmaps: ti.template(), v, i, ny, nx, need_grad, power, checked: ti.template()):
+    """Row i of :func:`ssim_rows_kernel`: (sum_j S, sum_j |x - y|^power); the window's
+    rows outside the image are tested only when ``checked``."""
     s_sum = ti.cast(0.0, ti.f64)
-    l1_sum = ti.cast(0.0, ti.f64)
+    data_sum = ti.cast(0.0, ti.f64)
     for j in range(nx):
         mu_x = 0.0 * row_blurred[0, v, i, j]
         mu_y = mu_x
@@ -172,18 +174,20 @@ def _ssim_row(row_blurred: ti.template(), x: ti.template(), y: ti.template(), c1
         inv_b = 1.0 / (b1 * b2)
         s = a1 * a2 * inv_b
         s_sum += ti.cast(s, ti.f64)
-        l1_sum += ti.cast(ti.abs(x[v, i, j] - y[v, i, j]), ti.f64)
+        e = ti.cast(x[v, i, j] - y[v, i, j], ti.f64)
+        data_sum += ti.select(power == 1, ti.abs(e), e * e)
         if need_grad != 0:
             dmaps[0, v, i, j] = 2.0 * (mu_y * (a2 - a1) - mu_x * s * (b2 - b1)) * inv_b
             dmaps[1, v, i, j] = -s / b2
             dmaps[2, v, i, j] = 2.0 * a1 * inv_b
-    return s_sum, l1_sum
+    return s_sum, data_sum
 
 
 @ti.kernel
 def ssim_rows_kernel(row_blurred: _nd4, x: _nd3, y: _nd3, c1: float, c2: float,
                      dmaps: _nd4, dmaps_blurred: _nd4,
-                     row_sums: ti.types.ndarray(dtype=ti.f64, ndim=3), need_grad: ti.i32):
+                     row_sums: ti.types.ndarray(dtype=ti.f64, ndim=3), need_grad: ti.i32,
+                     power: ti.i32):
     """Vertical blur of the five moments, S per pixel and the row sums; with ``need_grad``
     also S's partials and their horizontal blur.
 
@@ -193,22 +197,23 @@ def ssim_rows_kernel(row_blurred: _nd4, x: _nd3, y: _nd3, c1: float, c2: float,
         written and read back by its own thread; any shape otherwise). [3, n_views, ny, nx]
     dmaps_blurred: (d0, d1, d2) blurred horizontally, written when ``need_grad`` != 0
         (any shape otherwise). [3, n_views, ny, nx]
-    row_sums: ``sum_j S`` and ``sum_j |x - y|`` of each row, accumulated serially in j in
-        float64 (deterministic). [2, n_views, ny]
+    row_sums: ``sum_j S`` and ``sum_j |x - y|^power`` of each row, accumulated serially in
+        j in float64 (deterministic). [2, n_views, ny]
+    power: the data term's, 1 (L1) or 2 (squared error).
     """
     for v, i in ti.ndrange(x.shape[0], x.shape[1]):
         ny = x.shape[1]
         nx = x.shape[2]
         s_sum = ti.cast(0.0, ti.f64)
-        l1_sum = ti.cast(0.0, ti.f64)
+        data_sum = ti.cast(0.0, ti.f64)
         if i >= WINDOW_RADIUS and i < ny - WINDOW_RADIUS:
-            s_sum, l1_sum = _ssim_row(row_blurred, x, y, c1, c2, dmaps, v, i, ny, nx,
-                                      need_grad, False)
+            s_sum, data_sum = _ssim_row(row_blurred, x, y, c1, c2, dmaps, v, i, ny, nx,
+                                        need_grad, power, False)
         else:
-            s_sum, l1_sum = _ssim_row(row_blurred, x, y, c1, c2, dmaps, v, i, ny, nx,
-                                      need_grad, True)
+            s_sum, data_sum = _ssim_row(row_blurred, x, y, c1, c2, dmaps, v, i, ny, nx,
+                                        need_grad, power, True)
         row_sums[0, v, i] = s_sum
-        row_sums[1, v, i] = l1_sum
+        row_sums[1, v, i] = data_sum
         if need_grad != 0:
             j_lo, j_hi = _column_ranges(nx)
             for j in range(0, j_lo):
@@ -221,7 +226,7 @@ def ssim_rows_kernel(row_blurred: _nd4, x: _nd3, y: _nd3, c1: float, c2: float,
 
 @ti.func
 def _grad_row(row_blurred_d: ti.template(), x: ti.template(), y: ti.template(), cs, cl,
-              grad: ti.template(), v, i, ny, checked: ti.template()):
+              grad: ti.template(), v, i, ny, power, checked: ti.template()):
     """Row i of :func:`ssim_grad_kernel` (window rows outside the image tested only when
     ``checked``)."""
     for j in range(x.shape[2]):
@@ -237,22 +242,25 @@ def _grad_row(row_blurred_d: ti.template(), x: ti.template(), y: ti.template(), 
                 g2 += w * row_blurred_d[2, v, ii, j]
         a = x[v, i, j]
         b = y[v, i, j]
-        sgn = 0.0 * a
-        if a > b:
-            sgn = 1.0
-        elif a < b:
-            sgn = -1.0
-        grad[v, i, j] = cs * (g0 + 2.0 * a * g1 + b * g2) + cl * sgn
+        data = a - b
+        if power == 1:
+            data = 0.0 * a
+            if a > b:
+                data = 1.0
+            elif a < b:
+                data = -1.0
+        grad[v, i, j] = cs * (g0 + 2.0 * a * g1 + b * g2) + cl * data
 
 
 @ti.kernel
 def ssim_grad_kernel(row_blurred_d: _nd4, x: _nd3, y: _nd3, coef_ssim: _nd1,
-                     coef_l1: _nd1, grad: _nd3):
-    """grad = coef_ssim[v] (G d0 + 2 x G d1 + y G d2) + coef_l1[v] sign(x - y).
+                     coef_data: _nd1, grad: _nd3, power: ti.i32):
+    """grad = coef_ssim[v] (G d0 + 2 x G d1 + y G d2) + coef_data[v] D(x - y), with
+    ``D(e) = sign(e)`` for ``power`` 1 (L1) and ``D(e) = e`` for 2.
 
     row_blurred_d: (d0, d1, d2) blurred horizontally (``dmaps_blurred`` of
         :func:`ssim_rows_kernel`); the vertical pass happens here. [3, n_views, ny, nx]
-    coef_ssim, coef_l1: per-view factors (e.g. ``-w lambda / (W n_pix)``). [n_views]
+    coef_ssim, coef_data: per-view factors (e.g. ``-w lambda / (W n_pix)``). [n_views]
     grad: output, overwritten. [n_views, ny, nx]
 
     ``sign(0) = 0``: the L1 subgradient chosen where rendered equals measured.
@@ -260,6 +268,8 @@ def ssim_grad_kernel(row_blurred_d: _nd4, x: _nd3, y: _nd3, coef_ssim: _nd1,
     for v, i in ti.ndrange(x.shape[0], x.shape[1]):
         ny = x.shape[1]
         if i >= WINDOW_RADIUS and i < ny - WINDOW_RADIUS:
-            _grad_row(row_blurred_d, x, y, coef_ssim[v], coef_l1[v], grad, v, i, ny, False)
+            _grad_row(row_blurred_d, x, y, coef_ssim[v], coef_data[v], grad, v, i, ny, power,
+                      False)
         else:
-            _grad_row(row_blurred_d, x, y, coef_ssim[v], coef_l1[v], grad, v, i, ny, True)
+            _grad_row(row_blurred_d, x, y, coef_ssim[v], coef_data[v], grad, v, i, ny, power,
+                      True)

@@ -147,7 +147,8 @@ def check_resume(state, path, source: StackSource, shape, checksum: str, force: 
 
 def saved_config(state, path, config_class, session):
     """The configuration a state was saved with, as ``config_class``; settings this
-    version does not know are ignored with a warning."""
+    version does not know are ignored with a warning, and settings the state predates take
+    the values it was made with (``config_class.SAVED_BEFORE``), not today's defaults."""
     from .. import __version__
 
     known = {f.name for f in dataclasses.fields(config_class)}
@@ -157,7 +158,8 @@ def saved_config(state, path, config_class, session):
         session.warn(f"{path}: settings unknown to taichi-etgs {__version__} are ignored: "
                      f"{', '.join(unknown)}")
     try:
-        return config_class(**{k: v for k, v in saved.items() if k in known})
+        before = getattr(config_class, "SAVED_BEFORE", {})
+        return config_class(**{**before, **{k: v for k, v in saved.items() if k in known}})
     except (TypeError, ValueError) as exc:  # InputError included
         raise InputError(f"holds invalid settings ({exc})", path) from None
 
