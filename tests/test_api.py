@@ -129,3 +129,15 @@ def test_slabs_as_dask_tasks_from_python(tmp_path, taichi_cpu):
     assert read_sidecar(tasks.output)["parameters"]["workers"] == 2
     with pytest.raises(taichi_etgs.errors.InputError, match="--workers 0"):
         taichi_etgs.wbp(stack, thickness=8, slab_rows=4, workers=0)
+
+
+def test_a_fit_of_an_isolated_specimen_starts_taichi_itself():
+    # The slab's projections can be the first kernel a fit launches (ice ending inside
+    # the field of view); a Python user who never called runtime.init must not meet
+    # Taichi's "call init() first".
+    out = _python(
+        "import numpy as np\n"
+        "from taichi_etgs.gaussian.background import SlabBackground\n"
+        "p, _ = SlabBackground(0.8, -5.0, 5.0, -12.0, 12.0).project(np.array([0.0, 30.0]), 32)\n"
+        "print(p.shape, bool(p.max() > 0))")
+    assert out.splitlines()[-1] == "(2, 32) True"

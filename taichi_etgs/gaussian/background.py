@@ -155,8 +155,10 @@ class SlabBackground:
         """:meth:`profiles` (on the detector's pixel centres) by the Taichi kernel
         :func:`taichi_etgs.kernels.slab.slab_profiles_kernel`: what a fit calls at every
         step; :meth:`profiles` is its numpy reference."""
+        from .. import runtime
         from ..kernels.slab import slab_profiles_kernel
 
+        runtime.ensure_initialized()  # often the first kernel a fit launches
         tilts = np.deg2rad(np.asarray(tilts_deg, dtype=np.float64).reshape(-1))
         u = np.arange(nu, dtype=np.float64) + 0.5 - nu / 2.0
         zeta, dz = self._zeta_grid()
