@@ -90,7 +90,7 @@ def reconstruct(source, target, iterations, max_gaussians, views_per_step, init,
     STACK is an MRC tilt series with the tilt axis along Y, as for wbp.
 
     The model is seeded from a classical reconstruction, then fitted to the views through a
-    differentiable projector (tilt-weighted L1 + D-SSIM), growing where the fit needs it.
+    differentiable projector (tilt-weighted RMSE + D-SSIM), growing where the fit needs it.
     An ice slab (faces and ends fitted to the data), per-view gain and offset, and with
     --defocus the CTF, carry what is not specimen. One view in --heldout-every is kept out
     of the fit: the model that predicts those views best is written, so a noisy series is
