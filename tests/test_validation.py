@@ -165,6 +165,66 @@ def test_a_heldout_score_worse_only_by_noise_is_a_tie(taichi_cpu, monkeypatch, r
     assert run.best_iteration == 20
 
 
+def test_the_tomogram_is_the_mean_of_the_models_tied_with_the_best(isolated_views,
+                                                                    monkeypatch, rng):
+    # Four validations with made-up held-out predictions: noise-free views whose held-out
+    # ones get white noise of sd 1 (as in the test above). Iteration 20 predicts them
+    # exactly (the lowest score), 40 moves by a twentieth of the noise (a tie), 0 and 60 by
+    # twice the noise (worse beyond doubt). Each model is marked by its first Gaussian's
+    # x, so the fake scores a model (current or kept) by what it is.
+    volume = _specimen()
+    views = forward_project(volume, TILTS).astype(np.float32)
+    run = GaussianReconstruction(views, TILTS, SHAPE[0], CONFIG)
+    clean = run.measured[run.heldout].astype(np.float64)
+    run.measured[run.heldout] += rng.normal(size=clean.shape).astype(np.float32)
+    run.spectrum = dataclasses.replace(run.spectrum, noise_power=float(clean[0].size),
+                                       signal_share=np.where(run.spectrum.signal_share > 0,
+                                                             1.0, 0.0))
+    far = clean + 2.0 * rng.normal(size=clean.shape)
+    predictions = {0: far, 20: clean, 40: clean + 0.05 * rng.normal(size=clean.shape),
+                   60: far + 2.0 * rng.normal(size=clean.shape)}
+
+    def fake(params=None):
+        mark = int(round(float((run.params if params is None else params).means_xyz[0, 0])))
+        return run._score_prediction(predictions[mark])
+
+    monkeypatch.setattr(run, "_heldout_fit", fake)
+    volumes = {}
+    for iteration in (0, 20, 40, 60):
+        run.iteration = iteration
+        run.params.means_xyz[0, 0] = iteration
+        run.params.means_xyz[1:, 0] += 0.3  # each model elsewhere: a different tomogram
+        volumes[iteration] = run.tomogram()
+        run.validate()
+    assert run.best_iteration == 40  # the tie goes to the later model
+    run.keep_best()
+    assert run.averaged_iterations == [20, 40]
+    assert run.validation_report()["averaged_iterations"] == [20, 40]
+    np.testing.assert_allclose(run.tomogram(), (volumes[20] + volumes[40]) / 2,
+                               rtol=0, atol=1e-5 * float(np.ptp(volumes[20])))
+    # Fitting on makes the tomogram the current model's again.
+    run.step()
+    assert run.averaged_iterations == [run.iteration]
+
+
+def test_the_models_kept_for_the_average_are_thinned_not_dropped_from_the_end(
+        isolated_views, monkeypatch):
+    from taichi_etgs.gaussian import fit
+
+    _, views = isolated_views
+    run = GaussianReconstruction(views, TILTS, SHAPE[0], CONFIG)
+    measured = run.measured[run.heldout].astype(np.float64)
+    # Every prediction exact: every score the lowest or tied with it, all kept.
+    monkeypatch.setattr(run, "_heldout_fit", lambda params=None: run._score_prediction(measured))
+    for k in range(2 * fit._MAX_AVERAGED + 3):
+        run.iteration = 10 * k
+        run.validate()
+    kept = [c[0] for c in run._candidates]
+    assert len(kept) <= fit._MAX_AVERAGED
+    assert kept[-1] == run.iteration  # the newest stays
+    assert kept[0] <= 40  # and the average still reaches back to the start
+
+
 def test_early_stop_when_the_heldout_views_get_worse(isolated_views, monkeypatch):
     _, views = isolated_views
     run = GaussianReconstruction(views, TILTS, SHAPE[0],

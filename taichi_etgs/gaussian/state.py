@@ -22,6 +22,11 @@ File layout (``format = "taichi-etgs-state"``, ``format_version = 1``)::
     /meta/geometry            JSON of the model's geometry (:class:`ModelGeometry`,
                               :meth:`ModelGeometry.to_dict`)
     /meta/rng_state           JSON of numpy's ``Generator.bit_generator.state``
+    /candidates/<field>       optional: the models kept for the run's final average
+                              (:meth:`GaussianReconstruction.keep_best
+                              <taichi_etgs.gaussian.fit.GaussianReconstruction.keep_best>`),
+                              one after the other, shaped like /params; their sizes
+                              in the configuration
 
 JSON texts are scalar UTF-8 string *datasets* rather than attributes: HDF5 limits an
 attribute to 64 KiB, a dataset has no such limit, and ``h5dump`` shows both. Any nested
@@ -259,6 +264,7 @@ class State:
     input_checksum: :func:`input_checksum` of the input data.
     format_version: the file's format version.
     package_version: version of taichi-etgs that wrote it.
+    candidates: the models kept for the run's final average, one after the other, or None.
     """
 
     params: GaussianParams
@@ -270,6 +276,7 @@ class State:
     input_checksum: str = ""
     format_version: int = FORMAT_VERSION
     package_version: str = ""
+    candidates: GaussianParams | None = None
 
     def rng(self) -> np.random.Generator:
         """A generator in the saved state: it continues the saved run's random stream."""
@@ -317,7 +324,7 @@ def _write_json(group: Any, name: str, obj: Any) -> None:
 def save_state(path: str | PathLike, params: GaussianParams, adam_state: AdamState | None,
                iteration: int, rng_state: dict, config: dict,
                geometry: ModelGeometry | Mapping, input_checksum: str, *,
-               force: bool = True) -> Path:
+               force: bool = True, candidates: GaussianParams | None = None) -> Path:
     """Write a reconstruction state atomically (see the module docstring for the layout).
 
     Parameters
@@ -333,6 +340,8 @@ def save_state(path: str | PathLike, params: GaussianParams, adam_state: AdamSta
         :meth:`ModelGeometry.from_dict` checks it).
     input_checksum: :func:`input_checksum` of the input tilt series.
     force: overwrite an existing file (the default: a run replaces its own checkpoint).
+    candidates: models kept besides the current one (binary, as ``params``: as JSON they
+        would take several times the space), one after the other.
 
     Returns
     -------
@@ -380,6 +389,8 @@ def save_state(path: str | PathLike, params: GaussianParams, adam_state: AdamSta
             _write_params(g.create_group("exp_avg"), adam_state.exp_avg)
             _write_params(g.create_group("exp_avg_sq"), adam_state.exp_avg_sq)
             g.create_dataset("lr", data=lr_text, dtype=h5py.string_dtype("utf-8"))
+        if candidates is not None:
+            _write_params(f.create_group("candidates"), candidates)
         meta = f.create_group("meta")
         for name, text in texts.items():
             meta.create_dataset(name, data=text, dtype=h5py.string_dtype("utf-8"))
@@ -536,4 +547,5 @@ def _read_state(f: Any, p: Path) -> State:
                  geometry=ModelGeometry.from_dict(geometry, p),
                  input_checksum=_as_str(_attr(f.attrs, "input_checksum", p)),
                  format_version=version_int,
-                 package_version=_as_str(f.attrs.get("package_version", "")))
+                 package_version=_as_str(f.attrs.get("package_version", "")),
+                 candidates=_read_params(f, "candidates", p) if "candidates" in f else None)

@@ -189,10 +189,14 @@ def _report_validation(validation: dict, session: Session) -> None:
     for it, value in zip(scores["iteration"], scores["value"]):
         log.info("held-out views at iteration %d: relative error %.5f", it, value)
     stop = " (stopped early)" if validation["stopped_early"] else ""
+    averaged = validation.get("averaged_iterations") or [validation["best_iteration"]]
+    written = ("that model is written" if len(averaged) == 1 else
+               f"the mean of the {len(averaged)} models the held-out views cannot tell "
+               f"apart from it (iterations {averaged[0]}-{averaged[-1]}) is written")
     session.tell(f"held-out views {validation['heldout_views']}: relative error "
                  f"{scores['value'][0]:.4f} at the start, best "
                  f"{validation['best_heldout_loss']:.4f} at iteration "
-                 f"{validation['best_iteration']}{stop}; that model is written")
+                 f"{validation['best_iteration']}{stop}; {written}")
 
 
 def _write_halves(session, run, views, series, paths, factor, out_shape, pixel, contrast,
