@@ -140,19 +140,26 @@ def test_view_spectrum_follows_the_signal_to_noise_ratio(rng):
     assert view_spectrum(rng.normal(size=(8, 64, 64))).signal_share.mean() < 0.15
 
 
-def test_a_heldout_score_worse_only_by_noise_is_a_tie(taichi_cpu, monkeypatch, rng):
-    # Noise-free views; the held-out ones then get white noise of sd 1 (and the run is told
-    # so). A later prediction that moves by a twentieth of the noise scores worse or better
-    # by chance (the cross term with the noise dominates): it is kept, having seen more
-    # data. One that moves by twice the noise is worse beyond doubt and is not.
-    volume = _specimen()
-    views = forward_project(volume, TILTS).astype(np.float32)
+def _run_with_noisy_heldout_views(rng) -> tuple[GaussianReconstruction, np.ndarray]:
+    """A run on noise-free views whose held-out ones then get white noise of sd 1 (and the
+    run is told so: every ring signal, the noise power known); and the clean held-out
+    views."""
+    views = forward_project(_specimen(), TILTS).astype(np.float32)
     run = GaussianReconstruction(views, TILTS, SHAPE[0], CONFIG)
     clean = run.measured[run.heldout].astype(np.float64)
     run.measured[run.heldout] += rng.normal(size=clean.shape).astype(np.float32)
     run.spectrum = dataclasses.replace(run.spectrum, noise_power=float(clean[0].size),
                                        signal_share=np.where(run.spectrum.signal_share > 0,
                                                              1.0, 0.0))
+    return run, clean
+
+
+def test_a_heldout_score_worse_only_by_noise_is_a_tie(taichi_cpu, monkeypatch, rng):
+    # Noise-free views; the held-out ones then get white noise of sd 1 (and the run is told
+    # so). A later prediction that moves by a twentieth of the noise scores worse or better
+    # by chance (the cross term with the noise dominates): it is kept, having seen more
+    # data. One that moves by twice the noise is worse beyond doubt and is not.
+    run, clean = _run_with_noisy_heldout_views(rng)
     small = clean + 0.05 * rng.normal(size=clean.shape)
     large = clean + 2.0 * rng.normal(size=clean.shape)
     _fake_heldout(run, monkeypatch, [clean, small, large])
@@ -165,21 +172,14 @@ def test_a_heldout_score_worse_only_by_noise_is_a_tie(taichi_cpu, monkeypatch, r
     assert run.best_iteration == 20
 
 
-def test_the_tomogram_is_the_mean_of_the_models_tied_with_the_best(isolated_views,
-                                                                    monkeypatch, rng):
+def test_the_tomogram_is_the_mean_of_the_models_tied_with_the_best(taichi_cpu, monkeypatch,
+                                                                    rng):
     # Four validations with made-up held-out predictions: noise-free views whose held-out
     # ones get white noise of sd 1 (as in the test above). Iteration 20 predicts them
     # exactly (the lowest score), 40 moves by a twentieth of the noise (a tie), 0 and 60 by
     # twice the noise (worse beyond doubt). Each model is marked by its first Gaussian's
     # x, so the fake scores a model (current or kept) by what it is.
-    volume = _specimen()
-    views = forward_project(volume, TILTS).astype(np.float32)
-    run = GaussianReconstruction(views, TILTS, SHAPE[0], CONFIG)
-    clean = run.measured[run.heldout].astype(np.float64)
-    run.measured[run.heldout] += rng.normal(size=clean.shape).astype(np.float32)
-    run.spectrum = dataclasses.replace(run.spectrum, noise_power=float(clean[0].size),
-                                       signal_share=np.where(run.spectrum.signal_share > 0,
-                                                             1.0, 0.0))
+    run, clean = _run_with_noisy_heldout_views(rng)
     far = clean + 2.0 * rng.normal(size=clean.shape)
     predictions = {0: far, 20: clean, 40: clean + 0.05 * rng.normal(size=clean.shape),
                    60: far + 2.0 * rng.normal(size=clean.shape)}
