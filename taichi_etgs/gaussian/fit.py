@@ -950,12 +950,14 @@ class GaussianReconstruction:
         of iterations while the fit moves; the models along the way differ mostly by the
         noise each has fitted, which their mean averages out (on the benchmark's
         physical-noise point with the specimen past the field of view, band FSC 0.747 for
-        the last such model, 0.769 for the lowest score's, about 0.76 for the mean).
+        the last such model, 0.769 for the lowest score's, 0.754 for the mean of at most
+        16 in bench/results/sweep.md).
         """
         from .background import SlabBackground
 
+        best = [(self._best[4], self.params, self.slab.vector())]
         if self._heldout_reference is None:
-            return [(self._best[4], self.params, self.slab.vector())]
+            return best
         lowest = self._heldout_reference[0]
         current = self.slab
         tied = []
@@ -967,7 +969,7 @@ class GaussianReconstruction:
                     tied.append((iteration, params, slab))
         finally:
             self.slab = current
-        return tied or [(self._best[4], self.params, self.slab.vector())]
+        return tied or best
 
     @property
     def averaged_iterations(self) -> list[int]:
