@@ -2,7 +2,9 @@
 and does it leave aligned views alone?
 
 One sweep data set (bench/sweep.py's specimen and geometry; default point ``snr1-iso``:
-64 x 128 x 128 at 8 A, 41 tilts, white noise at SNR 1) is simulated twice: aligned, and
+64 x 128 x 128 at 8 A, 41 tilts, white noise at SNR 1; another ``--point`` writes
+alignment-<point>.*, with the CTF passed as a user would for physical-noise points) is
+simulated twice: aligned, and
 with residual shifts of ``--shift-sd`` px per view (and ``--axis-error`` degrees of
 tilt-axis error, 0 by default: the axis is not refined). The Gaussian reconstruction
 (library defaults) runs on both, with and without the refinement. Scores against the
@@ -33,7 +35,13 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from _common import machine  # noqa: E402
-from sweep import load_or_simulate, score, simulation_config, structures  # noqa: E402
+from sweep import (  # noqa: E402
+    gaussian_config,
+    load_or_simulate,
+    score,
+    simulation_config,
+    structures,
+)
 
 
 def _rms(a, b) -> float:
@@ -42,12 +50,13 @@ def _rms(a, b) -> float:
 
 def run_case(data: dict, refine: bool, iterations: int | None) -> dict:
     from taichi_etgs.alignment.matching import _without_gauge
-    from taichi_etgs.gaussian.fit import GaussianReconstruction, ReconstructConfig
+    from taichi_etgs.gaussian.fit import GaussianReconstruction
     from taichi_etgs.preprocess import density_views
 
     series, truth, voxel = data["series"], data["truth"], data["voxel_size_A"]
-    config = ReconstructConfig(refine_alignment=refine,
-                               **({"iterations": iterations} if iterations else {}))
+    config = dataclasses.replace(
+        gaussian_config(data["simulation"]["config"], voxel, iterations),
+        refine_alignment=refine)
     start = time.perf_counter()
     run = GaussianReconstruction(density_views(series.data, "dark"), series.tilts_deg,
                                  truth.shape[0], config)
@@ -162,6 +171,8 @@ def main() -> None:
     if methods == ["gaussians"]:
         report["cases"] = report.pop("methods")["gaussians"]
     name = "alignment" if "cases" in report else "alignment-classical"
+    if args.point != "snr1-iso":
+        name += f"-{args.point}"
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{name}.json").write_text(json.dumps(report, indent=1) + "\n")
     (args.out / f"{name}.md").write_text(markdown(report))

@@ -166,3 +166,16 @@ def test_wbp_and_sirt_refine_the_alignment_first(tmp_path, misaligned_series, ca
     assert code == 2 and "not with slabs" in capsys.readouterr().err
     assert not (tmp_path / "slabbed.mrc").exists()
 
+
+
+def test_noisy_aligned_views_are_left_exactly_as_they_are():
+    # SNR 0.5: the first stage finds no shifts beyond the noise of their measurement, so
+    # neither the short fit nor the densifications move the views (issue 10: no drift).
+    result = simulate_tilt_series(SimulationConfig(
+        shape_zyx=(24, 48, 48), tilt_min_deg=-60, tilt_max_deg=60, tilt_step_deg=4,
+        n_particles=4, n_vesicles=0, n_filaments=1, noise="gaussian", snr=0.5, seed=2))
+    config = ReconstructConfig(iterations=60, max_gaussians=2000, refine_alignment=True)
+    run = GaussianReconstruction(density_views(result.tilts, "dark"), result.tilts_deg, 24,
+                                 config)
+    run.run()
+    assert not np.any(run.alignment.shifts_px) and run.alignment.axis_deg == 0.0

@@ -19,12 +19,13 @@ from ..geometry import angular_weights_rad
 from .projector import VoxelProjector
 
 __all__ = ["ramp_filter", "sirt_like_factor", "filter_views", "weighted_back_projection",
-           "DEFAULT_RADIAL"]
+           "padded_length", "DEFAULT_RADIAL"]
 
 DEFAULT_RADIAL = (0.35, 0.035)
 
 
-def _padded_length(n_u: int) -> int:
+def padded_length(n_u: int) -> int:
+    """The FFT length a view row of ``n_u`` pixels is padded to before its ramp filter."""
     return int(scipy.fft.next_fast_len(2 * n_u))
 
 
@@ -119,7 +120,7 @@ def weighted_back_projection(views: np.ndarray, tilts_deg: np.ndarray, thickness
     n_tilts, ny, n_u = views.shape
     if thickness < 1:
         raise InputError(f"thickness must be at least 1 voxel, got {thickness}")
-    n_padded = _padded_length(n_u)
+    n_padded = padded_length(n_u)
     response = ramp_filter(n_padded, radial)
     if fake_sirt_iterations:
         response = response * sirt_like_factor(n_padded, fake_sirt_iterations, thickness,

@@ -23,7 +23,8 @@ _DOSE = ": the views are exposure-filtered (Grant & Grigorieff's critical exposu
 _REFINE = click.option(
     "--refine-alignment", is_flag=True,
     help="Refine each view's residual shift first (a pixel or two left by IMOD or AreTomo) "
-         "by projection matching against a short Gaussian fit, and write the correction "
+         "by matching each view to the other views, then to a short Gaussian fit (views "
+         "found aligned within the noise are left alone), and write the correction "
          "as OUTPUT stem .xf (IMOD convention, to apply after the alignment the stack was "
          "given with) and .tlt. Whole views only (not with slabs); about half a minute "
          "more at 64 x 128 x 128 on 2 cores.")

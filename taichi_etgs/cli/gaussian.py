@@ -66,7 +66,9 @@ _REQUIRED_NOTE = " Required unless --resume (the state knows it)."
                    "truth or to feed a denoiser. About twice the time.")
 @click.option("--refine-alignment", is_flag=True,
               help="Refine each view's residual shift (a pixel or two left by IMOD or "
-                   "AreTomo) with the model, and write the correction as OUTPUT stem .xf "
+                   "AreTomo) against the other views, then the model (views found aligned "
+                   "within the noise are left alone), and write the correction as OUTPUT "
+                   "stem .xf "
                    "(IMOD convention, to apply after the alignment the stack was given "
                    "with) and .tlt. The tilt-axis angle is not refined. About 30% more time.")
 @click.option("--heldout-every", type=click.IntRange(min=0), default=10, show_default=True,
