@@ -17,8 +17,8 @@ translation, which no refinement can know (docs/method.md, "Alignment refinement
     python bench/alignment.py --methods wbp,sirt20    # WBP and SIRT-20 with
                                         # --refine-alignment: alignment-classical.{md,json}
 
-About 2.5 minutes per Gaussian run at the default size on 2 cores (the refined ones
-about a third longer), 10-12 minutes in all.
+About 1.5-2 minutes per Gaussian run at the default size on 2 cores (the refined ones on
+misaligned views 40-70 % longer), 8-10 minutes in all.
 """
 
 from __future__ import annotations
@@ -116,8 +116,9 @@ def markdown(report: dict) -> str:
         f"41 tilts; residual shifts sd {report['shift_sd_px']} px per view, tilt-axis error "
         f"{report['axis_error_deg']} deg. "
         + ("Gaussian reconstruction with library defaults. " if "title" not in report else
-           f"{report['title']} through the command's pipeline, the refinement by projection "
-           "matching against a short Gaussian fit (`--refine-alignment`). ") +
+           f"{report['title']} through the command's pipeline, the refinement "
+           "(`--refine-alignment`) by matching each view to the other views, then to a "
+           "short Gaussian fit. ") +
         f"Machine: {report['machine']['cpu_count']} CPUs.", "",
         "| views | refinement | band FSC | vs aligned | wedge band FSC | shift error (px rms, "
         "gauge removed) | time (s) |", "|---|---|---:|---:|---:|---:|---:|"]

@@ -34,7 +34,7 @@ __all__ = ["OtherViewsPrediction", "match_to_other_views"]
 # How many times the noise's share the spread of the shifts must be for them to be
 # acted on: 3 is where the two halves' shifts correlate by 0.5 over the views, 3 standard
 # errors for 40 views. Measured (median squares): views off by 1.5 px at 60-120 e/A^2
-# 3.2-41, at white-noise SNR 0.03-1 2.1-156; aligned views with noise 0.4-2.7.
+# 3.2-41, at white-noise SNR 0.03-1 2.1-156; aligned views with noise 0.6-2.7.
 _SIGNIFICANCE = 3.0
 # How far (pixels) a view's own back-projection reaches when projected again at its own
 # tilt: one pixel each way at every tilt (the projector's linear footprints); two for margin.

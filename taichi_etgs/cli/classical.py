@@ -26,8 +26,8 @@ _REFINE = click.option(
          "by matching each view to the other views, then to a short Gaussian fit (views "
          "found aligned within the noise are left alone), and write the correction "
          "as OUTPUT stem .xf (IMOD convention, to apply after the alignment the stack was "
-         "given with) and .tlt. Whole views only (not with slabs); about half a minute "
-         "more at 64 x 128 x 128 on 2 cores.")
+         "given with) and .tlt. Whole views only (not with slabs); about 40 s more on "
+         "misaligned views at 64 x 128 x 128 on 2 cores, a few seconds on aligned ones.")
 
 def slab_rows_option(note: str = " The same tomogram, bit for bit."):
     """``--slab-rows N``; ``note``: what slabs mean for the command."""
