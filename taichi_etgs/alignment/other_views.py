@@ -8,7 +8,7 @@ forward-projection. Because the WBP is linear, the predictions of all views come
 reconstruction of all of them, less each view's own back-projected contribution.
 
 Matching moves each view onto its prediction; the predictions then move too, since a
-view's neighbours in tilt shape them most, so matching is repeated (about 15 rounds).
+view's neighbours in tilt shape them most, so matching is repeated (up to 15 rounds).
 Patterns of shifts that vary smoothly over the tilts are barely fixed by it, and each
 round pulls the shifts a little towards zero so that they do not wander.
 
@@ -41,8 +41,8 @@ _SIGNIFICANCE = 3.0
 _BAND = 2
 # Each round pulls the shifts towards zero by this share. Matching alone does not fix
 # patterns of shifts that vary smoothly over the tilts (neighbours predict each other), and
-# small biases of the matching walked them off by px; residual misalignment left by
-# IMOD or AreTomo is independent from view to view.
+# small biases of the matching walked them off by pixels, while the residual shifts this
+# stage is for are mostly independent from view to view.
 _DAMPING = 0.1
 
 
