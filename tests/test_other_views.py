@@ -121,3 +121,12 @@ def test_matching_to_the_other_views_leaves_aligned_or_featureless_views_alone(p
     noise = rng.normal(0.0, 1.0, projections.shape).astype(np.float32)
     assert np.array_equal(match_to_other_views(noise, TILTS, 16).shifts_px,
                           np.zeros((len(TILTS), 2)))
+
+
+def test_a_single_row_or_a_handful_of_views_is_returned_as_it_came():
+    start = ViewAlignment(np.full((len(TILTS), 2), 0.0), 0.5)
+    rows = np.ones((len(TILTS), 1, 32), np.float32)
+    assert np.array_equal(match_to_other_views(rows, TILTS, 8, start=start).shifts_px,
+                          start.shifts_px)
+    few = np.ones((3, 16, 16), np.float32)
+    assert match_to_other_views(few, TILTS[:3], 8).shifts_px.shape == (3, 2)

@@ -129,7 +129,8 @@ def match_to_other_views(views: np.ndarray, tilts_deg: np.ndarray, thickness: in
     predict = OtherViewsPrediction(tilts_deg, (int(thickness), ny, width or n_u), n_u)
     halves = (slice(0, ny // 2), slice(ny // 2, ny))
     shifts = _without_gauge(start.shifts_px, tilts_deg)
-    if n <= 3:
+    if n <= 3 or ny < 2:
+        # Too few views to leave the gauge any freedom, or too few rows for two halves.
         return ViewAlignment(shifts, start.axis_deg)
     free = None
     for _ in range(rounds):

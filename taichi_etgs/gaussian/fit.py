@@ -384,7 +384,7 @@ def prealign_views(views: np.ndarray, tilts_deg: np.ndarray, thickness: int,
     First each view is matched to a weighted back-projection of all the other views
     (:func:`taichi_etgs.alignment.other_views.match_to_other_views`, after removing the
     ice slab's projection that :func:`~taichi_etgs.gaussian.background.fit_slab` finds):
-    this takes residual shifts of 1.5 px to 0.25-0.6 px even at 120 e/A^2, where a fit to
+    this takes residual shifts of 1.5 px to 0.23-0.6 px even at 120 e/A^2, where a fit to
     misaligned views learns their misalignment instead. Then a short fit
     (``_PREALIGN_ITERATIONS`` steps of ``config``, default the library's), seeded from
     the views so corrected, matches the views as given to its predictions every
