@@ -144,7 +144,8 @@ def match_to_other_views(views: np.ndarray, tilts_deg: np.ndarray, thickness: in
             if not free.any():
                 break
         step = 0.5 * (first + second) * free
-        shifts = _without_gauge((shifts + step) / (1.0 + _DAMPING), tilts_deg)
+        # Only the axes being aligned are pulled: a start's shifts along a frozen axis stay.
+        shifts = _without_gauge((shifts + step) / (1.0 + _DAMPING * free), tilts_deg)
         if np.abs(step).max() < tolerance_px:
             break
     return ViewAlignment(shifts, start.axis_deg)
