@@ -62,6 +62,13 @@ def test_matching_aligned_views_moves_nothing(projections):
     assert np.abs(found.shifts_px).max() < 0.01 and abs(found.axis_deg) < 0.01
 
 
+def test_tiny_views_are_matched_on_all_their_pixels(projections):
+    # 4 x 6 views (a binned test stack): the borders left unscored must not take them all.
+    tiny = projections[:, 30:34, 29:35]
+    found = match_views(np.roll(tiny, 1, axis=2), tiny, TILTS, steps=2, fit_axis=False)
+    assert np.all(np.isfinite(found.shifts_px))
+
+
 @pytest.fixture(scope="module")
 def misaligned_series():
     common = dict(shape_zyx=(24, 48, 48), tilt_min_deg=-60, tilt_max_deg=60, tilt_step_deg=4,
@@ -122,6 +129,106 @@ def test_reconstruct_writes_the_refined_alignment(tmp_path, misaligned_series, c
     clash = main([*args[:-4], "-o", str(tmp_path / "sim" / "tilts_rec.mrc"), "--arch", "cpu",
                   "--angles", str(tmp_path / "sim" / "tilts_rec.tlt")])
     assert clash == 2 and "refined angles over the input" in capsys.readouterr().err
+
+
+def _reconstruct(stack, out, *extra) -> list[str]:
+    return ["reconstruct", str(stack), "--thickness", "24", "--iterations", "20",
+            "--max-gaussians", "2000", "-o", str(out), "--arch", "cpu", *extra]
+
+
+def _alignment_record(out) -> dict:
+    return json.loads(out.with_name(out.name + ".json").read_text())["result"]["alignment"]
+
+
+def test_by_default_aligned_views_are_used_as_given(tmp_path, misaligned_series, capsys,
+                                                    monkeypatch):
+    import mrcfile
+
+    from taichi_etgs.cli import main
+    from taichi_etgs.gaussian import fit
+    from taichi_etgs.simulation.simulate import write_simulation
+
+    good, _ = misaligned_series
+    stack = write_simulation(good, tmp_path / "sim")["tilts.mrc"]
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("prealign_views called with --no-refine-alignment")
+
+    # --no-refine-alignment does not even start the refinement.
+    monkeypatch.setattr(fit, "prealign_views", refuse)
+    off_path = tmp_path / "off.mrc"
+    assert main(_reconstruct(stack, off_path, "--no-refine-alignment")) == 0, \
+        capsys.readouterr().err
+    assert _alignment_record(off_path) == {"mode": "off", "refined": False}
+    monkeypatch.undo()
+    auto_path = tmp_path / "auto.mrc"
+    assert main(_reconstruct(stack, auto_path)) == 0, capsys.readouterr().err
+    # Auto on aligned views: the significance gate moves no view, so no correction is
+    # written beside the tomogram ...
+    assert not auto_path.with_suffix(".xf").exists()
+    assert not auto_path.with_suffix(".tlt").exists()
+    record = _alignment_record(auto_path)
+    assert record["mode"] == "auto" and record["refined"] and not record["moved"]
+    assert record["not_written"] == "no view moved" and record["rms_shift_px"] == 0.0
+    # ... and the tomogram is the one without refinement: the views are only resampled by
+    # a zero shift (measured 6e-7 against a standard deviation of 0.18).
+    off, auto = mrcfile.read(off_path), mrcfile.read(auto_path)
+    np.testing.assert_allclose(auto, off, rtol=0, atol=1e-5 * float(np.std(off)))
+
+
+def test_by_default_misaligned_views_are_refined_and_written(tmp_path, misaligned_series,
+                                                             capsys):
+    from taichi_etgs.cli import main
+    from taichi_etgs.io import read_tilt_angles, read_xf
+    from taichi_etgs.simulation.simulate import write_simulation
+
+    _, bad = misaligned_series
+    stack = write_simulation(bad, tmp_path / "sim")["tilts.mrc"]
+    out = tmp_path / "rec.mrc"
+    assert main(_reconstruct(stack, out)) == 0, capsys.readouterr().err
+    # Views 1.5 px off are moved, and auto writes the correction as --refine-alignment does.
+    xf = read_xf(tmp_path / "rec.xf", n_expected=len(bad.tilts_deg))
+    assert np.abs(xf[:, :, 2]).max() > 0.1
+    assert read_tilt_angles(tmp_path / "rec.tlt") == pytest.approx(bad.tilts_deg, abs=1e-4)
+    record = _alignment_record(out)
+    assert record["mode"] == "auto" and record["moved"]
+    assert record["xf"] == str(tmp_path / "rec.xf") and "not_written" not in record
+
+
+def test_by_default_the_input_angle_file_is_never_written_over(tmp_path, misaligned_series,
+                                                               capsys):
+    import shutil
+
+    from taichi_etgs.cli import main
+    from taichi_etgs.simulation.simulate import write_simulation
+
+    _, bad = misaligned_series
+    paths = write_simulation(bad, tmp_path / "sim")
+    # The common layout: TS_01.ali with its TS_01.tlt (found beside it), output TS_01.mrc,
+    # whose correction would go to TS_01.tlt.
+    folder = tmp_path / "data"
+    folder.mkdir()
+    shutil.copy(paths["tilts.mrc"], folder / "TS_01.ali")
+    shutil.copy(paths["tilts.tlt"], folder / "TS_01.tlt")
+    angles = (folder / "TS_01.tlt").read_bytes()
+    out = folder / "TS_01.mrc"
+    # Asked for explicitly, that is refused before any work, as it always was.
+    assert main(_reconstruct(folder / "TS_01.ali", out, "--refine-alignment")) == 2
+    assert "TS_01.tlt" in capsys.readouterr().err and not out.exists()
+    # Auto: the run goes on, the views are refined, and one warning says why the
+    # correction is not written and where its shifts are instead.
+    code = main(_reconstruct(folder / "TS_01.ali", out))
+    err = capsys.readouterr().err
+    assert code == 0, err
+    said = [line for line in err.splitlines() if "refined alignment" in line]
+    assert len(said) == 1 and said[0].startswith(f"warning: {folder / 'TS_01.tlt'} is the "
+                                                 f"input's angle file")
+    assert str(folder / "TS_01.mrc.json") in said[0]
+    assert (folder / "TS_01.tlt").read_bytes() == angles
+    assert not (folder / "TS_01.xf").exists()  # the pair is written together or not at all
+    record = _alignment_record(out)
+    assert record["moved"] and "input's angle file" in record["not_written"]
+    assert np.abs(record["shifts_px"]).max() > 0.1  # the refined shifts, kept in the sidecar
 
 
 def test_a_resumed_run_keeps_its_alignment(tmp_path, misaligned_series):

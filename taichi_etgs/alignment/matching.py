@@ -77,9 +77,10 @@ def _gauge(tilts_deg: np.ndarray) -> np.ndarray:
 
 
 def _interior(shape: tuple[int, int]) -> tuple[slice, slice]:
-    """The part of a view scored: its borders take fill values after a correction."""
+    """The part of a view scored: its borders take fill values after a correction (at most
+    a quarter of each side, so that a tiny view keeps pixels to score)."""
     ny, nx = shape
-    by, bx = max(4, ny // 10), max(4, nx // 10)
+    by, bx = (min(max(4, n // 10), (n - 1) // 4) for n in (ny, nx))
     return slice(by, ny - by), slice(bx, nx - bx)
 
 
