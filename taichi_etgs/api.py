@@ -162,20 +162,27 @@ def reconstruct(stack, angles=None, *, thickness: int, output=None,
                 output_contrast: str = "input", pixel_size: float | None = None,
                 force: bool = False, arch: str | None = None, threads: int | None = None,
                 workers: int | None = None, scheduler: str | None = None,
-                read: dict | None = None, **settings: Any):
+                read: dict | None = None, refine_alignment: bool | None = None,
+                **settings: Any):
     """The Gaussian reconstruction (``taichi-etgs reconstruct``).
 
     stack, angles, thickness, output, width, binning, contrast, output_contrast,
     pixel_size, force, arch, threads, workers, scheduler: as :func:`wbp`.
     read: more reading options (``xf``, ``aln``, ``apply_aln``, ``aligned``, ``mdoc``,
         ``exclude_views``).
+    refine_alignment: refine the views' residual shifts and write them as
+        ``<output stem>.xf`` / ``.tlt``. None (auto, as the command): in a whole-volume
+        run, with views found aligned within the noise used exactly as given, and the
+        files written only when a view moved and where they replace nothing of the
+        input's (nor, without ``force``, an existing file); off in slabs, on a resume of
+        a run that did not refine, and from a model seed. True: always (refused with
+        slabs). False: never. The sidecar's ``alignment`` says what was done.
     settings: :class:`~taichi_etgs.pipeline.gaussian.GaussianSettings` fields:
         ``iterations``, ``max_gaussians``, ``views_per_step``, ``init``, ``tilt_weight``,
         ``seed``, ``heldout_every``, ``defocus_um`` (micrometres, or a defocus file; and
         ``voltage_kV``, ``cs_mm``, ``amplitude_contrast``), ``dose`` (an .mdoc or DOSE
         PRIOR_DOSE file) or ``dose_per_tilt`` with ``tilt_order``, ``tilt_start``,
         ``tilt_group`` (the views' exposure filter in the model), ``voxel_size``, ``halves``,
-        ``refine_alignment``,
         ``state`` (default with an output: OUTPUT.state.h5), ``save_every``, ``resume``,
         ``slab_rows`` (``--slab-rows``: slabs along Y fitted independently and blended;
         ``.volume`` None and ``.run`` None then), or ``config`` (a whole
@@ -190,7 +197,7 @@ def reconstruct(stack, angles=None, *, thickness: int, output=None,
     return run_reconstruct(
         _source(stack, angles, pixel_size, contrast, dict(read or {}, binning=binning)),
         _target(thickness, output, width, output_contrast, force),
-        GaussianSettings(**settings), session=session,
+        GaussianSettings(**settings, refine_alignment=refine_alignment), session=session,
         slab_runner=_slab_runner(workers, scheduler))
 
 

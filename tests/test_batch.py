@@ -214,7 +214,7 @@ def test_batch_wbp_equals_single_runs_then_a_rerun_skips_everything(series_folde
 
 def test_batch_refines_the_alignment_and_writes_it_beside_each_tomogram(series_folder,
                                                                          tmp_path, capsys):
-    from taichi_etgs.batch.tasks import fingerprint
+    from taichi_etgs.batch.tasks import _first_difference, fingerprint
 
     outdir = tmp_path / "out"
     code, out, err = _run(["batch", series_folder / "ts1.mrc", "--method", "wbp",
@@ -230,6 +230,14 @@ def test_batch_refines_the_alignment_and_writes_it_beside_each_tomogram(series_f
     assert "refine_alignment" not in fingerprint(ts1, BatchSettings("wbp"))["options"]
     assert fingerprint(ts1, BatchSettings("wbp", options={"refine_alignment": True})
                        )["options"]["refine_alignment"] is True
+    # reconstruct refines by default (auto), which outputs made before did not: recorded,
+    # so that they are not taken for its own, and reported as made with refinement off;
+    # --no-refine-alignment still matches them.
+    auto = fingerprint(ts1, BatchSettings("reconstruct"))
+    assert auto["options"]["refine_alignment"] == "auto"
+    off = fingerprint(ts1, BatchSettings("reconstruct", options={"refine_alignment": False}))
+    assert "refine_alignment" not in off["options"]
+    assert _first_difference(off, auto) == "refine_alignment False, now 'auto'"
 
 
 def test_a_bad_series_fails_alone(series_folder, tmp_path, capsys):

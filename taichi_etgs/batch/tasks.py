@@ -43,8 +43,10 @@ WORK_FOLDER = ".taichi-etgs-batch"
 _CTF = {"defocus": None, "voltage_kV": 300.0, "cs_mm": 2.7, "amplitude_contrast": 0.07}
 _DOSE = {"dose_per_tilt": None, "tilt_order": None, "tilt_start": None, "tilt_group": 2}
 _ALIGN = {"refine_alignment": False}
-# Options added after outputs were already fingerprinted: recorded only when not at their
-# default, so that those outputs stay up to date.
+# Options added after outputs were already fingerprinted: recorded only when not at what
+# those outputs were made with, so that they stay up to date. reconstruct's later default
+# refine_alignment None (auto) is recorded, as "auto": outputs made without refinement
+# are not what it makes.
 _RECORDED_WHEN_SET = frozenset(_ALIGN)
 METHOD_OPTIONS: dict[str, dict[str, Any]] = {
     "wbp": {"radial": (0.35, 0.035), "fake_sirt": 0, **_CTF, **_DOSE, **_ALIGN},
@@ -53,7 +55,7 @@ METHOD_OPTIONS: dict[str, dict[str, Any]] = {
     "reconstruct": {"iterations": None, "max_gaussians": 60_000, "views_per_step": 8,
                     "init": "sirt", "tilt_weight": "cos", "seed": 0, "heldout_every": 10,
                     "voxel_size": None, "halves": False, "save_every": 100, **_CTF, **_DOSE,
-                    **_ALIGN},
+                    "refine_alignment": None},
 }
 
 
@@ -133,7 +135,8 @@ def fingerprint(series: Series, settings: BatchSettings) -> dict:
               "volume": {"thickness": series.thickness_at(settings.binning,
                                                           settings.thickness),
                          "width": settings.width, "output_contrast": settings.output_contrast},
-              "options": {k: v for k, v in sorted(settings.options.items())
+              "options": {k: "auto" if k in _RECORDED_WHEN_SET and v is None else v
+                          for k, v in sorted(settings.options.items())
                           if k not in _RECORDED_WHEN_SET or v != _ALIGN.get(k)}}
     return json.loads(dumps(record))
 
@@ -141,7 +144,9 @@ def fingerprint(series: Series, settings: BatchSettings) -> dict:
 def _first_difference(old: Any, new: Any, where: str = "") -> str:
     if isinstance(old, dict) and isinstance(new, dict):
         for key in sorted(set(old) | set(new)):
-            found = _first_difference(old.get(key), new.get(key), key)
+            # An option that is not recorded was at what outputs were made with before it.
+            found = _first_difference(old.get(key, _ALIGN.get(key)),
+                                      new.get(key, _ALIGN.get(key)), key)
             if found:
                 return found
         return ""

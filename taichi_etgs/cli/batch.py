@@ -89,9 +89,11 @@ _METHOD_OPTIONS = ("radial", "fake_sirt", "iterations", "relaxation", "positivit
          help="Start angle of a bidirectional or dose-symmetric order.")
 @click.option("--tilt-group", type=click.IntRange(min=1), metavar="N",
          help="Views per group of the dose-symmetric order [default: 2].")
-@click.option("--refine-alignment", is_flag=True, default=None,
+@click.option("--refine-alignment/--no-refine-alignment", default=None,
               help="Refine each view's residual shift (any method; whole views only), "
-                   "writing OUTDIR/<stem>.xf and .tlt beside each tomogram.")
+                   "writing OUTDIR/<stem>.xf and .tlt beside each tomogram [default: "
+                   "reconstruct: auto, as the command: whole-volume runs, the files only "
+                   "when a view moved; wbp, sirt: off].")
 @click.option("--force", is_flag=True,
               help="Redo series whose output was made from other inputs or settings; accept "
                    "tilt angles that look like radians.")

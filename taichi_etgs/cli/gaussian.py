@@ -64,20 +64,26 @@ _REQUIRED_NOTE = " Required unless --resume (the state knows it)."
                    "OUTPUT_half1.mrc and OUTPUT_half2.mrc and their Fourier shell correlation "
                    "(in the log and the JSON sidecar), to judge the tomogram without a ground "
                    "truth or to feed a denoiser. About twice the time.")
-@click.option("--refine-alignment", is_flag=True,
+@click.option("--refine-alignment/--no-refine-alignment", default=None,
               help="Refine each view's residual shift (a pixel or two left by IMOD or "
-                   "AreTomo) against the other views, then the model (views found aligned "
-                   "within the noise are left alone), and write the correction as OUTPUT "
-                   "stem .xf (IMOD convention, to apply after the alignment the stack was "
-                   "given with) and .tlt. The tilt-axis angle is not refined. 40-70% more time on "
-                   "misaligned views, a few seconds on aligned ones.")
+                   "AreTomo) against the other views, then the model, and write the "
+                   "correction as OUTPUT stem .xf (IMOD convention, to apply after the "
+                   "alignment the stack was given with) and .tlt; the tilt-axis angle is "
+                   "not refined. Default, auto: on for a whole-volume run, where views found "
+                   "aligned within the noise are used exactly as given (a few seconds) and "
+                   "misaligned views cost 40-70% more time; the .xf and .tlt only when a "
+                   "view moved, never over the input's files nor, without --force, other "
+                   "existing ones (the shifts are in OUTPUT.json either way); off with "
+                   "slabs or an --init model (--resume keeps the run's own). "
+                   "--refine-alignment: always, the files always written, not with slabs.")
 @click.option("--heldout-every", type=click.IntRange(min=0), default=10, show_default=True,
               metavar="N",
               help="Hold one view in N (in tilt order) out of the fit to validate it: the "
                    "model that predicts them best is written (early stop). 0: fit all views.")
 @slab_rows_option(" Each slab is fitted as its own model with 8 rows of each neighbour, "
-                  "blended across them; no state file, and not with --halves, --resume, "
-                  "--refine-alignment, --init FILE or --voxel-size.")
+                  "blended across them; no state file, no alignment refinement, and not "
+                  "with --halves, --resume, --refine-alignment, --init FILE or "
+                  "--voxel-size.")
 @slab_task_options
 @ctf_options(note=": the CTF goes into the model, so that it fits the specimen's "
                   "potential, not a CTF-filtered image of it")

@@ -2,7 +2,10 @@
 
 ``--refine-alignment`` (``reconstruct``, ``wbp``, ``sirt``) writes the correction it
 found next to the tomogram: ``<output stem>.xf`` (IMOD's convention, one line per section
-of the stack) and ``<output stem>.tlt``, never over the input's own files.
+of the stack) and ``<output stem>.tlt``, never over the input's own files. ``reconstruct``
+refines by default ("auto"): there the files are written only when a view moved and
+where they replace nothing (:func:`write_alignment`); the sidecar records the refinement
+in every mode.
 """
 
 from __future__ import annotations
@@ -16,7 +19,18 @@ from . import inputs
 from .outputs import check_writable
 from .session import Session
 
-__all__ = ["alignment_paths", "check_alignment_outputs", "write_alignment"]
+__all__ = ["alignment_mode", "alignment_paths", "check_alignment_outputs", "not_refined",
+           "write_alignment"]
+
+
+def alignment_mode(refine_alignment: bool | None) -> str:
+    """How the refinement was asked for: "on" (True), "auto" (None) or "off" (False)."""
+    return {True: "on", None: "auto", False: "off"}[refine_alignment]
+
+
+def not_refined(mode: str, why: str | None = None) -> dict:
+    """The sidecar's record of a run whose views' alignment was not refined."""
+    return {"mode": mode, "refined": False, **({"why": why} if why else {})}
 
 
 def alignment_paths(output: Path) -> tuple[Path, Path]:
@@ -36,25 +50,74 @@ def check_alignment_outputs(source, output: Path | None, force: bool) -> None:
         check_writable(path, force)
 
 
+def _auto_refusal(source, series, output: Path, force: bool) -> tuple[Path, str] | None:
+    """The first of the refined alignment's files that the auto mode leaves unwritten,
+    with why: the input's own files (whatever ``force`` says: nobody asked for them to be
+    replaced) and, without ``force``, any existing file."""
+    own = [(p, "angle file") for p in (source.angles, series.angles_source) if p]
+    own += [(source.xf, ".xf")] if source.xf else []
+    for path in alignment_paths(output):
+        for file, what in own:
+            if inputs.same_file(path, file):
+                return path, f"is the input's {what}"
+        if path.exists() and not force:
+            return path, "exists (--force replaces it)"
+    return None
+
+
 def write_alignment(session: Session, alignment, tilts_deg, output: Path | None,
-                    binning: int, force: bool, series, n_raw: int) -> dict:
+                    source, force: bool, series, n_raw: int, *, mode: str = "on") -> dict:
     """Report the refined alignment and write it next to the output: one ``.xf`` line and
     one angle per section of the raw stack, as IMOD's tiltalign writes them (a view left
-    out of the fit keeps the identity, its correction unknown)."""
+    out of the fit keeps the identity, its correction unknown).
+
+    source: the :class:`~taichi_etgs.pipeline.inputs.StackSource` (its binning; in auto
+    mode its own files, never written over).
+    mode: "on": the files are always written (checked before the run:
+        :func:`check_alignment_outputs`); "auto" (or "off" for a resumed run that refines
+        anyway): only when a view moved and the files replace neither an input's file nor,
+        without ``force``, an existing one (else a warning: the sidecar holds the shifts).
+
+    Returns the sidecar's record: the mode, the shifts, whether any view moved, and the
+    files written or why none were.
+    """
     from ..io.angles import write_tilt_angles
     from ..io.transforms import write_xf
+    from ..provenance import sidecar_path
 
     kept = np.asarray(series.kept_views)
     xf = np.zeros((n_raw, 2, 3))
     xf[:, 0, 0] = xf[:, 1, 1] = 1.0
     xf[kept] = alignment.xf()
-    xf[:, :, 2] *= binning  # the input stack's pixels, not the binned views'
-    shifts = alignment.shifts_px * binning
-    record = {"views": kept.tolist(), "shifts_px": shifts.round(4).tolist(),
+    xf[:, :, 2] *= source.binning  # the input stack's pixels, not the binned views'
+    shifts = alignment.shifts_px * source.binning
+    moved = bool(np.any(shifts) or alignment.axis_deg)
+    record = {"mode": mode, "refined": True, "moved": moved, "views": kept.tolist(),
+              "shifts_px": shifts.round(4).tolist(), "axis_deg": float(alignment.axis_deg),
               "rms_shift_px": float(np.sqrt(np.mean(shifts ** 2)))}
-    session.tell(f"alignment refined: residual shifts {record['rms_shift_px']:.2f} px rms "
-                 f"(largest {np.abs(shifts).max():.2f} px)")
-    if output is not None:
+    always = mode == "on"
+    if moved or always:
+        session.tell(f"alignment refined: residual shifts {record['rms_shift_px']:.2f} px "
+                     f"rms (largest {np.abs(shifts).max():.2f} px)")
+    else:
+        session.tell("alignment checked: the views are aligned within the noise and are "
+                     "used as given")
+    refusal = None
+    if output is None:
+        refusal = "no output file"
+    elif not (moved or always):
+        refusal = "no view moved"
+    elif not always:
+        clash = _auto_refusal(source, series, output, force)
+        if clash is not None:
+            path, why = clash
+            refusal = f"{path} {why}"
+            names = " and ".join(p.name for p in alignment_paths(output))
+            session.warn(f"{path} {why}: the refined alignment ({names}) is not written; "
+                         f"its shifts are in {sidecar_path(output)}")
+    if refusal is not None:
+        record["not_written"] = refusal
+    else:
         xf_path, tlt_path = alignment_paths(output)
         angles = inputs.raw_angles(series, n_raw)
         if angles is None:

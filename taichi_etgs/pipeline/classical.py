@@ -204,8 +204,8 @@ def _aligned_views(views: np.ndarray, series, shape, source: StackSource,
                  "Gaussian fit)")
     alignment = prealign_views(views, series.tilts_deg, shape[0], width=shape[2])
     n_raw = _raw_view_count(source, series)
-    record = write_alignment(session, alignment, series.tilts_deg, target.path,
-                             source.binning, target.force, series, n_raw)
+    record = write_alignment(session, alignment, series.tilts_deg, target.path, source,
+                             target.force, series, n_raw)
     return alignment.apply(views).astype(np.float32, copy=False), record
 
 

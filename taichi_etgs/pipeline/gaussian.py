@@ -17,7 +17,7 @@ import numpy as np
 
 from ..errors import InputError, RunFailure
 from . import checkpoint, inputs, sizes
-from .alignment import check_alignment_outputs, write_alignment
+from .alignment import alignment_mode, check_alignment_outputs, not_refined, write_alignment
 from .inputs import StackSource
 from .outputs import check_writable, os_reason
 from .resume import (
@@ -67,7 +67,12 @@ class GaussianSettings:
     refine_alignment: refine each view's residual shift with the model
         (:mod:`taichi_etgs.alignment`) and write the correction next to the output as
         ``<output stem>.xf`` (IMOD convention, in the input stack's pixels, to apply after
-        the alignment the views were given with) and ``<output stem>.tlt``.
+        the alignment the views were given with) and ``<output stem>.tlt``. None (auto):
+        in a whole-volume run that is not resumed nor seeded from a model (views found
+        aligned within the noise are used exactly as given), the files written only when
+        a view moved and where they replace neither an input's file nor, without
+        ``force``, an existing one; elsewhere off, without an error. True: always, the
+        files always written, and refused where it cannot run. False: never.
     state: the state file (None: OUTPUT with .state.h5; none without an output).
     save_state: False: no state file at all (Ctrl-C then loses the run).
     save_every: save the state every this many steps (0: only at the end).
@@ -75,8 +80,8 @@ class GaussianSettings:
     slab_rows: fit slabs of this many rows along Y independently, each with a margin of
         rows shared with its neighbours, and blend them
         (:mod:`taichi_etgs.pipeline.gaussian_slabs`); None: in slabs only when the whole
-        does not fit in the memory available. Not with halves, resume, refine_alignment,
-        an init file or voxel_size.
+        does not fit in the memory available. Not with halves, resume, refine_alignment
+        True, an init file or voxel_size.
     config: every setting at once (library use): replaces the fields above that it holds
         (``iterations`` still overrides its own).
     """
@@ -99,7 +104,7 @@ class GaussianSettings:
     tilt_group: int = 2
     voxel_size: float | None = None
     halves: bool = False
-    refine_alignment: bool = False
+    refine_alignment: bool | None = None
     state: str | PathLike | None = None
     save_state: bool = True
     save_every: int = 100
@@ -157,7 +162,7 @@ class GaussianSettings:
                                  views_per_step=self.views_per_step,
                                  tilt_weight=self.tilt_weight, seed=self.seed, init=init,
                                  heldout_every=self.heldout_every, **ctf,
-                                 refine_alignment=self.refine_alignment,
+                                 refine_alignment=self.refine_alignment is not False,
                                  pixel_size_A=(pixel if defocus is not None or dose is not None
                                                else 0.0),
                                  voltage_kV=self.voltage_kV, cs_mm=self.cs_mm,
@@ -285,6 +290,25 @@ def _seed(settings: GaussianSettings, source: StackSource, shape, session: Sessi
     return to_output_polarity(volume, source.contrast, "input"), None, 1.0
 
 
+def _refinement_asked(settings: GaussianSettings) -> bool | None:
+    """``refine_alignment`` as asked: a whole config (library use) holds its own."""
+    if settings.refine_alignment is None and settings.config is not None:
+        return bool(settings.config.refine_alignment)
+    return settings.refine_alignment
+
+
+def _auto_off(settings: GaussianSettings, why: str) -> GaussianSettings:
+    """``settings`` without the auto mode's refinement, which cannot run here."""
+    _say_auto_off(why)
+    return dataclasses.replace(settings, refine_alignment=False)
+
+
+def _say_auto_off(why: str) -> None:
+    """Why the auto mode does not refine: in the log, not a warning, since the user did
+    not ask for the refinement."""
+    log.info("the views' alignment is not refined: %s", why)
+
+
 def run_reconstruct(source: StackSource, target: VolumeTarget,
                     settings: GaussianSettings | None = None, *,
                     session: Session | None = None,
@@ -330,14 +354,30 @@ def run_reconstruct(source: StackSource, target: VolumeTarget,
         check_writable(path, force, probe=True)
     if settings.refine_alignment:
         check_alignment_outputs(source, output, force)
+    mode = alignment_mode(_refinement_asked(settings))
     from . import gaussian_slabs
 
     rows = gaussian_slabs.slab_rows_of(source, target, settings, session)
-    if rows:
+    if rows:  # never with the refinement on: slab_rows_of refuses or fits the whole
+        alignment = not_refined(mode)
+        if mode == "auto":
+            why = "slabs are fitted from their rows, the alignment needs whole views"
+            settings = _auto_off(settings, why)
+            alignment = not_refined(mode, why)
         return gaussian_slabs.run_slabbed(source, target, settings, rows, session,
-                                          slab_runner)
+                                          slab_runner, alignment=alignment)
     warn_whole(slab_runner, session)
     resume_path = None if settings.resume is None else Path(settings.resume)
+    # Why the alignment may not be refined although asked for or left to auto.
+    why_not_refined = None
+    if resume_path is not None:
+        why_not_refined = "a resumed run keeps the alignment setting it was started with"
+    elif (mode == "auto" and settings.init_path is not None
+          and settings.init_path.suffix.lower() in _MODEL_SUFFIXES):
+        # A fit from a model starts with every view unshifted and never matches views
+        # that have no shift: nothing would move.
+        why_not_refined = "a model seed (--init .h5) is fitted to the views as given"
+        settings = _auto_off(settings, why_not_refined)
     state_path = None
     if settings.save_state and (settings.state is not None or output is not None):
         state_path = Path(settings.state) if settings.state else default_state_path(output)
@@ -392,6 +432,8 @@ def run_reconstruct(source: StackSource, target: VolumeTarget,
     if state is not None:
         check_resume(state, resume_path, source, shape, checksum, force)
         config = saved_config(state, resume_path, ReconstructConfig, session)
+        if mode == "auto" and not config.refine_alignment:
+            _say_auto_off(why_not_refined)
         if settings.config is None and settings.ctf().active:
             session.warn(f"{resume_path}: --defocus {settings.defocus_um} is not used: a "
                          f"resumed run keeps the CTF it was started with")
@@ -481,7 +523,9 @@ def run_reconstruct(source: StackSource, target: VolumeTarget,
             "input_checksum": checksum, "validation": validation}
     if run.alignment is not None:
         info["alignment"] = write_alignment(session, run.alignment, run.tilts_deg, output,
-                                            source.binning, force, series, header.n_raw)
+                                            source, force, series, header.n_raw, mode=mode)
+    else:
+        info["alignment"] = not_refined(mode, None if mode == "off" else why_not_refined)
     if output is not None:
         try:
             write_tomogram(session, output, volume, pixel * factor, source.contrast,

@@ -184,11 +184,13 @@ def _report(reports: list[dict], session: Session) -> None:
 
 
 def run_slabbed(source: StackSource, target: VolumeTarget, settings, rows: int,
-                session: Session, slab_runner: slabs.SlabRunner | None = None):
+                session: Session, slab_runner: slabs.SlabRunner | None = None, *,
+                alignment: dict | None = None):
     """:func:`~taichi_etgs.pipeline.gaussian.run_reconstruct` in slabs of ``rows`` rows:
     the views prepared once into a temporary file, each slab fitted from its rows (by
     ``slab_runner`` when given), the tomogram written a band of rows at a time. No state
-    file (each slab's model is dropped once voxelised). Returns a
+    file (each slab's model is dropped once voxelised). ``alignment``: the sidecar's
+    record of the alignment refinement (never run in slabs). Returns a
     :class:`~taichi_etgs.pipeline.gaussian.ReconstructResult` (``volume`` None when
     written to a file; ``validation["slabs"]``: each slab's report)."""
     from .gaussian import ReconstructResult, new_config
@@ -248,6 +250,8 @@ def run_slabbed(source: StackSource, target: VolumeTarget, settings, rows: int,
                 "n_gaussians": n_gaussians, "iterations": config.iterations,
                 "slab_rows": rows, "slab_overlap": plan.overlap, "state": None,
                 "validation": validation}
+        if alignment is not None:
+            info["alignment"] = alignment
         mean = np.float32(total / math.prod(shape))
         ny, nx = series.data.shape[1:]
         origin = mrc_origin(shape, pixel, (shape[0] * pixel, ny * pixel, nx * pixel))
