@@ -427,7 +427,7 @@ def prealign_views(views: np.ndarray, tilts_deg: np.ndarray, thickness: int,
     first = GaussianReconstruction(coarse.apply(views), tilts_deg, thickness, config,
                                    width=width)
     first.given = (views / first.scale).astype(np.float32)
-    first.alignment = coarse
+    first._set_alignment(coarse)
     while first.iteration < _PREALIGN_ITERATIONS:
         first.step()
         if first.iteration % _PREALIGN_EVERY == 0:
@@ -518,9 +518,8 @@ class GaussianReconstruction:
 
             self.given = self.measured
             # A model to continue from (a resume) comes with its alignment (restore).
-            self.alignment = (ViewAlignment.identity(n_tilts) if params is not None
-                              else self._prealign(views, width))
-            self.measured = self.alignment.apply(self.given)
+            self._set_alignment(ViewAlignment.identity(n_tilts) if params is not None
+                                else self._prealign(views, width))
             specimen = self.alignment.apply(specimen)
         self.slab.density /= self.scale
         self.data_range = robust_range(specimen[self.train] / self.scale)
@@ -559,6 +558,13 @@ class GaussianReconstruction:
         misalignment in its first steps."""
         return prealign_views(views, self.tilts_deg, self.shape_zyx[0], self.config, width)
 
+    def _set_alignment(self, alignment) -> None:
+        """Correct the views as given by ``alignment`` (resampled once, from the views as
+        given)."""
+        self.alignment = alignment
+        self.measured = alignment.apply(self.given)
+        self._heldout_measured_cache = None
+
     def _refine_alignment(self) -> str:
         """Match the views as given to the model's predictions of all of them."""
         from ..alignment import match_views
@@ -566,10 +572,8 @@ class GaussianReconstruction:
         every = np.arange(self.measured.shape[0])
         predicted = self.gains[:, None, None].astype(np.float32) * self.predict(every)
         before = self.alignment
-        self.alignment = match_views(self.given, predicted, self.tilts_deg, before, steps=2,
-                                     fit_axis=False)
-        self.measured = self.alignment.apply(self.given)
-        self._heldout_measured_cache = None
+        self._set_alignment(match_views(self.given, predicted, self.tilts_deg, before,
+                                        steps=2, fit_axis=False))
         moved = np.sqrt(np.mean((self.alignment.shifts_px - before.shifts_px) ** 2))
         return (f"alignment: axis {self.alignment.axis_deg:+.2f} deg, shifts moved "
                 f"{moved:.2f} px rms")
@@ -958,9 +962,7 @@ class GaussianReconstruction:
         _, params, slab, gains, iteration = self._best
         if iteration != self.iteration:
             if self._best_alignment is not None:
-                self.alignment = self._best_alignment
-                self.measured = self.alignment.apply(self.given)
-                self._heldout_measured_cache = None
+                self._set_alignment(self._best_alignment)
             self.params = params.copy()
             self.slab = SlabBackground.from_vector(slab, self.slab.edge)
             self.gains = gains.copy()
@@ -1137,10 +1139,9 @@ class GaussianReconstruction:
         if "_alignment_shifts" in config and self.alignment is not None:
             from ..alignment import ViewAlignment
 
-            self.alignment = ViewAlignment(np.asarray(config["_alignment_shifts"], dtype=float),
-                                           float(config["_alignment_axis"][0]))
-            self.measured = self.alignment.apply(self.given)
-            self._heldout_measured_cache = None
+            self._set_alignment(ViewAlignment(np.asarray(config["_alignment_shifts"],
+                                                         dtype=float),
+                                              float(config["_alignment_axis"][0])))
         if "_heldout_reference" in config:
             re_im = np.asarray(config["_heldout_reference_spectra"], dtype=np.float64)
             self._heldout_reference = (float(config["_heldout_reference"][0]),
