@@ -21,7 +21,7 @@ from scipy import ndimage
 
 from ..io.transforms import apply_xf, rigid_xf
 
-__all__ = ["ViewAlignment", "match_views"]
+__all__ = ["ViewAlignment", "match_views", "without_gauge"]
 
 # A finite difference of the axis angle: large enough to move the image corners by a
 # fraction of a pixel, small enough to stay linear.
@@ -143,10 +143,10 @@ def match_views(views: np.ndarray, predicted: np.ndarray, tilts_deg: np.ndarray,
         axis_step = float(np.clip(delta[0], -max_axis_step_deg, max_axis_step_deg))
         shift_step = np.clip(delta[1:].reshape(n, 2), -max_shift_step_px, max_shift_step_px)
         current = ViewAlignment(current.shifts_px + shift_step, current.axis_deg + axis_step)
-    return ViewAlignment(_without_gauge(current.shifts_px, tilts_deg), current.axis_deg)
+    return ViewAlignment(without_gauge(current.shifts_px, tilts_deg), current.axis_deg)
 
 
-def _without_gauge(shifts_px: np.ndarray, tilts_deg: np.ndarray) -> np.ndarray:
+def without_gauge(shifts_px: np.ndarray, tilts_deg: np.ndarray) -> np.ndarray:
     """The shifts less their least-squares fit by the motions a specimen translation
     makes (removed after the fit, not constrained in it: the fit weighs views by their
     detail, which would pile the constraint onto views with little). [n, 2]"""

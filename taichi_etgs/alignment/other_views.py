@@ -27,7 +27,7 @@ from ..classical.projector import VoxelProjector
 from ..classical.wbp import filter_views, padded_length, ramp_filter
 from ..geometry import angular_weights_rad, fov_padding
 from .correlation import band_pass, correlation_shifts
-from .matching import ViewAlignment, _without_gauge
+from .matching import ViewAlignment, without_gauge
 
 __all__ = ["OtherViewsPrediction", "match_to_other_views"]
 
@@ -128,7 +128,7 @@ def match_to_other_views(views: np.ndarray, tilts_deg: np.ndarray, thickness: in
     high = max(4.0, thickness / 8.0) if high_sigma_px is None else float(high_sigma_px)
     predict = OtherViewsPrediction(tilts_deg, (int(thickness), ny, width or n_u), n_u)
     halves = (slice(0, ny // 2), slice(ny // 2, ny))
-    shifts = _without_gauge(start.shifts_px, tilts_deg)
+    shifts = without_gauge(start.shifts_px, tilts_deg)
     if n <= 3 or ny < 2:
         # Too few views to leave the gauge any freedom, or too few rows for two halves.
         return ViewAlignment(shifts, start.axis_deg)
@@ -145,7 +145,7 @@ def match_to_other_views(views: np.ndarray, tilts_deg: np.ndarray, thickness: in
                 break
         step = 0.5 * (first + second) * free
         # Only the axes being aligned are pulled: a start's shifts along a frozen axis stay.
-        shifts = _without_gauge((shifts + step) / (1.0 + _DAMPING * free), tilts_deg)
+        shifts = without_gauge((shifts + step) / (1.0 + _DAMPING * free), tilts_deg)
         if np.abs(step).max() < tolerance_px:
             break
     return ViewAlignment(shifts, start.axis_deg)

@@ -101,11 +101,13 @@ class ReconstructConfig:
         e/A^2, a list in the order of the views, :mod:`taichi_etgs.io.dose`): each
         rendered view is filtered with its exposure filter too (Grant & Grigorieff's
         critical exposure, docs/method.md "Dose"); None: none.
-    refine_alignment: refine the views' residual alignment (a shift per view and the
-        tilt-axis angle, :mod:`taichi_etgs.alignment`): by projection matching against
-        SIRT before the model is seeded, then against the model's predictions whenever
-        the model grows (densification), so that the model is built on aligned views and
-        the alignment stops moving while the model still has freedom to absorb it.
+    refine_alignment: refine each view's residual shift (:mod:`taichi_etgs.alignment`):
+        before the model is seeded by :func:`prealign_views` (matching to the other
+        views, then to a short fit), then against the model's predictions at each
+        densification of the first half of the run; views the first stage finds aligned
+        within its noise are used as given. Off here; the ``reconstruct`` command and
+        :func:`taichi_etgs.api.reconstruct` turn it on unless asked not to ("auto",
+        docs/method.md "Alignment refinement").
     lr_scale: multiplies every learning rate (the rollback after a NaN halves it).
     seed: seeds the initialisation, the view order and densification.
     """
