@@ -229,6 +229,17 @@ def test_by_default_the_input_angle_file_is_never_written_over(tmp_path, misalig
     record = _alignment_record(out)
     assert record["moved"] and "input's angle file" in record["not_written"]
     assert np.abs(record["shifts_px"]).max() > 0.1  # the refined shifts, kept in the sidecar
+    # The input's .xf is the input's too: asked for explicitly, refused before any work,
+    # even with --force.
+    from taichi_etgs.io.transforms import write_xf
+
+    given_xf = write_xf(folder / "rec.xf", np.tile([[1.0, 0, 0], [0, 1.0, 0]],
+                                                   (len(bad.tilts_deg), 1, 1)))
+    before = given_xf.read_bytes()
+    assert main(_reconstruct(folder / "TS_01.ali", folder / "rec.mrc", "--refine-alignment",
+                             "--xf", given_xf, "--force")) == 2
+    assert "input's .xf" in capsys.readouterr().err and given_xf.read_bytes() == before
+    assert not (folder / "rec.mrc").exists()
 
 
 def test_a_resumed_run_keeps_its_alignment(tmp_path, misaligned_series):

@@ -38,29 +38,38 @@ def alignment_paths(output: Path) -> tuple[Path, Path]:
     return output.with_suffix(".xf"), output.with_suffix(".tlt")
 
 
+def _input_files(source, series=None) -> list[tuple[Path, str]]:
+    """The input's own files a refined alignment must never replace: its angle file (as
+    given, or as found next to the stack once ``series`` is read) and its ``.xf``."""
+    own = [(Path(p), "angle file") for p in (source.angles, series and series.angles_source)
+           if p]
+    return own + ([(Path(source.xf), ".xf")] if source.xf else [])
+
+
 def check_alignment_outputs(source, output: Path | None, force: bool) -> None:
     """Before any work: the refined alignment's files can be written, and are not the
-    input's angle file."""
+    input's angle file or ``.xf``."""
     if output is None:
         return
     for path in alignment_paths(output):
-        if source.angles is not None and inputs.same_file(path, source.angles):
-            raise InputError(f"--refine-alignment would write the refined angles over "
-                             f"the input's {path}: choose another output name")
+        for file, what in _input_files(source):
+            if inputs.same_file(path, file):
+                raise InputError(f"--refine-alignment would write over the input's {what} "
+                                 f"{path}: choose another output name")
         check_writable(path, force)
 
 
-def _auto_refusal(source, series, output: Path, force: bool) -> tuple[Path, str] | None:
-    """The first of the refined alignment's files that the auto mode leaves unwritten,
-    with why: the input's own files (whatever ``force`` says: nobody asked for them to be
-    replaced) and, without ``force``, any existing file."""
-    own = [(p, "angle file") for p in (source.angles, series.angles_source) if p]
-    own += [(source.xf, ".xf")] if source.xf else []
+def _refusal(source, series, output: Path, force: bool,
+             existing: bool) -> tuple[Path, str] | None:
+    """The first of the refined alignment's files that is left unwritten, with why: the
+    input's own files (whatever ``force`` says: nobody asked for them to be replaced)
+    and, with ``existing`` (the auto mode, whose files were not checked before the run)
+    and without ``force``, any existing file."""
     for path in alignment_paths(output):
-        for file, what in own:
+        for file, what in _input_files(source, series):
             if inputs.same_file(path, file):
                 return path, f"is the input's {what}"
-        if path.exists() and not force:
+        if existing and path.exists() and not force:
             return path, "exists (--force replaces it)"
     return None
 
@@ -71,12 +80,13 @@ def write_alignment(session: Session, alignment, tilts_deg, output: Path | None,
     one angle per section of the raw stack, as IMOD's tiltalign writes them (a view left
     out of the fit keeps the identity, its correction unknown).
 
-    source: the :class:`~taichi_etgs.pipeline.inputs.StackSource` (its binning; in auto
-    mode its own files, never written over).
-    mode: "on": the files are always written (checked before the run:
-        :func:`check_alignment_outputs`); "auto" (or "off" for a resumed run that refines
-        anyway): only when a view moved and the files replace neither an input's file nor,
-        without ``force``, an existing one (else a warning: the sidecar holds the shifts).
+    source: the :class:`~taichi_etgs.pipeline.inputs.StackSource` (its binning; its own
+    files, never written over in any mode).
+    mode: "on": the files are written unless they are the input's own (checked before
+        the run: :func:`check_alignment_outputs`, except an angle file found next to the
+        stack); "auto" (or "off" for a resumed run that refines anyway): only when a view
+        moved and the files replace neither an input's file nor, without ``force``, an
+        existing one. Else a warning: the sidecar holds the shifts.
 
     Returns the sidecar's record: the mode, the shifts, whether any view moved, and the
     files written or why none were.
@@ -107,8 +117,10 @@ def write_alignment(session: Session, alignment, tilts_deg, output: Path | None,
         refusal = "no output file"
     elif not (moved or always):
         refusal = "no view moved"
-    elif not always:
-        clash = _auto_refusal(source, series, output, force)
+    else:
+        # An angle file found next to the stack is known only now: never written over,
+        # in any mode.
+        clash = _refusal(source, series, output, force, existing=not always)
         if clash is not None:
             path, why = clash
             refusal = f"{path} {why}"
