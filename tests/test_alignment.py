@@ -128,7 +128,7 @@ def test_reconstruct_writes_the_refined_alignment(tmp_path, misaligned_series, c
     (tmp_path / "sim" / "tilts_rec.tlt").write_text(paths["tilts.tlt"].read_text())
     clash = main([*args[:-4], "-o", str(tmp_path / "sim" / "tilts_rec.mrc"), "--arch", "cpu",
                   "--angles", str(tmp_path / "sim" / "tilts_rec.tlt")])
-    assert clash == 2 and "refined angles over the input" in capsys.readouterr().err
+    assert clash == 2 and "over the input's angle file" in capsys.readouterr().err
 
 
 def _reconstruct(stack, out, *extra) -> list[str]:
