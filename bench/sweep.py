@@ -128,6 +128,10 @@ def _cache_key(config) -> dict:
     """What identifies a cached data set: the settings, with models named by file name."""
     key = config.to_dict()
     key["structures"] = [Path(s).name for s in config.structures]
+    if config.shift_sd_px or config.axis_error_deg:
+        # Misaligned views are projected with a margin along X since 2026-12-01 (what comes
+        # in past an isolated box is vacuum, no longer its edge repeated).
+        key["misaligned_views"] = "margin"
     return key
 
 

@@ -58,6 +58,16 @@ class Misalignment:
         return bool(self.axis_error_deg != 0 or np.any(self.shifts_xy_px)
                     or np.any(self.tilt_offsets_deg))
 
+    def reach_px(self, shape_yx: tuple[int, int]) -> int:
+        """Output pixels, at most, by which a view's content moves along X (its shift and
+        its turn, corners included), plus the cubic spline's support: the margin a view
+        is projected with so that what comes in from beyond its edge is specimen."""
+        ny, nx = shape_yx
+        a = np.radians(abs(float(self.axis_error_deg)))
+        turn = 0.5 * ny * np.sin(a) + 0.5 * nx * (1.0 - np.cos(a))
+        shift = float(np.abs(self.shifts_xy_px[:, 0]).max()) if self.shifts_xy_px.size else 0.0
+        return int(np.ceil(shift + turn)) + 2
+
     def misaligning_xf(self) -> np.ndarray:
         """Perfect view -> simulated view, per view (IMOD form, output pixels). [n, 2, 3]"""
         return rigid_xf(self.axis_error_deg, self.shifts_xy_px)
@@ -113,11 +123,13 @@ def misalign_views(views: np.ndarray, misalignment: Misalignment,
     """The views as the misaligned microscope shows them (see the module notes).
 
     views: noise-free projections, on the output detector (``oversampling`` 1) or on one
-        ``oversampling`` times finer. [n, ny * f, nx * f]
+        ``oversampling`` times finer, each centred on its detector. [n, ny * f, nx * f]
 
     Cubic splines interpolate (the views are smooth projections, and noise comes
-    after); the few pixels that come from beyond the edge repeat the edge, as specimen
-    would continue there.
+    after). Pixels from beyond the edge repeat the edge: the simulator projects its
+    views with a margin along X (:meth:`Misalignment.reach_px`) and cuts it off after,
+    so only rows along the tilt axis repeat, where ice and specimen continue; repeated
+    columns would carry an isolated box's ice past its end.
     """
     xf = _upsampled_xf(misalignment.misaligning_xf(), int(oversampling))
     return apply_xf(views, xf, order=3, edge="nearest")

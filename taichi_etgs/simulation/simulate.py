@@ -398,7 +398,7 @@ def _bin3(volume: np.ndarray, f: int) -> np.ndarray:
 
 def project_specimen(specimen: Specimen, shape_zyx: tuple[int, int, int], pixel_size_A: float,
                      tilts_deg: np.ndarray, *, oversampling: int = 2, isolated: bool = False,
-                     fine_views: bool = False,
+                     fine_views: bool = False, margin_px: int = 0,
                      progress: Callable[[str], None] | None = None,
                      ) -> tuple[np.ndarray, np.ndarray]:
     """Noise-free views and ground truth of a specimen, projected on a finer grid.
@@ -414,11 +414,14 @@ def project_specimen(specimen: Specimen, shape_zyx: tuple[int, int, int], pixel_
     isolated: the specimen is cut to the box; otherwise it is rasterised over the
         region of :func:`specimen_grid_shape`.
     fine_views: return the views on the fine detector (for a CTF applied before binning).
+    margin_px: output pixels of detector added on each side along X (the views of a
+        misaligned microscope show what lies beyond the box's columns).
 
     Returns
     -------
     views: line integrals of the potential, V x output voxel, float32.
-        [n_tilts, ny, nx] (or [n_tilts, ny * f, nx * f] with ``fine_views``)
+        [n_tilts, ny, nx + 2 margin] (or [n_tilts, ny * f, (nx + 2 margin) * f] with
+        ``fine_views``)
     ground_truth: mean potential in each output voxel of the box, V, float32. [nz, ny, nx]
     """
     from ..classical.projector import forward_project
@@ -432,7 +435,8 @@ def project_specimen(specimen: Specimen, shape_zyx: tuple[int, int, int], pixel_
     pz, px = (nz_spec - nz) // 2, (nx_spec - nx) // 2
     grid = Grid((nz_spec * f, ny * f, nx_spec * f), pixel_size_A / f)
     rows = max(1, _SLAB_VOXELS // (nz_spec * nx_spec * f ** 3))
-    n_out = (tilts.size, ny * f, nx * f) if fine_views else (tilts.size, ny, nx)
+    n_u = nx + 2 * int(margin_px)
+    n_out = (tilts.size, ny * f, n_u * f) if fine_views else (tilts.size, ny, n_u)
     views = np.empty(n_out, dtype=np.float32)
     truth = np.empty((nz, ny, nx), dtype=np.float32)
     for y0 in range(0, ny, rows):
@@ -443,7 +447,7 @@ def project_specimen(specimen: Specimen, shape_zyx: tuple[int, int, int], pixel_
         box = potential[pz * f:(pz + nz) * f, :, px * f:(px + nx) * f]
         truth[:, y0:y1] = _bin3(box, f)
         # Line integrals in fine-voxel lengths -> output-voxel lengths: divide by f.
-        fine = forward_project(potential, tilts, n_u=nx * f) / np.float32(f)
+        fine = forward_project(potential, tilts, n_u=n_u * f) / np.float32(f)
         if fine_views:
             views[:, y0 * f:y1 * f] = fine
         else:
@@ -513,14 +517,16 @@ def simulate_tilt_series(config: SimulationConfig | None = None, *,
     # Shifts and turns are interpolated on the fine detector, where the spline's blur is
     # below the detector pixel.
     moved = bool(misalignment.shifts_xy_px.any()) or misalignment.axis_error_deg != 0
+    margin = misalignment.reach_px(config.shape_zyx[1:]) if moved else 0
     views, truth = project_specimen(specimen, config.shape_zyx, pix, projected_tilts,
                                     oversampling=config.oversampling,
                                     isolated=config.isolated, fine_views=physical or moved,
-                                    progress=progress)
+                                    margin_px=margin, progress=progress)
     if moved:
         if progress is not None:
             progress("misalignment")
-        views = misalign_views(views, misalignment, config.oversampling)
+        f = config.oversampling
+        views = misalign_views(views, misalignment, f)[..., margin * f:(margin + nx) * f]
         if not physical:
             views = _bin_views(views, config.oversampling).astype(np.float32)
     if progress is not None:
