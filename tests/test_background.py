@@ -326,3 +326,19 @@ def test_project_kernel_matches_the_numpy_reference(taichi_cpu, slab):
         else:
             assert got_jac is None
 
+
+
+def test_project_moves_each_view_by_its_shift(taichi_cpu):
+    # A view whose misalignment the model carries: its profile sampled at u - shift, as
+    # profiles() gives it (same summation as above: 1e-12 of the largest value).
+    slab = SlabBackground(0.8, -11.3, 12.6, -31.4, 32.3, angle_rad=0.03)
+    tilts = np.array([-60.0, -33.0, 0.0, 12.5, 58.0])
+    shifts = np.array([0.4, 0.0, -1.7, 0.4, 2.0])
+    u = np.arange(70) + 0.5 - 35.0
+    got, got_jac = slab.project(tilts, 70, with_jacobian=True, u_shift=shifts)
+    for t, shift in enumerate(shifts):
+        want, want_jac = slab.profiles(tilts[t:t + 1], 70, with_jacobian=True, u=u - shift)
+        np.testing.assert_allclose(got[t], want[0], rtol=0, atol=1e-12 * np.abs(want).max())
+        np.testing.assert_allclose(got_jac[t], want_jac[0], rtol=0,
+                                   atol=1e-12 * np.abs(want_jac).max())
+    assert not np.allclose(got[0], slab.project(tilts[:1], 70)[0][0])

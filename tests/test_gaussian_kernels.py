@@ -154,6 +154,56 @@ def test_off_centre_gaussian_lands_where_the_convention_says(taichi_arch):
     assert np.sum(u * plus) / plus.sum() > 8.0
 
 
+def test_shifted_views_are_the_views_moved(taichi_cpu, projector_path, rng):
+    """A view's shift (du, dv) moves its projection by exactly that: whole pixels give the
+    reference of a wider detector cut where the view moved to, a fraction the reference of
+    the model moved by ``du (cos, 0, sin) + dv (0, 1, 0)``; views left at (0, 0) are the
+    plain projection, bit for bit."""
+    p = random_params(rng, 12, (6.0, 5.0, 4.0))
+    ny, nu = 24, 32
+    shifts = np.array([[2.0, -1.0], [0.0, 0.0], [-3.0, 2.0], [0.4, -0.7], [0.0, 0.0]])
+    views = project_gaussians(p, TILTS, ny, nu, shifts)
+    wide = project_gaussians_reference(p, TILTS, ny + 8, nu + 8)  # 4 px all round
+    # float32 kernel vs float64 reference, as in test_forward_matches_reference.
+    tol = {"rtol": 1e-4, "atol": 1e-5 * wide.max()}
+    for t in (0, 2):
+        du, dv = shifts[t].astype(int)
+        np.testing.assert_allclose(views[t], wide[t, 4 - dv:4 - dv + ny, 4 - du:4 - du + nu],
+                                   **tol)
+    du, dv = shifts[3]
+    c, s = np.cos(np.deg2rad(TILTS[3])), np.sin(np.deg2rad(TILTS[3]))
+    moved = p.copy()
+    moved.means_xyz = moved.means_xyz + [du * c, dv, du * s]
+    np.testing.assert_allclose(views[3], project_gaussians_reference(moved, TILTS[3:4], ny, nu)[0],
+                               **tol)
+    np.testing.assert_array_equal(views[[1, 4]], project_gaussians(p, TILTS, ny, nu)[[1, 4]])
+
+
+@pytest.mark.parametrize("group", GROUPS)
+def test_shifted_projector_gradients_match_finite_differences(taichi_f64, projector_problem,
+                                                              group, projector_path):
+    params, ny, nu, weights = projector_problem
+    shifts = np.array([[0.3, -0.7], [0.0, 0.0], [-1.2, 2.4], [0.5, 0.5], [0.0, -1.6]])
+
+    def loss(p):
+        return float(np.sum(weights * project_gaussians(p, TILTS, ny, nu, shifts)))
+
+    out = project_gaussians_backward(params, TILTS, weights, shifts)
+    _assert_grad_close(getattr(out.grads, group), _finite_difference(loss, params, group, 1e-6))
+    if group == "means_xyz":
+        plain = project_gaussians_backward(params, TILTS, weights)
+        assert not np.allclose(out.grads.means_xyz, plain.grads.means_xyz)
+
+
+def test_shifts_must_be_one_pair_per_view(taichi_cpu, rng):
+    p = random_params(rng, 3, (4.0, 4.0, 4.0))
+    with pytest.raises(ValueError, match="shifts_uv"):
+        project_gaussians(p, TILTS, 8, 8, np.zeros((TILTS.size - 1, 2)))
+    with pytest.raises(ValueError, match="shifts_uv"):
+        project_gaussians_backward(p, TILTS, np.zeros((TILTS.size, 8, 8)),
+                                   np.full((TILTS.size, 2), np.nan))
+
+
 def test_mass_conservation(taichi_cpu):
     """Sum of a view = rho (2 pi)^(3/2) sqrt(det Sigma) for a Gaussian inside the detector."""
     p = GaussianParams.from_activated([[0.7, -1.2, 1.5]], [[2.5, 1.1, 1.7]], [1.3],

@@ -250,6 +250,12 @@ def test_halves_use_the_odd_and_the_even_tilts(isolated_views):
     np.testing.assert_array_equal(second.tilts_deg, TILTS[1::2])
     assert first.config.seed != second.config.seed
     assert first.tomogram().shape == second.tomogram().shape == SHAPE
+    # Half the views each, half the views per step: as many passes over its views as the
+    # full run makes over its, in about half the time.
+    assert CONFIG.views_per_step >= 4
+    for half in (first, second):
+        assert half.config.views_per_step == round(
+            CONFIG.views_per_step * half.tilts_deg.size / TILTS.size)
 
 
 def test_halves_fsc_compares_specimens_not_the_shared_slab(isolated_views, rng):
@@ -309,6 +315,8 @@ def test_cli_halves_and_validation_in_the_sidecar(isolated_views, tmp_path, caps
     _, err = capsys.readouterr()
     assert code == 0, err
     assert "held-out views" in err and "half-map FSC" in err
+    # The halves' progress, as lines when there is no terminal.
+    assert "halves: 50 % (20/40 it)" in err
     for name in ("rec_half1.mrc", "rec_half2.mrc"):
         assert (tmp_path / name).is_file()
     validation = json.loads((tmp_path / "rec.mrc.json").read_text())["result"]["validation"]

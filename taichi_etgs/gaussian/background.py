@@ -150,11 +150,15 @@ class SlabBackground:
             jac[t, :, 5] = -d_alpha
         return out, jac
 
-    def project(self, tilts_deg: np.ndarray, nu: int, with_jacobian: bool = False
-                ) -> tuple[np.ndarray, np.ndarray | None]:
+    def project(self, tilts_deg: np.ndarray, nu: int, with_jacobian: bool = False,
+                u_shift: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
         """:meth:`profiles` (on the detector's pixel centres) by the Taichi kernel
         :func:`taichi_etgs.kernels.slab.slab_profiles_kernel`: what a fit calls at every
-        step; :meth:`profiles` is its numpy reference."""
+        step; :meth:`profiles` is its numpy reference.
+
+        u_shift: each view's projection moved by this many pixels towards +u (sampled at
+            ``u - u_shift``): a view whose misalignment the model carries. [n_views]
+        """
         from .. import runtime
         from ..kernels.slab import slab_profiles_kernel
 
@@ -162,12 +166,14 @@ class SlabBackground:
         tilts = np.deg2rad(np.asarray(tilts_deg, dtype=np.float64).reshape(-1))
         u = np.arange(nu, dtype=np.float64) + 0.5 - nu / 2.0
         zeta, dz = self._zeta_grid()
+        zeta = np.ascontiguousarray(zeta, dtype=np.float64)
         slab = np.array([*self.vector(), self.edge, dz], dtype=np.float64)
         out = np.empty((tilts.size, nu))
         jac = np.empty((tilts.size, nu, 6) if with_jacobian else (1, 1, 6))
+        shifts = np.zeros(tilts.size) if u_shift is None else np.ascontiguousarray(
+            np.broadcast_to(np.asarray(u_shift, dtype=np.float64), tilts.shape))
         if tilts.size and nu:
-            slab_profiles_kernel(tilts, u, np.ascontiguousarray(zeta, dtype=np.float64), slab,
-                                 out, jac, int(with_jacobian))
+            slab_profiles_kernel(tilts, u, shifts, zeta, slab, out, jac, int(with_jacobian))
         return out, (jac if with_jacobian else None)
 
     def volume(self, shape_zyx: tuple[int, int, int], voxel_size: float = 1.0) -> np.ndarray:

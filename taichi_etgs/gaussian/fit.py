@@ -41,8 +41,8 @@ __all__ = ["ReconstructConfig", "Progress", "GaussianReconstruction", "heldout_v
            "robust_scale", "view_spectrum"]
 
 # The alignment's first fit: its steps, and the steps between two matchings. The shifts
-# settle within about 100 steps at SNR 1 (docs/method.md, "Alignment refinement").
-_PREALIGN_ITERATIONS = 150
+# settle within about 75 steps (docs/method.md, "Alignment refinement").
+_PREALIGN_ITERATIONS = 75
 _PREALIGN_EVERY = 25
 # The most models kept for the average the tomogram is made of (thinned to every other one
 # beyond): 16 copies of 60,000 Gaussians take about 42 MB, in memory and in a state file.
@@ -426,10 +426,8 @@ def prealign_views(views: np.ndarray, tilts_deg: np.ndarray, thickness: int,
         # No shifts beyond the noise of their measurement: matching to a short fit would
         # only move aligned views (0.11 px rms at 120 e/A^2, 1.5 % band FSC lost).
         return coarse
-    first = GaussianReconstruction(coarse.apply(views), tilts_deg, thickness, config,
-                                   width=width)
-    first.given = (views / first.scale).astype(np.float32)
-    first._set_alignment(coarse)
+    first = GaussianReconstruction(views, tilts_deg, thickness, config, width=width,
+                                   alignment=coarse)
     while first.iteration < _PREALIGN_ITERATIONS:
         first.step()
         if first.iteration % _PREALIGN_EVERY == 0:
@@ -459,13 +457,17 @@ class GaussianReconstruction:
     params_view_scale: the units of ``params``' densities, as the ``view_scale`` of the run
         (or 1.0 for a model of a tomogram in the views' units per voxel) that made them;
         None: already in this run's units (a resume).
+    alignment: a known correction of the views as given
+        (:class:`~taichi_etgs.alignment.ViewAlignment`), applied to them; refined further
+        only with ``config.refine_alignment``, which otherwise finds it with
+        :func:`prealign_views`.
     """
 
     def __init__(self, views: np.ndarray, tilts_deg: np.ndarray, thickness: int,
                  config: ReconstructConfig | None = None, *, width: int | None = None,
                  initial_volume: np.ndarray | None = None,
                  params: GaussianParams | None = None,
-                 params_view_scale: float | None = None) -> None:
+                 params_view_scale: float | None = None, alignment=None) -> None:
         from .background import SlabBackground, fit_slab
         from .loss import tilt_weights
 
@@ -494,6 +496,14 @@ class GaussianReconstruction:
                 raise InputError(f"the defocus or exposure is given for {microscope.n_views} "
                                  f"views but there are {n_tilts}")
             self.ctf = ViewFilter(microscope, (ny, nu))
+        self.alignment = None
+        if self.config.refine_alignment or alignment is not None:
+            if alignment is None:
+                from ..alignment import ViewAlignment
+
+                # A model to continue from (a resume) comes with its alignment (restore).
+                alignment = (ViewAlignment.identity(n_tilts) if params is not None
+                             else self._prealign(views, width))
         # The slab is found in the row averages before anything else, so that the units,
         # the SSIM range and the seed volume are those of the specimen, not of slab edges.
         row_means = np.stack([np.asarray(v, dtype=np.float64).mean(axis=0) for v in views])
@@ -512,22 +522,19 @@ class GaussianReconstruction:
         specimen -= specimen.mean(axis=(1, 2), keepdims=True)
         self.scale = robust_scale(specimen[self.train])
         self.measured = (np.asarray(views) / self.scale).astype(np.float32)
-        self.alignment = None
-        if self.config.refine_alignment:
-            # The views as given are kept: every refinement resamples them once, from the
-            # original, instead of resampling resampled views.
-            from ..alignment import ViewAlignment
-
-            self.given = self.measured
-            # A model to continue from (a resume) comes with its alignment (restore).
-            self._set_alignment(ViewAlignment.identity(n_tilts) if params is not None
-                                else self._prealign(views, width))
-            specimen = self.alignment.apply(specimen)
-        self.slab.density /= self.scale
         self.data_range = robust_range(specimen[self.train] / self.scale)
         # The held-out score weighs each frequency ring by its share of signal: at low dose
         # the rings beyond the signal only add noise to the score (docs/method.md).
         self.spectrum = view_spectrum(specimen[self.train])
+        if alignment is not None:
+            # The views as given are what is fitted: the correction's shifts move the
+            # model's projections instead (_set_alignment).
+            self.given = self.measured
+            self._set_alignment(alignment)
+            if np.any(alignment.shifts_px) or alignment.axis_deg != 0.0:
+                # Only the seed is made from resampled views.
+                specimen = alignment.apply(specimen)
+        self.slab.density /= self.scale
         self.weights = tilt_weights(self.tilts_deg, self.config.tilt_weight)
         self.gains = np.ones(n_tilts)
         self.iteration = 0
@@ -548,11 +555,14 @@ class GaussianReconstruction:
 
     # -- set-up ---------------------------------------------------------------------------
 
-    def _slab_profiles(self, index: np.ndarray) -> np.ndarray:
-        """The slab's projections for the views ``index``. [len(index), nu]"""
+    def _slab_profiles(self, index: np.ndarray, shifts: np.ndarray | None = None
+                       ) -> np.ndarray:
+        """The slab's projections for the views ``index``, moved by ``shifts``
+        (:meth:`_view_shifts`). [len(index), nu]"""
         if self.slab.density == 0.0:
             return np.zeros((len(index), self.nu))
-        return self.slab.project(self.tilts_deg[index], self.nu)[0]
+        return self.slab.project(self.tilts_deg[index], self.nu,
+                                 u_shift=None if shifts is None else shifts[:, 0])[0]
 
     def _prealign(self, views: np.ndarray, width: int | None):
         """The views' alignment from a short fit of its own (:func:`prealign_views`): the
@@ -561,18 +571,36 @@ class GaussianReconstruction:
         return prealign_views(views, self.tilts_deg, self.shape_zyx[0], self.config, width)
 
     def _set_alignment(self, alignment) -> None:
-        """Correct the views as given by ``alignment`` (resampled once, from the views as
-        given)."""
+        """Take ``alignment`` as the correction of the views as given.
+
+        Its shifts move the model's projections the opposite way (:meth:`_view_shifts`),
+        rendered exactly: resampling the views instead would blur their signal and noise
+        by an amount that depends on each shift, and fill their borders with made-up
+        pixels (docs/method.md, "Alignment refinement"). An axis angle turns the views
+        (once, from the views as given)."""
+        from ..alignment import ViewAlignment
+
         self.alignment = alignment
-        self.measured = alignment.apply(self.given)
+        self.measured = self.given
+        if alignment.axis_deg != 0.0:
+            turn = ViewAlignment(np.zeros_like(alignment.shifts_px), alignment.axis_deg)
+            self.measured = turn.apply(self.given)
         self._heldout_measured_cache = None
+
+    def _view_shifts(self, index: np.ndarray) -> np.ndarray | None:
+        """How far the model's projections of the views ``index`` are moved to predict the
+        views as given: against the correction's shifts. None when none moves. [n, 2]"""
+        if self.alignment is None or not np.any(self.alignment.shifts_px[index]):
+            return None
+        return -np.asarray(self.alignment.shifts_px, dtype=np.float64)[index]
 
     def _refine_alignment(self) -> str:
         """Match the views as given to the model's predictions of all of them."""
         from ..alignment import match_views
 
         every = np.arange(self.measured.shape[0])
-        predicted = self.gains[:, None, None].astype(np.float32) * self.predict(every)
+        predicted = self.gains[:, None, None].astype(np.float32) * self.predict(
+            every, as_given=False)
         before = self.alignment
         self._set_alignment(match_views(self.given, predicted, self.tilts_deg, before,
                                         steps=2, fit_axis=False))
@@ -646,18 +674,21 @@ class GaussianReconstruction:
     # -- the image model ------------------------------------------------------------------
 
     def predict(self, index: np.ndarray, params: GaussianParams | None = None,
-                slab_profiles: np.ndarray | None = None) -> np.ndarray:
+                slab_profiles: np.ndarray | None = None, *, as_given: bool = True
+                ) -> np.ndarray:
         """Model views ``CTF * (P[Gaussians] + P[slab])`` before gain and offset (the CTF
         when one is set); ``slab_profiles``: the slab's projections for ``index`` when
-        already computed. [n, ny, nu]"""
+        already computed. ``as_given``: as the views were given, each moved by its
+        misalignment (:meth:`_view_shifts`); False: as the corrected views. [n, ny, nu]"""
         from .render import project_gaussians
 
         params = self.params if params is None else params
         _, ny, nu = self.measured.shape
-        rendered = project_gaussians(params, self.tilts_deg[index], ny, nu)
+        shifts = self._view_shifts(index) if as_given else None
+        rendered = project_gaussians(params, self.tilts_deg[index], ny, nu, shifts)
         if self.slab.density != 0.0:
             if slab_profiles is None:
-                slab_profiles = self._slab_profiles(index)
+                slab_profiles = self._slab_profiles(index, shifts)
             rendered += slab_profiles[:, None, :].astype(rendered.dtype)
         if self.ctf is not None:
             rendered = self.ctf.apply(rendered, index)
@@ -685,9 +716,12 @@ class GaussianReconstruction:
         measured = self.measured[selected]
         # The slab's projections and their derivatives in one pass (most of a step's
         # host time on wide views).
+        shifts = self._view_shifts(selected)
         slab_profiles = jac = None
         if self.slab.density != 0.0:
-            slab_profiles, jac = self.slab.project(tilts, self.nu, with_jacobian=True)
+            slab_profiles, jac = self.slab.project(
+                tilts, self.nu, with_jacobian=True,
+                u_shift=None if shifts is None else shifts[:, 0])
         model = self.predict(selected, params, slab_profiles)
         gain = self.gains[selected][:, None, None].astype(model.dtype)
         predicted = gain * model
@@ -706,7 +740,7 @@ class GaussianReconstruction:
             slab_grad = np.einsum("tu,tup->p", grad.sum(axis=1, dtype=np.float64), jac)
         if self.config.fit_gain:
             self._update_gains(selected, model, measured)
-        return float(loss), project_gaussians_backward(params, tilts, grad), slab_grad
+        return float(loss), project_gaussians_backward(params, tilts, grad, shifts), slab_grad
 
     def _update_gains(self, selected: np.ndarray, model: np.ndarray,
                       measured: np.ndarray) -> None:
@@ -756,7 +790,8 @@ class GaussianReconstruction:
             message = self._densify()
             # Views found aligned (no shift at all) stay so: further matching would only
             # move them by its noise (0.09 px rms at 120 e/A^2).
-            if self.alignment is not None and np.any(self.alignment.shifts_px):
+            if (self.config.refine_alignment and self.alignment is not None
+                    and np.any(self.alignment.shifts_px)):
                 message += "; " + self._refine_alignment()
         if self.iteration % cfg.densify_every == 0:
             self._take_snapshot()
@@ -1187,9 +1222,13 @@ def reconstruct_halves(views: np.ndarray, tilts_deg: np.ndarray, thickness: int,
     order = np.argsort(tilts, kind="stable")
     runs = []
     for k, index in enumerate((np.sort(order[0::2]), np.sort(order[1::2])), start=1):
+        # Half the views per step: each half sees each of its views as often as the full
+        # run sees each of its, in about half the time (a step's cost is its views').
+        per_step = max(1, round(config.views_per_step * index.size / tilts.size))
         run = GaussianReconstruction(np.asarray(views)[index], tilts[index], thickness,
                                      dataclasses.replace(config.select_views(index),
-                                                         seed=config.seed + k),
+                                                         seed=config.seed + k,
+                                                         views_per_step=per_step),
                                      width=width)
         run.run(progress=None if progress is None else (lambda info, k=k: progress(k, info)))
         runs.append(run)

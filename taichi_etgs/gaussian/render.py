@@ -129,8 +129,22 @@ def _check_tilts(tilts_deg: np.ndarray) -> np.ndarray:
     return tilts
 
 
+def _view_shifts(shifts_uv: np.ndarray | None, n_tilts: int, dtype: type
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """(du, dv) per view as the kernels take them, zeros when None. ([n], [n])"""
+    if shifts_uv is None:
+        zeros = np.zeros(n_tilts, dtype=dtype)
+        return zeros, zeros
+    shifts = np.asarray(shifts_uv, dtype=np.float64)
+    if shifts.shape != (n_tilts, 2) or not np.all(np.isfinite(shifts)):
+        raise ValueError(f"shifts_uv must be finite [n_tilts={n_tilts}, 2]; "
+                         f"got shape {shifts.shape}")
+    return (np.ascontiguousarray(shifts[:, 0], dtype=dtype),
+            np.ascontiguousarray(shifts[:, 1], dtype=dtype))
+
+
 def project_gaussians(params: GaussianParams, tilts_deg: np.ndarray, ny: int,
-                      nu: int) -> np.ndarray:
+                      nu: int, shifts_uv: np.ndarray | None = None) -> np.ndarray:
     """Render N Gaussians into tilt views (line integrals along the beam, pixel-averaged).
 
     Parameters
@@ -139,6 +153,9 @@ def project_gaussians(params: GaussianParams, tilts_deg: np.ndarray, ny: int,
     tilts_deg: tilt angles in degrees. [n_tilts]
     ny: detector rows (along the tilt axis Y).
     nu: detector columns.
+    shifts_uv: each view's projection moved by ``(du, dv)`` pixels towards +u / +v
+        (higher column / row), rendered exactly: a view's residual misalignment carried
+        by the model instead of resampling the view. [n_tilts, 2]
 
     Returns
     -------
@@ -147,6 +164,7 @@ def project_gaussians(params: GaussianParams, tilts_deg: np.ndarray, ny: int,
     """
     tilts = _check_tilts(tilts_deg)
     dtype = _work_dtype()
+    shift_u, shift_v = _view_shifts(shifts_uv, tilts.size, dtype)
     ny, nu = int(ny), int(nu)
     views = np.zeros((tilts.size, ny, nu), dtype=dtype)
     if params.n == 0 or views.size == 0:
@@ -157,15 +175,18 @@ def project_gaussians(params: GaussianParams, tilts_deg: np.ndarray, ny: int,
     rows = np.empty((params.n, 2), dtype=np.int32)
     if not _cpu_path():
         unused = np.zeros(1, dtype=np.int32)
-        prepare_kernel(*raw, CUTOFF_SIGMA, ny, gauss, rows, unused, unused, 0)
-        forward_scatter_kernel(gauss, rows, cos_t, sin_t, views, CUTOFF_SIGMA)
+        prepare_kernel(*raw, CUTOFF_SIGMA, ny, 0.0, 0.0, gauss, rows, unused, unused, 0)
+        forward_scatter_kernel(gauss, cos_t, sin_t, shift_u, shift_v, views, CUTOFF_SIGMA)
         return views
 
     # CPU: per-row lists of the Gaussians (sorted by first row), then one thread per
     # (view, row) renders the row from a table of the Gaussians' projections.
     first_row_count = np.zeros(ny + 1, dtype=np.int32)
     row_count_diff = np.zeros(ny + 1, dtype=np.int32)
-    prepare_kernel(*raw, CUTOFF_SIGMA, ny, gauss, rows, first_row_count, row_count_diff, 1)
+    # Each Gaussian is listed in every row it covers in some view.
+    prepare_kernel(*raw, CUTOFF_SIGMA, ny, min(float(shift_v.min()), 0.0),
+                   max(float(shift_v.max()), 0.0), gauss, rows, first_row_count,
+                   row_count_diff, 1)
     first_start = np.zeros(ny + 1, dtype=np.int64)
     np.cumsum(first_row_count[:ny], out=first_start[1:])
     offsets = np.zeros(ny + 1, dtype=np.int64)
@@ -190,21 +211,23 @@ def project_gaussians(params: GaussianParams, tilts_deg: np.ndarray, ny: int,
     flat_views = views.reshape(-1)
     for t0 in range(0, n_views, chunk):
         m = min(chunk, n_views - t0)
-        pair_table_kernel(gauss, cos_t, sin_t, t0, m, pairs, row_info)
+        pair_table_kernel(gauss, cos_t, sin_t, shift_u, t0, m, pairs, row_info)
+        chunk_v = np.ascontiguousarray(shift_v[t0:t0 + m])
         n_parts = _row_list_parts(m * ny)
         if n_parts == 1:
-            forward_rows_kernel(pairs, row_info, offsets, entries, m, 1, flat_views,
+            forward_rows_kernel(pairs, row_info, chunk_v, offsets, entries, m, 1, flat_views,
                                  n_views, t0, ny, nu, CUTOFF_SIGMA)
         else:
             parts = np.zeros((n_parts, m, ny, nu), dtype=dtype)
-            forward_rows_kernel(pairs, row_info, offsets, entries, m, n_parts,
+            forward_rows_kernel(pairs, row_info, chunk_v, offsets, entries, m, n_parts,
                                  parts.reshape(-1), m, 0, ny, nu, CUTOFF_SIGMA)
             np.sum(parts, axis=0, out=views[t0:t0 + m])
     return views
 
 
 def project_gaussians_backward(params: GaussianParams, tilts_deg: np.ndarray,
-                               grad_views: np.ndarray) -> ProjectionGrads:
+                               grad_views: np.ndarray, shifts_uv: np.ndarray | None = None
+                               ) -> ProjectionGrads:
     """Gradients of a loss through :func:`project_gaussians`.
 
     Parameters
@@ -212,6 +235,7 @@ def project_gaussians_backward(params: GaussianParams, tilts_deg: np.ndarray,
     params: raw Gaussian parameters (N Gaussians), as given to the forward call.
     tilts_deg: tilt angles in degrees. [n_tilts]
     grad_views: dL/dviews. [n_tilts, ny, nu]
+    shifts_uv: the views' shifts, as given to the forward call. [n_tilts, 2]
 
     Returns
     -------
@@ -236,7 +260,7 @@ def project_gaussians_backward(params: GaussianParams, tilts_deg: np.ndarray,
         cos_t, sin_t = _tilt_trig(tilts, dtype)
         cpu = _cpu_path()
         wide = cpu or dtype == np.float64
-        project_backward_kernel(*raw, cos_t, sin_t,
+        project_backward_kernel(*raw, cos_t, sin_t, *_view_shifts(shifts_uv, tilts.size, dtype),
                                  np.ascontiguousarray(grad_views, dtype=dtype),
                                  CUTOFF_SIGMA, acc, uv_norm, visible,
                                  ti.f64 if wide else ti.f32, cpu)

@@ -302,9 +302,10 @@ def _row_start(du0, dv, cuu, cuv, cvv):
 
 @ti.kernel
 def prepare_kernel(means: _nd2, log_scales: _nd2, quats: _nd2, density_raw: _nd1,
-                    cutoff: float, ny: ti.i32, gauss: _nd2, rows: _nd2i, first_row_count: _nd1i,
-                    row_count_diff: _nd1i, count: ti.i32):
-    """Per Gaussian: the table ``gauss`` [N, N_G] and the detector rows [i0, i1] it covers.
+                    cutoff: float, ny: ti.i32, v_lo: float, v_hi: float, gauss: _nd2,
+                    rows: _nd2i, first_row_count: _nd1i, row_count_diff: _nd1i, count: ti.i32):
+    """Per Gaussian: the table ``gauss`` [N, N_G] and the detector rows [i0, i1] it covers
+    in some view (views moved along v by ``v_lo <= 0`` to ``v_hi >= 0`` pixels).
 
     With ``count`` != 0 also counts, for the CPU forward pass, the Gaussians whose first
     row is i (``first_row_count[i]``) and, as a difference array, the Gaussians covering
@@ -324,7 +325,8 @@ def prepare_kernel(means: _nd2, log_scales: _nd2, quats: _nd2, density_raw: _nd1
         gauss[g, _G_VV] = d
         gauss[g, _G_SP] = sprod
         gauss[g, _G_RHO] = rho
-        i0, i1 = _row_range(mu[1], d, cutoff, ny)
+        hv = cutoff * ti.sqrt(d)
+        i0, i1 = _index_range(mu[1] - hv + v_lo, mu[1] + hv + v_hi, 0.5 - ny * 0.5, 1.0, ny)
         rows[g, 0] = i0
         rows[g, 1] = i1
         if count != 0 and i0 <= i1:
@@ -362,15 +364,17 @@ def order_kernel(rows: _nd2i, first_cursor: _nd1i, row_cursor: _nd1i, order: _nd
 
 
 @ti.kernel
-def pair_table_kernel(gauss: _nd2, cos_t: _nd1, sin_t: _nd1, t0: ti.i32, n_views: ti.i32,
-                       pairs: _f64_1d, row_info: _f64_1d):
+def pair_table_kernel(gauss: _nd2, cos_t: _nd1, sin_t: _nd1, shift_u: _nd1, t0: ti.i32,
+                       n_views: ti.i32, pairs: _f64_1d, row_info: _f64_1d):
     """The projection of Gaussian p (rows of ``gauss`` in sorted order) at view t0 + tt, in
     float64: columns _P_* of row ``tt * n_on + p`` of ``pairs`` [n_views * n_on * N_P];
-    ``row_info`` [2 n_on] = (m_v, 1 / Sigma2'_vv) of each p (view-independent). Flat
-    arrays: see :func:`forward_rows_kernel`."""
+    ``row_info`` [2 n_on] = (m_v, 1 / Sigma2'_vv) of each p (before the views' moves
+    along v). ``shift_u``: each view's move along u. Flat arrays: see
+    :func:`forward_rows_kernel`."""
     n_on = gauss.shape[0]
     for tt, p in ti.ndrange(n_views, n_on):
         m_u, a, b, det2, amp = _projected_from_table(gauss, p, cos_t[t0 + tt], sin_t[t0 + tt])
+        m_u += shift_u[t0 + tt]
         a64 = ti.cast(a, ti.f64)
         b64 = ti.cast(b, ti.f64)
         d64 = ti.cast(gauss[p, _G_VV], ti.f64)
@@ -391,9 +395,10 @@ def pair_table_kernel(gauss: _nd2, cos_t: _nd1, sin_t: _nd1, t0: ti.i32, n_views
 
 
 @ti.kernel
-def forward_rows_kernel(pairs: _f64_1d, row_info: _f64_1d, offsets: _nd1i, entries: _nd1i,
-                         n_views: ti.i32, n_parts: ti.i32, out: _nd1, out_views: ti.i32,
-                         out_t0: ti.i32, ny: ti.i32, nu: ti.i32, cutoff: float):
+def forward_rows_kernel(pairs: _f64_1d, row_info: _f64_1d, shift_v: _nd1, offsets: _nd1i,
+                         entries: _nd1i, n_views: ti.i32, n_parts: ti.i32, out: _nd1,
+                         out_views: ti.i32, out_t0: ti.i32, ny: ti.i32, nu: ti.i32,
+                         cutoff: float):
     """CPU forward pass: one thread per (part, view, detector row) sums its Gaussians.
 
     Row i's list is cut into ``n_parts`` consecutive pieces; piece k of view tt is added to
@@ -404,6 +409,7 @@ def forward_rows_kernel(pairs: _f64_1d, row_info: _f64_1d, offsets: _nd1i, entri
     each pixel adds its Gaussians in a fixed order. The arrays are flat (1D) so that a
     pixel's address is one addition: with multi-dimensional arrays, every store in the
     pixel loop made the compiler reload the array's shape and redo the index products.
+    ``shift_v`` [n_views]: each view's move along v (the row lists cover every view's).
     """
     n_on = row_info.shape[0] // 2
     cv = ti.cast(0.5 - ny * 0.5, ti.f64)
@@ -417,9 +423,9 @@ def forward_rows_kernel(pairs: _f64_1d, row_info: _f64_1d, offsets: _nd1i, entri
             p = entries[k]
             base = (tt * n_on + p) * N_P
             m_u = pairs[base + _P_MU]
-            j0, j1, dv = _row_span(i, cv, cu, nu, k2, m_u, row_info[2 * p],
-                                   row_info[2 * p + 1], pairs[base + _P_SHEAR],
-                                   pairs[base + _P_INV_CUU])
+            m_v = row_info[2 * p] + ti.cast(shift_v[tt], ti.f64)
+            j0, j1, dv = _row_span(i, cv, cu, nu, k2, m_u, m_v, row_info[2 * p + 1],
+                                   pairs[base + _P_SHEAR], pairs[base + _P_INV_CUU])
             if j0 <= j1:
                 e, r = _row_start(j0 + (cu - m_u), dv, pairs[base + _P_CUU],
                                   pairs[base + _P_CUV], pairs[base + _P_CVV])
@@ -432,26 +438,28 @@ def forward_rows_kernel(pairs: _f64_1d, row_info: _f64_1d, offsets: _nd1i, entri
 
 
 @ti.kernel
-def forward_scatter_kernel(gauss: _nd2, rows: _nd2i, cos_t: _nd1, sin_t: _nd1, views: _nd3,
-                            cutoff: float):
+def forward_scatter_kernel(gauss: _nd2, cos_t: _nd1, sin_t: _nd1, shift_u: _nd1,
+                            shift_v: _nd1, views: _nd3, cutoff: float):
     """GPU forward pass: one thread per (view, Gaussian) adds its footprint atomically.
 
-    views[t, i, j] += line integrals of every Gaussian (views must be zeroed). Thousands
-    of threads per view keep a GPU busy, where the CPU's per-row threads would not.
+    views[t, i, j] += line integrals of every Gaussian (views must be zeroed), view t
+    moved by (shift_u[t], shift_v[t]). Thousands of threads per view keep a GPU busy,
+    where the CPU's per-row threads would not.
     """
     ny, nu = views.shape[1], views.shape[2]
     cv = 0.5 - ny * 0.5
     cu = 0.5 - nu * 0.5
     k2 = cutoff * cutoff
     for t, g in ti.ndrange(cos_t.shape[0], gauss.shape[0]):
-        i0, i1 = rows[g, 0], rows[g, 1]
+        m_v = gauss[g, _G_MY] + shift_v[t]
+        i0, i1 = _row_range(m_v, gauss[g, _G_VV], cutoff, ny)
         if i0 <= i1:
             m_u, a, b, det2, amp = _projected_from_table(gauss, g, cos_t[t], sin_t[t])
+            m_u += shift_u[t]
             d = gauss[g, _G_VV]
             cuu = _opaque(d / det2)
             cuv = _opaque(-b / det2)
             cvv = _opaque(a / det2)
-            m_v = gauss[g, _G_MY]
             inv_d = _opaque(1.0 / d)
             shear = _opaque(-b / d)
             inv_cuu = _opaque(det2 / d)
@@ -466,7 +474,8 @@ def forward_scatter_kernel(gauss: _nd2, rows: _nd2i, cos_t: _nd1, sin_t: _nd1, v
 
 @ti.kernel
 def project_backward_kernel(means: _nd2, log_scales: _nd2, quats: _nd2, density_raw: _nd1,
-                             cos_t: _nd1, sin_t: _nd1, grad_views: _nd3, cutoff: float,
+                             cos_t: _nd1, sin_t: _nd1, shift_u: _nd1, shift_v: _nd1,
+                             grad_views: _nd3, cutoff: float,
                              acc: _nd2, uv_norm: _nd1, visible: _nd1i, wt: ti.template(),
                              incremental: ti.template()):
     """dL/d(mu, Sigma, rho) into ``acc`` [N, N_ACC] and the densification statistics
@@ -476,7 +485,8 @@ def project_backward_kernel(means: _nd2, log_scales: _nd2, quats: _nd2, density_
     per row it needs only three sums, ``S_k = sum_j dL/dvalue_j exp(-q_j/2) du_j^k`` (k = 0,
     1, 2), from which the row's contributions follow (dv is constant along a row). The
     thread sums its views in registers and writes its results once: no atomics, and the
-    same result for any thread count. ``wt``: the float type of the per-view arithmetic
+    same result for any thread count. ``shift_u``, ``shift_v``: each view's move on the
+    detector, as in the forward kernels. ``wt``: the float type of the per-view arithmetic
     (float64 on the CPU, where it costs nothing); ``incremental``: step the exponentials
     along each row (:func:`_row_start`, CPU) rather than evaluating one per pixel (GPU).
     """
@@ -487,20 +497,21 @@ def project_backward_kernel(means: _nd2, log_scales: _nd2, quats: _nd2, density_
     for g in range(means.shape[0]):
         mu, sig, sprod, rho = _gaussian(means, log_scales, quats, density_raw, g)
         d = sig[1, 1] + PIXEL_VARIANCE
-        i0, i1 = _row_range(mu[1], d, cutoff, ny)
         a_mu = ti.Vector([0.0, 0.0, 0.0])
         a_sig = ti.Vector([0.0, 0.0, 0.0, 0.0, 0.0, 0.0])
         a_rho = 0.0
         norm_sum = 0.0
         n_vis = 0
-        if i0 <= i1:
-            m_v = ti.cast(mu[1], wt)
-            d_w = ti.cast(d, wt)
-            inv_d = _opaque(1.0 / d_w)
-            for t in range(cos_t.shape[0]):
+        d_w = ti.cast(d, wt)
+        inv_d = _opaque(1.0 / d_w)
+        for t in range(cos_t.shape[0]):
+            m_v_f = mu[1] + shift_v[t]
+            i0, i1 = _row_range(m_v_f, d, cutoff, ny)
+            if i0 <= i1:
+                m_v = ti.cast(m_v_f, wt)
                 c = cos_t[t]
                 s = sin_t[t]
-                m_u_f = c * mu[0] + s * mu[2]
+                m_u_f = c * mu[0] + s * mu[2] + shift_u[t]
                 a_f = (c * c * sig[0, 0] + 2.0 * c * s * sig[0, 2] + s * s * sig[2, 2]
                        + PIXEL_VARIANCE)
                 b_f = c * sig[0, 1] + s * sig[1, 2]

@@ -22,9 +22,11 @@ def _sigmoid(a):
 
 
 @ti.kernel
-def slab_profiles_kernel(tilts_rad: _f64_1d, u: _f64_1d, zeta: _f64_1d, slab: _f64_1d,
-                         profiles: _f64_2d, jacobian: _f64_3d, with_jacobian: ti.i32):
-    """profiles[t, j]: the slab's line integral at detector column ``u[j]`` of view ``t``;
+def slab_profiles_kernel(tilts_rad: _f64_1d, u: _f64_1d, u_shift: _f64_1d, zeta: _f64_1d,
+                         slab: _f64_1d, profiles: _f64_2d, jacobian: _f64_3d,
+                         with_jacobian: ti.i32):
+    """profiles[t, j]: the slab's line integral at detector column ``u[j] - u_shift[t]`` of
+    view ``t`` (a view moved by ``u_shift[t]``);
     jacobian[t, j, :]: its derivatives by (density, z_lo, z_hi, x_lo, x_hi, angle) when
     ``with_jacobian``. ``slab``: (density, z_lo, z_hi, x_lo, x_hi, angle, edge, dzeta);
     ``zeta``: the quadrature's nodes across the slab."""
@@ -35,7 +37,7 @@ def slab_profiles_kernel(tilts_rad: _f64_1d, u: _f64_1d, zeta: _f64_1d, slab: _f
         inv_cos = 1.0 / ti.cos(alpha)
         tan_a = ti.tan(alpha)
         sin_a = ti.sin(alpha)
-        uj = u[j]
+        uj = u[j] - u_shift[t]
         # float64 accumulators: a bare 0.0 takes the runtime's default type (float32).
         base = ti.cast(0.0, ti.f64)
         d_lo = ti.cast(0.0, ti.f64)

@@ -213,8 +213,15 @@ def _write_halves(session, run, views, series, paths, factor, out_shape, pixel, 
     from ..gaussian.fit import halves_fsc, reconstruct_halves
 
     session.tell("reconstructing the odd and the even tilts independently (--halves)")
-    first, second = reconstruct_halves(views, series.tilts_deg, run.shape_zyx[0], run.config,
-                                       width=run.shape_zyx[2])
+    total = run.config.iterations
+    with session.progress(2 * total, "halves") as bar:
+        def progress(half: int, info) -> None:
+            bar.update((half - 1) * total + info.iteration, half=half,
+                       loss=f"{info.loss:.4f}", n=info.n_gaussians)
+
+        first, second = reconstruct_halves(views, series.tilts_deg, run.shape_zyx[0],
+                                           run.config, width=run.shape_zyx[2],
+                                           progress=progress)
     volumes = [relative_to_mean(r.tomogram(voxel_size=factor, shape_zyx=out_shape))
                for r in (first, second)]
     fsc = half_map_fsc(volumes[0], volumes[1], pixel * factor)
