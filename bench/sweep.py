@@ -130,8 +130,9 @@ def _cache_key(config) -> dict:
     key["structures"] = [Path(s).name for s in config.structures]
     if config.shift_sd_px or config.axis_error_deg:
         # Misaligned views are projected with a margin along X since 2026-12-01 (what comes
-        # in past an isolated box is vacuum, no longer its edge repeated).
-        key["misaligned_views"] = "margin"
+        # in past an isolated box is vacuum, no longer its edge repeated), their white noise
+        # set from the aligned views.
+        key["misaligned_views"] = "margin, noise of the aligned views"
     return key
 
 

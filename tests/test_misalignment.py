@@ -129,6 +129,10 @@ def test_the_streams_of_existing_simulations_are_unchanged():
         return (noisy.tilts - noiseless.tilts) / sigma
 
     assert unit_noise(bad, clean_bad) == pytest.approx(unit_noise(base, clean), abs=1e-3)
+    # ... at the same noise level: the SNR is the aligned specimen's, whatever a shift
+    # brings into a view.
+    assert bad.info["noise"]["sigma_per_view"] == pytest.approx(
+        base.info["noise"]["sigma_per_view"], rel=1e-6)
 
 
 def test_misaligned_views_carry_the_recorded_errors(tmp_path):

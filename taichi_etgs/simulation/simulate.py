@@ -522,10 +522,14 @@ def simulate_tilt_series(config: SimulationConfig | None = None, *,
                                     oversampling=config.oversampling,
                                     isolated=config.isolated, fine_views=physical or moved,
                                     margin_px=margin, progress=progress)
+    # The SNR is the specimen's: the noise is set from the views as a perfectly aligned
+    # microscope shows them, not from vacuum or ice a shift brought in.
+    snr_views = views
     if moved:
         if progress is not None:
             progress("misalignment")
         f = config.oversampling
+        snr_views = _bin_views(views[..., margin * f:(margin + nx) * f], f)
         views = misalign_views(views, misalignment, f)[..., margin * f:(margin + nx) * f]
         if not physical:
             views = _bin_views(views, config.oversampling).astype(np.float32)
@@ -547,7 +551,7 @@ def simulate_tilt_series(config: SimulationConfig | None = None, *,
         tilts = -views  # dark contrast
         noise_info["units"] = "negated projected potential, V x voxel"
         if config.noise == "gaussian":
-            sigma = gaussian_noise_sigma(views, scheme.tilts_deg, config.snr,
+            sigma = gaussian_noise_sigma(snr_views, scheme.tilts_deg, config.snr,
                                          scheme.dose_e_per_A2)
             noise = noise_rng.standard_normal(tilts.shape, dtype=np.float32)
             tilts = tilts + noise * sigma.astype(np.float32)[:, None, None]
