@@ -161,9 +161,9 @@ def markdown(report: dict) -> str:
               "sub-voxel translation against the truth, which lowers its FSC a little.", ""]
     if "misaligned+true" in rows:
         ratio = rows["misaligned+refine"]["band_fsc"] / rows["misaligned+true"]["band_fsc"]
-        lines += ["True correction: the misaligned views corrected by the simulator's own "
-                  "correction, then fitted without refinement: perfectly aligned views from "
-                  "the same exposures, resampled once as a refinement resamples them. The "
+        lines += ["True correction: the simulator's own correction of the misaligned views, "
+                  "carried by the model as a refinement carries its own, without refinement: "
+                  "perfectly aligned views from the same exposures. The "
                   f"refined run reaches {ratio:.3f} of its band FSC.", ""]
     return "\n".join(lines)
 

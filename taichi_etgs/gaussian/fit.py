@@ -439,9 +439,11 @@ class GaussianReconstruction:
     """A Gaussian reconstruction in progress: model, image model, optimiser, validation.
 
     The image model (docs/method.md): view ``t`` is predicted as
-    ``gain_t * (P_t[Gaussians] + P_t[slab]) + offset_t``; the Gaussians carry the specimen,
-    the slab (:mod:`taichi_etgs.gaussian.background`) the ice it sits in, ``gain_t`` exposure and
-    attenuation, ``offset_t`` (matched to the view's mean) the unknown level.
+    ``gain_t * (P_t[Gaussians] + P_t[slab]) + offset_t``, ``P_t`` projecting onto view
+    ``t``'s detector moved by its residual shift when an alignment is set; the Gaussians
+    carry the specimen, the slab (:mod:`taichi_etgs.gaussian.background`) the ice it sits
+    in, ``gain_t`` exposure and attenuation, ``offset_t`` (matched to the view's mean) the
+    unknown level.
 
     Parameters
     ----------
