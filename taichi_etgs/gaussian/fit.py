@@ -28,13 +28,16 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
 from ..errors import InputError
 from ..geometry import fov_padding
 from .params import GaussianParams, density_raw_from_densities
+
+if TYPE_CHECKING:  # annotations only: collaborators are imported where they are used
+    from ..alignment import ViewAlignment
 
 __all__ = ["ReconstructConfig", "Progress", "GaussianReconstruction", "heldout_views",
            "halves_fsc", "prealign_views", "reconstruct_halves", "robust_range",
@@ -469,7 +472,8 @@ class GaussianReconstruction:
                  config: ReconstructConfig | None = None, *, width: int | None = None,
                  initial_volume: np.ndarray | None = None,
                  params: GaussianParams | None = None,
-                 params_view_scale: float | None = None, alignment=None) -> None:
+                 params_view_scale: float | None = None,
+                 alignment: ViewAlignment | None = None) -> None:
         from .background import SlabBackground, fit_slab
         from .loss import tilt_weights
 
@@ -572,7 +576,7 @@ class GaussianReconstruction:
         misalignment in its first steps."""
         return prealign_views(views, self.tilts_deg, self.shape_zyx[0], self.config, width)
 
-    def _set_alignment(self, alignment) -> None:
+    def _set_alignment(self, alignment: ViewAlignment) -> None:
         """Take ``alignment`` as the correction of the views as given.
 
         Its shifts move the model's projections the opposite way (:meth:`_view_shifts`),
