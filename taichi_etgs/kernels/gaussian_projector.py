@@ -21,12 +21,15 @@ pixel span inside that ellipse. The cut drops ``exp(-3.5**2 / 2) = 0.22 %`` of e
 Gaussian's mass and makes the kernel's values differ from the uncut formula by at most
 0.22 % of the peak.
 
+A view may be moved on its detector by ``(du, dv)`` (a residual misalignment the model
+carries instead of resampling the view): its projected means move by that much, exactly.
+
 Work per call: a per-Gaussian kernel computes what is the same at every tilt (mean,
 covariance, amplitude factors, and the detector rows the footprint covers: ``v = y``, so the
-rows do not depend on the tilt). Along a row the footprint's values follow
-``e_{j+1} = e_j r_j``, ``r_{j+1} = r_j exp(-cuu)`` (``q`` is quadratic in the column), so the
-CPU kernels evaluate two exponentials per row instead of one per pixel, running the
-recurrence in float64.
+rows do not depend on the tilt; with views moved along ``v``, the rows of any view). Along
+a row the footprint's values follow ``e_{j+1} = e_j r_j``, ``r_{j+1} = r_j exp(-cuu)``
+(``q`` is quadratic in the column), so the CPU kernels evaluate two exponentials per row
+instead of one per pixel, running the recurrence in float64.
 
 Parallelism depends on the arch (the same pixels and formulas either way):
 
