@@ -129,7 +129,7 @@ def _check_tilts(tilts_deg: np.ndarray) -> np.ndarray:
     return tilts
 
 
-def _view_shifts(shifts_uv: np.ndarray | None, n_tilts: int, dtype: type
+def _kernel_shifts(shifts_uv: np.ndarray | None, n_tilts: int, dtype: type
                  ) -> tuple[np.ndarray, np.ndarray]:
     """(du, dv) per view as the kernels take them, zeros when None. ([n], [n])"""
     if shifts_uv is None:
@@ -164,7 +164,7 @@ def project_gaussians(params: GaussianParams, tilts_deg: np.ndarray, ny: int,
     """
     tilts = _check_tilts(tilts_deg)
     dtype = _work_dtype()
-    shift_u, shift_v = _view_shifts(shifts_uv, tilts.size, dtype)
+    shift_u, shift_v = _kernel_shifts(shifts_uv, tilts.size, dtype)
     ny, nu = int(ny), int(nu)
     views = np.zeros((tilts.size, ny, nu), dtype=dtype)
     if params.n == 0 or views.size == 0:
@@ -260,7 +260,7 @@ def project_gaussians_backward(params: GaussianParams, tilts_deg: np.ndarray,
         cos_t, sin_t = _tilt_trig(tilts, dtype)
         cpu = _cpu_path()
         wide = cpu or dtype == np.float64
-        project_backward_kernel(*raw, cos_t, sin_t, *_view_shifts(shifts_uv, tilts.size, dtype),
+        project_backward_kernel(*raw, cos_t, sin_t, *_kernel_shifts(shifts_uv, tilts.size, dtype),
                                  np.ascontiguousarray(grad_views, dtype=dtype),
                                  CUTOFF_SIGMA, acc, uv_norm, visible,
                                  ti.f64 if wide else ti.f32, cpu)

@@ -522,15 +522,16 @@ def simulate_tilt_series(config: SimulationConfig | None = None, *,
                                     oversampling=config.oversampling,
                                     isolated=config.isolated, fine_views=physical or moved,
                                     margin_px=margin, progress=progress)
-    # The SNR is the specimen's: the noise is set from the views as a perfectly aligned
+    # The SNR is the specimen's: white noise is set from the views as a perfectly aligned
     # microscope shows them, not from vacuum or ice a shift brought in.
     snr_views = views
     if moved:
         if progress is not None:
             progress("misalignment")
         f = config.oversampling
-        snr_views = _bin_views(views[..., margin * f:(margin + nx) * f], f)
-        views = misalign_views(views, misalignment, f)[..., margin * f:(margin + nx) * f]
+        inside = np.s_[..., margin * f:(margin + nx) * f]
+        snr_views = _bin_views(views[inside], f) if config.noise == "gaussian" else None
+        views = misalign_views(views, misalignment, f)[inside]
         if not physical:
             views = _bin_views(views, config.oversampling).astype(np.float32)
     if progress is not None:
