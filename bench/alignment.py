@@ -4,15 +4,15 @@ and does it leave aligned views alone?
 One sweep data set (bench/sweep.py's specimen and geometry; default point ``snr1-iso``:
 64 x 128 x 128 at 8 A, 41 tilts, white noise at SNR 1; another ``--point`` writes
 alignment-<point>.*, with the CTF passed as a user would for physical-noise points) is
-simulated twice: aligned, and
-with residual shifts of ``--shift-sd`` px per view (and ``--axis-error`` degrees of
-tilt-axis error, 0 by default: the axis is not refined). The Gaussian reconstruction
-(library defaults) runs on both, with and without the refinement, and once more on the
-misaligned views with the simulator's own correction carried by the model (the same
-exposures perfectly aligned: what a refinement could reach at best). Scores against the
-truth: band FSC and wedge band FSC (:func:`taichi_etgs.evaluation.metrics.evaluate`), and
-the refined shifts against the true correction less the three motions of a specimen
-translation, which no refinement can know (docs/method.md, "Alignment refinement").
+simulated twice: aligned, and with residual shifts of ``--shift-sd`` px per view and
+``--axis-error`` degrees of tilt-axis error (0 by default; another value writes
+alignment[-<point>]-axis<error>.*). The Gaussian reconstruction (library defaults) runs
+on both, with and without the refinement, and once more on the misaligned views with the
+simulator's own correction carried by the model (the same exposures perfectly aligned:
+what a refinement could reach at best). Scores against the truth: band FSC and wedge band
+FSC (:func:`taichi_etgs.evaluation.metrics.evaluate`), the refined shifts against the true
+correction less the three motions of a specimen translation, which no refinement can know
+(docs/method.md, "Alignment refinement"), and the axis angle found against the true one.
 
     python bench/alignment.py                         # writes bench/results/alignment.{md,json}
     python bench/alignment.py --shape 24,48,48 --iterations 50   # smoke test
@@ -86,14 +86,16 @@ def run_case(data: dict, refine: bool, iterations: int | None,
     entry = {"seconds": seconds, "band_fsc": metrics.get("band_fsc"),
              "wedge_band_fsc": metrics.get("wedge_band_fsc"),
              "best_iteration": run.best_iteration}
-    mis = data["simulation"]["derived"]["misalignment"]
-    target = without_gauge(-np.asarray(mis["shifts_xy_px"]), series.tilts_deg)
+    truth_xf = true_correction(data)
+    target = without_gauge(truth_xf.shifts_px, series.tilts_deg)
     entry["start_shift_rms_px"] = _rms(0.0, target)
+    entry["true_axis_deg"] = truth_xf.axis_deg
     if corrected:
-        entry["shift_rms_error_px"] = _rms(
-            without_gauge(true_correction(data).shifts_px, series.tilts_deg), target)
+        entry["shift_rms_error_px"] = 0.0
+        entry["axis_deg"] = truth_xf.axis_deg
     if refine and run.alignment is not None:
         entry["shift_rms_error_px"] = _rms(run.alignment.shifts_px, target)
+        entry["axis_deg"] = run.alignment.axis_deg
     return entry
 
 
@@ -116,13 +118,25 @@ def run_classical_case(data: dict, method: str, refine: bool) -> dict:
     metrics = score(result.volume, truth, voxel, float(np.abs(series.tilts_deg).max()))
     entry = {"seconds": seconds, "band_fsc": metrics.get("band_fsc"),
              "wedge_band_fsc": metrics.get("wedge_band_fsc")}
-    mis = data["simulation"]["derived"]["misalignment"]
-    target_shifts = without_gauge(-np.asarray(mis["shifts_xy_px"]), series.tilts_deg)
+    truth_xf = true_correction(data)
+    target_shifts = without_gauge(truth_xf.shifts_px, series.tilts_deg)
     entry["start_shift_rms_px"] = _rms(0.0, target_shifts)
+    entry["true_axis_deg"] = truth_xf.axis_deg
     if refine:
         entry["shift_rms_error_px"] = _rms(result.info["alignment"]["shifts_px"],
                                            target_shifts)
+        entry["axis_deg"] = result.info["alignment"]["axis_deg"]
     return entry
+
+
+def _axis_text(row: dict) -> str:
+    """The axis correction found (or the true one) and the true one; older reports lack
+    both."""
+    true = row.get("true_axis_deg")
+    if true is None:
+        return "-"
+    found = row.get("axis_deg")
+    return f"{found:+.2f}; {true:+.2f}" if found is not None else f"-; {true:+.2f}"
 
 
 def markdown(report: dict) -> str:
@@ -144,7 +158,7 @@ def markdown(report: dict) -> str:
            "short Gaussian fit. ") +
         f"Machine: {report['machine']['cpu_count']} CPUs.", "",
         "| views | refinement | band FSC | vs aligned | wedge band FSC | shift error (px rms, "
-        "gauge removed) | time (s) |", "|---|---|---:|---:|---:|---:|---:|"]
+        "gauge removed) | axis (deg; true) | time (s) |", "|---|---|---:|---:|---:|---:|---:|---:|"]
     for name, row in rows.items():
         views = name.split("+")[0]
         refine = {"refine": "on", "true": "none: true correction"}.get(
@@ -154,7 +168,7 @@ def markdown(report: dict) -> str:
                     else f"{row['start_shift_rms_px']:.2f}")
         lines.append(f"| {views} | {refine} | {row['band_fsc']:.3f} | "
                      f"{row['band_fsc'] / aligned:.3f} | {row['wedge_band_fsc']:.3f} | "
-                     f"{err_text} | {row['seconds']:.0f} |")
+                     f"{err_text} | {_axis_text(row)} | {row['seconds']:.0f} |")
     lines += ["", "Shift error: the refined shifts against the true correction, both less the "
               "motions of a specimen translation (X: a cos(tilt) + b sin(tilt), Y: a constant), "
               "which no refinement can know; those motions stay in the tomogram as a "
@@ -184,8 +198,9 @@ def main() -> None:
     shape = tuple(int(v) for v in args.shape.split(","))
     base = simulation_config(args.point, shape, args.pixel_size, structures(True))
     bad = dataclasses.replace(base, shift_sd_px=args.shift_sd, axis_error_deg=args.axis_error)
+    axis_tag = f"-axis{args.axis_error:g}" if args.axis_error else ""
     data = {"aligned": load_or_simulate(f"{args.point}-aligned", base, False),
-            "misaligned": load_or_simulate(f"{args.point}-misaligned", bad, False)}
+            "misaligned": load_or_simulate(f"{args.point}-misaligned{axis_tag}", bad, False)}
     report = {"point": args.point, "shape_zyx": list(shape), "pixel_size_A": args.pixel_size,
               "shift_sd_px": args.shift_sd, "axis_error_deg": args.axis_error,
               "machine": machine()}
@@ -210,6 +225,7 @@ def main() -> None:
     name = "alignment" if "cases" in report else "alignment-classical"
     if args.point != "snr1-iso":
         name += f"-{args.point}"
+    name += axis_tag
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{name}.json").write_text(json.dumps(report, indent=1) + "\n")
     (args.out / f"{name}.md").write_text(markdown(report))

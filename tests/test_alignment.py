@@ -57,6 +57,67 @@ def test_the_axis_is_recovered_from_a_perfect_prediction(projections):
     assert found.axis_deg == pytest.approx(-1.0, abs=0.05)
 
 
+def test_the_axis_is_found_against_a_model_that_took_up_part_of_it(projections):
+    # A model fitted to views turned by a wrong axis shears the specimen to take up what
+    # of the turn it can (x += a y, y += b x); the match fits those deformations besides
+    # the axis and still finds the views' turn.
+    from scipy import ndimage
+
+    phantom = make_phantom((16, 64, 64), seed=1)
+    misaligned = ViewAlignment(np.zeros((len(TILTS), 2)), 1.0).apply(projections)
+    turn = np.radians(1.0)
+    centre = (np.array(phantom.shape) - 1) / 2
+    for a, b in ((-turn, turn), (-1.3 * turn, 0.8 * turn)):
+        inverse = np.eye(3)
+        inverse[2, 1], inverse[1, 2] = -a, -b  # affine_transform samples at M p
+        sheared = ndimage.affine_transform(phantom, inverse, offset=centre - inverse @ centre,
+                                           order=3, mode="nearest")
+        found = match_views(misaligned, forward_project(sheared, TILTS), TILTS, steps=4)
+        # 0.15 degree: the deformations are those of the specimen's mid-plane, and the
+        # 16-voxel-thick phantom's Z extent is not modelled (measured 0.08-0.11).
+        assert found.axis_deg == pytest.approx(-1.0, abs=0.15)
+
+
+def test_two_short_fits_give_the_axis_from_the_share_each_keeps():
+    from taichi_etgs.gaussian.fit import _axis_from_two_fits
+
+    # Each estimate is a + k (axis - a): at a = 0 and at the probe.
+    axis, kept, probe = -1.0, 0.6, -2.0
+    first, second = kept * axis, probe + kept * (axis - probe)
+    assert _axis_from_two_fits(first, second, probe) == pytest.approx(axis, abs=1e-12)
+    # A second estimate that moved with the probe, or away from it, says nothing.
+    assert _axis_from_two_fits(first, first + probe, probe) is None
+    assert _axis_from_two_fits(first, first - probe, probe) is None
+
+
+def _views_off_axis(shape, isolated: bool, axis_deg: float):
+    result = simulate_tilt_series(SimulationConfig(
+        shape_zyx=shape, tilt_min_deg=-60, tilt_max_deg=60, tilt_step_deg=3, n_particles=6,
+        n_vesicles=0, n_filaments=1, noise="none", seed=2, isolated=isolated,
+        shift_sd_px=1.5, axis_error_deg=axis_deg))
+    return density_views(result.tilts, "dark"), result.tilts_deg
+
+
+def test_the_short_fits_find_the_axis_of_an_isolated_specimen():
+    from taichi_etgs.gaussian.fit import prealign_views
+
+    # 96 x 96 views, noise-free, 1.5 px shifts and the axis 1 degree off: the correction
+    # turns them back by 1 degree. 0.2 degree: issue 10's bound (measured -1.077).
+    views, tilts = _views_off_axis((32, 96, 96), True, 1.0)
+    found = prealign_views(views, tilts, 32, ReconstructConfig(max_gaussians=4000))
+    assert found.axis_deg == pytest.approx(-1.0, abs=0.2)
+
+
+def test_the_axis_is_left_alone_where_the_specimen_runs_past_the_field_of_view():
+    from taichi_etgs.gaussian.fit import prealign_views
+
+    # There the estimate is biased (+0.77 degree on such views without axis error), so
+    # the views are never turned; their shifts are still refined.
+    views, tilts = _views_off_axis((24, 64, 64), False, 1.0)
+    found = prealign_views(views, tilts, 24, ReconstructConfig(max_gaussians=2000))
+    assert found.axis_deg == 0.0 and np.any(found.shifts_px)
+
+
 def test_matching_aligned_views_moves_nothing(projections):
     found = match_views(projections, projections, TILTS, steps=3)
     assert np.abs(found.shifts_px).max() < 0.01 and abs(found.axis_deg) < 0.01

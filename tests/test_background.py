@@ -342,3 +342,12 @@ def test_project_moves_each_view_by_its_shift(taichi_cpu):
         np.testing.assert_allclose(got_jac[t], want_jac[0], rtol=0,
                                    atol=1e-12 * np.abs(want_jac).max())
     assert not np.allclose(got[0], slab.project(tilts[:1], 70)[0][0])
+
+
+def test_a_slab_ends_within_the_box_only_when_it_spans_it():
+    # The axis search (prealign_views) runs only for such a slab: an isolated specimen.
+    width = 128
+    assert SlabBackground(1.0, -16, 16, -64, 64).ends_within(width)
+    assert not SlabBackground(0.0, -16, 16, -64, 64).ends_within(width)  # no slab
+    assert not SlabBackground(1.0, -16, 16, -1600, 1600).ends_within(width)  # runs past
+    assert not SlabBackground(1.0, -7, 9, 6, 14).ends_within(width)  # a lump of specimen

@@ -101,7 +101,10 @@ def match_views(views: np.ndarray, predicted: np.ndarray, tilts_deg: np.ndarray,
         offset do not matter: each view's mean is removed). [n, ny, nx]
     tilts_deg: tilt angles (for the motions a specimen translation makes). [n]
     start: the correction to refine (default none).
-    fit_axis: also refine the tilt-axis angle (one for all views).
+    fit_axis: also refine the tilt-axis angle (one for all views). The fit then also
+        takes the in-plane deformations a model fitted to views turned by a wrong axis
+        shows (:func:`_model_deformations`), which are not applied: without them the
+        model's own turn pulls the axis towards the one it was fitted at.
     sigma_px: the images are low-passed with a Gaussian of this sd first: alignment lives
         in the low frequencies, and noise in the high ones.
     steps: Gauss-Newton steps.
@@ -124,26 +127,45 @@ def match_views(views: np.ndarray, predicted: np.ndarray, tilts_deg: np.ndarray,
         aligned = ndimage.gaussian_filter(current.apply(views), smooth)
         residual = _centred(aligned[inner]) - target
         grad_y, grad_x = np.gradient(aligned, axis=(1, 2))
+        grad_y, grad_x = grad_y[inner], grad_x[inner]
         # Moving the content by +d changes the image by -d . grad.
-        jac = [_centred(-grad_x[inner]), _centred(-grad_y[inner])]
+        jac = [_centred(-grad_x), _centred(-grad_y)]
         if fit_axis:
             turned = [ndimage.gaussian_filter(
                 ViewAlignment(current.shifts_px, current.axis_deg + sign * _AXIS_STEP_DEG
                               ).apply(views), smooth)[inner] for sign in (1.0, -1.0)]
-            jac_axis = _centred((turned[0] - turned[1]) / (2 * _AXIS_STEP_DEG))
+            axis = _centred((turned[0] - turned[1]) / (2 * _AXIS_STEP_DEG))
+            common = [axis, *_model_deformations(grad_x, grad_y, tilts_deg, (ny, nx))]
         else:
-            jac_axis = np.zeros_like(residual)
-        hessian, gradient = _normal_equations(jac_axis, jac, residual)
-        if not fit_axis:
-            hessian[0, :] = hessian[:, 0] = 0.0
-            hessian[0, 0] = 1.0
+            common = []
+        hessian, gradient = _normal_equations(common, jac, residual)
         ridge = 1e-3 * float(np.mean(np.diag(hessian))) + 1e-12
         hessian[np.diag_indices_from(hessian)] += ridge
         delta = np.linalg.solve(hessian, -gradient)
-        axis_step = float(np.clip(delta[0], -max_axis_step_deg, max_axis_step_deg))
-        shift_step = np.clip(delta[1:].reshape(n, 2), -max_shift_step_px, max_shift_step_px)
+        axis_step = float(np.clip(delta[0], -max_axis_step_deg, max_axis_step_deg)
+                          ) if fit_axis else 0.0
+        shift_step = np.clip(delta[len(common):].reshape(n, 2), -max_shift_step_px,
+                             max_shift_step_px)
         current = ViewAlignment(current.shifts_px + shift_step, current.axis_deg + axis_step)
     return ViewAlignment(without_gauge(current.shifts_px, tilts_deg), current.axis_deg)
+
+
+def _model_deformations(grad_x: np.ndarray, grad_y: np.ndarray, tilts_deg: np.ndarray,
+                        shape: tuple[int, int]) -> list[np.ndarray]:
+    """How the scored part of the views changes under the in-plane deformations that a
+    model fitted to views turned by a wrong axis takes up (docs/method.md, "Alignment
+    refinement"): a turn of the specimen about Z moves a view's content by
+    ``(-v cos(tilt), u / cos(tilt))`` near the specimen's mid-plane, against the views'
+    own turn ``(-v, u)``; a Y-Z shear adds ``v sin(tilt)`` along X. ``(u, v)``: detector
+    coordinates from the view's centre, in view widths. Three fields, one coefficient
+    each for all views."""
+    ny, nx = shape
+    rows, cols = _interior(shape)
+    v = ((np.arange(ny, dtype=np.float64) - (ny - 1) / 2) / ny)[rows][None, :, None]
+    u = ((np.arange(nx, dtype=np.float64) - (nx - 1) / 2) / nx)[cols][None, None, :]
+    rad = np.radians(tilts_deg)[:, None, None]
+    return [_centred(-grad_y * u / np.cos(rad)), _centred(-grad_x * v * np.cos(rad)),
+            _centred(-grad_x * v * np.sin(rad))]
 
 
 def without_gauge(shifts_px: np.ndarray, tilts_deg: np.ndarray) -> np.ndarray:
@@ -156,23 +178,27 @@ def without_gauge(shifts_px: np.ndarray, tilts_deg: np.ndarray) -> np.ndarray:
     return flat.reshape(-1, 2)
 
 
-def _normal_equations(jac_axis: np.ndarray, jac_shift: list[np.ndarray],
+def _normal_equations(jac_common: list[np.ndarray], jac_shift: list[np.ndarray],
                       residual: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``J^T J`` and ``J^T r`` over the unknowns ``(axis, dx_0, dy_0, dx_1, ...)``: the
-    axis couples to every view, each shift to its own view only."""
-    n = residual.shape[0]
+    """``J^T J`` and ``J^T r`` over the unknowns ``(c_0, .., c_k, dx_0, dy_0, dx_1, ...)``:
+    each ``c`` (the axis, a deformation) couples to every view, each shift to its own view
+    only."""
+    n, k = residual.shape[0], len(jac_common)
 
     def dot(a, b):
         return np.einsum("tyx,tyx->t", a, b, dtype=np.float64)
 
-    hessian = np.zeros((1 + 2 * n, 1 + 2 * n))
-    gradient = np.zeros(1 + 2 * n)
-    hessian[0, 0] = dot(jac_axis, jac_axis).sum()
-    gradient[0] = dot(jac_axis, residual).sum()
+    hessian = np.zeros((k + 2 * n, k + 2 * n))
+    gradient = np.zeros(k + 2 * n)
+    for i, ci in enumerate(jac_common):
+        gradient[i] = dot(ci, residual).sum()
+        for j, cj in enumerate(jac_common):
+            hessian[i, j] = dot(ci, cj).sum()
     for i, ji in enumerate(jac_shift):
-        cols = np.arange(n) * 2 + 1 + i
-        hessian[0, cols] = hessian[cols, 0] = dot(jac_axis, ji)
+        cols = np.arange(n) * 2 + k + i
         gradient[cols] = dot(ji, residual)
+        for c, jc in enumerate(jac_common):
+            hessian[c, cols] = hessian[cols, c] = dot(jc, ji)
         for j, jj in enumerate(jac_shift):
-            hessian[cols, np.arange(n) * 2 + 1 + j] = dot(ji, jj)
+            hessian[cols, np.arange(n) * 2 + k + j] = dot(ji, jj)
     return hessian, gradient

@@ -76,6 +76,14 @@ class SlabBackground:
     angle_rad: float = 0.0
     edge: float = 1.0
 
+    def ends_within(self, width: float) -> bool:
+        """Whether the slab is there, spans at least half of ``width`` (the tomogram's)
+        and ends within half a width outside the box on both sides: an isolated specimen,
+        not one running past the field of view (nor a lump of it that a small data set's
+        fit took for a slab)."""
+        return (self.density > 0.0 and self.x_hi - self.x_lo >= 0.5 * width
+                and max(abs(self.x_lo), abs(self.x_hi)) <= width)
+
     def vector(self) -> np.ndarray:
         """The fitted parameters as an array, in :data:`SLAB_PARAMETERS` order. [6]"""
         return np.array([getattr(self, name) for name in SLAB_PARAMETERS], dtype=np.float64)

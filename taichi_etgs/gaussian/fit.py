@@ -43,10 +43,18 @@ __all__ = ["ReconstructConfig", "Progress", "GaussianReconstruction", "heldout_v
            "halves_fsc", "prealign_views", "reconstruct_halves", "robust_range",
            "robust_scale", "view_spectrum"]
 
-# The alignment's first fit: its steps, and the steps between two matchings. The shifts
-# settle within about 75 steps (docs/method.md, "Alignment refinement").
+# The alignment's short fits: their steps (one fit for the shifts alone, each of the two
+# that also find the axis), and the steps between two matchings (docs/method.md,
+# "Alignment refinement").
 _PREALIGN_ITERATIONS = 75
+_AXIS_FIT_ITERATIONS = 50
 _PREALIGN_EVERY = 25
+# The axis search: the share of the axis error a short fit's predictions keep (about half,
+# measured: 0.48-0.77), the smallest and largest probe angle (degrees; a larger error is
+# not searched for), and the turn of the views' corners below which an axis is not applied.
+_AXIS_KEPT = 0.5
+_AXIS_PROBE_DEG = (0.5, 3.0)
+_AXIS_NEGLIGIBLE_PX = 0.1
 # The most models kept for the average the tomogram is made of (thinned to every other one
 # beyond): 16 copies of 60,000 Gaussians take about 42 MB, in memory and in a state file.
 _MAX_AVERAGED = 16
@@ -381,23 +389,62 @@ class _SlabAdam:
         return vec - factor * self.lr * m_hat / (np.sqrt(v_hat) + 1e-30)
 
 
+def _short_fit(views: np.ndarray, tilts_deg: np.ndarray, thickness: int,
+               config: ReconstructConfig, width: int | None, start: ViewAlignment,
+               find_axis: bool) -> tuple[ViewAlignment, float | None]:
+    """A fit of ``config.iterations`` steps with the views turned by ``start``'s axis,
+    matching their shifts to its predictions every ``_PREALIGN_EVERY`` steps. Returns the
+    shifts so found (at that axis) and, with ``find_axis``, the axis angle its predictions
+    point to."""
+    run = GaussianReconstruction(views, tilts_deg, thickness, config, width=width,
+                                 alignment=start)
+    while run.iteration < config.iterations:
+        run.step()
+        if run.iteration % _PREALIGN_EVERY == 0:
+            run._refine_alignment()
+    axis = run._match_views(fit_axis=True, steps=3).axis_deg if find_axis else None
+    return run.alignment, axis
+
+
+def _axis_from_two_fits(first: float, second: float, probe_deg: float) -> float | None:
+    """The axis angle from two short fits' estimates, ``first`` (views as given) and
+    ``second`` (views turned by ``probe_deg``): each model takes up a share of the error
+    left at its axis, the same share at both (docs/method.md), so each estimate is
+    ``a + k (axis - a)``. None where the two do not bear that out (``k`` outside
+    0.1-1.5: a second estimate that moved with the probe, or away from the first)."""
+    kept = 1.0 - (second - first) / probe_deg
+    if not 0.1 <= kept <= 1.5:
+        return None
+    return first / kept
+
+
 def prealign_views(views: np.ndarray, tilts_deg: np.ndarray, thickness: int,
                    config: ReconstructConfig | None = None, width: int | None = None):
-    """Residual shifts of the views: matching to the other views, then to a short
-    Gaussian fit.
+    """Residual shifts (and tilt-axis angle) of the views: matching to the other views,
+    then to short Gaussian fits.
 
     First each view is matched to a weighted back-projection of all the other views
     (:func:`taichi_etgs.alignment.other_views.match_to_other_views`, after removing the
     ice slab's projection that :func:`~taichi_etgs.gaussian.background.fit_slab` finds):
     this takes residual shifts of 1.5 px to 0.23-0.6 px even at 120 e/A^2, where a fit to
-    misaligned views learns their misalignment instead. Then a short fit
-    (``_PREALIGN_ITERATIONS`` steps of ``config``, default the library's), seeded from
-    the views so corrected, matches the views as given to its predictions every
-    ``_PREALIGN_EVERY`` steps (:func:`taichi_etgs.alignment.match_views`, shifts only),
-    fitting the re-aligned views in between: the model, slab and missing wedge included,
-    predicts the views better than any reconstruction of them from the views alone.
-    Views that the first stage finds aligned within the noise of its measurement are left
-    as they are.
+    misaligned views learns their misalignment instead. Views that this stage finds
+    aligned within the noise of its measurement are left as they are.
+
+    Then a short fit (``_PREALIGN_ITERATIONS`` steps of ``config``, default the
+    library's; two of ``_AXIS_FIT_ITERATIONS`` for the axis), seeded from the views so
+    corrected, matches the views as given to its predictions every ``_PREALIGN_EVERY``
+    steps (:func:`taichi_etgs.alignment.match_views`, shifts), fitting the re-aligned
+    views in between: the model, slab and missing wedge
+    included, predicts the views better than any reconstruction from the views alone.
+    Where the ice slab ends in view (an isolated specimen, a SHREC-style box), the fits
+    also find the tilt-axis angle: the first fits the views as given, the second the
+    views turned by a probe angle past the axis the first one's predictions point to; a
+    fitted model takes up part of an axis error as a deformation of the specimen, the same
+    part at any angle, so the two estimates give the axis (:func:`_axis_from_two_fits`).
+    An axis that turns the views' corners by less than ``_AXIS_NEGLIGIBLE_PX`` is left at
+    zero: turning resamples every view. Where the specimen runs past the field of view
+    the estimate is biased by tenths of a degree to degrees, and one fit finds the shifts
+    alone.
 
     Parameters
     ----------
@@ -410,6 +457,7 @@ def prealign_views(views: np.ndarray, tilts_deg: np.ndarray, thickness: int,
     -------
     :class:`~taichi_etgs.alignment.ViewAlignment`: the correction of the views as given.
     """
+    from ..alignment import ViewAlignment
     from ..alignment.other_views import match_to_other_views
     from .background import fit_slab
 
@@ -417,10 +465,12 @@ def prealign_views(views: np.ndarray, tilts_deg: np.ndarray, thickness: int,
                                  iterations=_PREALIGN_ITERATIONS, refine_alignment=False)
     views = np.asarray(views, dtype=np.float32)
     tilts_deg = np.asarray(tilts_deg, dtype=np.float64)
-    nu = views.shape[2]
+    n, ny, nu = views.shape
     specimen = views
+    ends_in_view = False
     if config.background == "slab":
         slab = fit_slab(views.mean(axis=1), tilts_deg, thickness, width or nu)[0]
+        ends_in_view = slab.ends_within(width or nu)
         if slab.density != 0.0:
             specimen = views - slab.project(tilts_deg, nu)[0][:, None, :].astype(np.float32)
     coarse = match_to_other_views(specimen, tilts_deg, thickness, width=width)
@@ -429,13 +479,26 @@ def prealign_views(views: np.ndarray, tilts_deg: np.ndarray, thickness: int,
         # No shifts beyond the noise of their measurement: matching to a short fit would
         # only move aligned views (0.11 px rms at 120 e/A^2, 1.5 % band FSC lost).
         return coarse
-    first = GaussianReconstruction(views, tilts_deg, thickness, config, width=width,
-                                   alignment=coarse)
-    while first.iteration < _PREALIGN_ITERATIONS:
-        first.step()
-        if first.iteration % _PREALIGN_EVERY == 0:
-            first._refine_alignment()
-    return first.alignment
+    if not ends_in_view:
+        # A specimen running past the field of view: the axis estimate is biased there
+        # (0.3-1.7 degree found for an axis without error), so only the shifts.
+        return _short_fit(views, tilts_deg, thickness, config, width, coarse, False)[0]
+    config = dataclasses.replace(config, iterations=_AXIS_FIT_ITERATIONS)
+    found, first = _short_fit(views, tilts_deg, thickness, config, width, coarse, True)
+    # Probe past the truth: each model keeps about half of the error left at its axis.
+    probe = float(np.clip(first / _AXIS_KEPT, -_AXIS_PROBE_DEG[1], _AXIS_PROBE_DEG[1]))
+    if abs(probe) < _AXIS_PROBE_DEG[0]:
+        probe = _AXIS_PROBE_DEG[0] if probe >= 0 else -_AXIS_PROBE_DEG[0]
+    at_probe, second = _short_fit(views, tilts_deg, thickness, config, width,
+                                  ViewAlignment(found.shifts_px, probe), True)
+    axis = _axis_from_two_fits(first, second, probe)
+    corner = np.hypot(ny, nu) / 2
+    if axis is None or abs(axis) > _AXIS_PROBE_DEG[1] or (
+            np.radians(abs(axis)) * corner < _AXIS_NEGLIGIBLE_PX):
+        return found
+    # The shifts found at the axis nearer the one found.
+    shifts = at_probe.shifts_px if abs(axis - probe) < abs(axis) else found.shifts_px
+    return ViewAlignment(shifts, axis)
 
 
 class GaussianReconstruction:
@@ -600,16 +663,21 @@ class GaussianReconstruction:
             return None
         return -np.asarray(self.alignment.shifts_px, dtype=np.float64)[index]
 
-    def _refine_alignment(self) -> str:
-        """Match the views as given to the model's predictions of all of them."""
+    def _match_views(self, *, fit_axis: bool, steps: int) -> ViewAlignment:
+        """The correction that matches the views as given to the model's predictions of
+        all of them, starting from the current one."""
         from ..alignment import match_views
 
         every = np.arange(self.measured.shape[0])
         predicted = self.gains[:, None, None].astype(np.float32) * self.predict(
             every, as_given=False)
+        return match_views(self.given, predicted, self.tilts_deg, self.alignment,
+                           steps=steps, fit_axis=fit_axis)
+
+    def _refine_alignment(self) -> str:
+        """Match the views as given to the model's predictions of all of them (shifts)."""
         before = self.alignment
-        self._set_alignment(match_views(self.given, predicted, self.tilts_deg, before,
-                                        steps=2, fit_axis=False))
+        self._set_alignment(self._match_views(fit_axis=False, steps=2))
         moved = np.sqrt(np.mean((self.alignment.shifts_px - before.shifts_px) ** 2))
         return (f"alignment: axis {self.alignment.axis_deg:+.2f} deg, shifts moved "
                 f"{moved:.2f} px rms")
