@@ -51,10 +51,11 @@ _AXIS_FIT_ITERATIONS = 50
 _PREALIGN_EVERY = 25
 # The axis search: the share of the axis error a short fit's predictions keep (about half,
 # measured: 0.48-0.77), the smallest and largest probe angle (degrees; a larger error is
-# not searched for), and the turn of the views' corners below which an axis is not applied.
+# not searched for), and the error left uncorrected (degrees: issue 10's bound, about the
+# search's own bias on views without error, 0.16; turning resamples every view).
 _AXIS_KEPT = 0.5
 _AXIS_PROBE_DEG = (0.5, 3.0)
-_AXIS_NEGLIGIBLE_PX = 0.1
+_AXIS_LEFT_DEG = 0.2
 # The most models kept for the average the tomogram is made of (thinned to every other one
 # beyond): 16 copies of 60,000 Gaussians take about 42 MB, in memory and in a state file.
 _MAX_AVERAGED = 16
@@ -441,10 +442,11 @@ def prealign_views(views: np.ndarray, tilts_deg: np.ndarray, thickness: int,
     views turned by a probe angle past the axis the first one's predictions point to; a
     fitted model takes up part of an axis error as a deformation of the specimen, the same
     part at any angle, so the two estimates give the axis (:func:`_axis_from_two_fits`).
-    An axis that turns the views' corners by less than ``_AXIS_NEGLIGIBLE_PX`` is left at
-    zero: turning resamples every view. Where the specimen runs past the field of view
-    the estimate is biased by tenths of a degree to degrees, and one fit finds the shifts
-    alone.
+    An axis error under ``_AXIS_LEFT_DEG`` is left (the second fit is skipped where the
+    first estimate shows none that large): the search's own bias on views without
+    error is about as large, and turning resamples every view. Where the specimen runs
+    past the field of view the estimate is biased by tenths of a degree to degrees, and
+    one fit finds the shifts alone.
 
     Parameters
     ----------
@@ -465,7 +467,7 @@ def prealign_views(views: np.ndarray, tilts_deg: np.ndarray, thickness: int,
                                  iterations=_PREALIGN_ITERATIONS, refine_alignment=False)
     views = np.asarray(views, dtype=np.float32)
     tilts_deg = np.asarray(tilts_deg, dtype=np.float64)
-    n, ny, nu = views.shape
+    nu = views.shape[2]
     specimen = views
     ends_in_view = False
     if config.background == "slab":
@@ -485,6 +487,8 @@ def prealign_views(views: np.ndarray, tilts_deg: np.ndarray, thickness: int,
         return _short_fit(views, tilts_deg, thickness, config, width, coarse, False)[0]
     config = dataclasses.replace(config, iterations=_AXIS_FIT_ITERATIONS)
     found, first = _short_fit(views, tilts_deg, thickness, config, width, coarse, True)
+    if abs(first) < _AXIS_KEPT * _AXIS_LEFT_DEG:
+        return found  # an axis error too small to correct: no second fit
     # Probe past the truth: each model keeps about half of the error left at its axis.
     probe = float(np.clip(first / _AXIS_KEPT, -_AXIS_PROBE_DEG[1], _AXIS_PROBE_DEG[1]))
     if abs(probe) < _AXIS_PROBE_DEG[0]:
@@ -492,9 +496,7 @@ def prealign_views(views: np.ndarray, tilts_deg: np.ndarray, thickness: int,
     at_probe, second = _short_fit(views, tilts_deg, thickness, config, width,
                                   ViewAlignment(found.shifts_px, probe), True)
     axis = _axis_from_two_fits(first, second, probe)
-    corner = np.hypot(ny, nu) / 2
-    if axis is None or abs(axis) > _AXIS_PROBE_DEG[1] or (
-            np.radians(abs(axis)) * corner < _AXIS_NEGLIGIBLE_PX):
+    if axis is None or not _AXIS_LEFT_DEG <= abs(axis) <= _AXIS_PROBE_DEG[1]:
         return found
     # The shifts found at the axis nearer the one found.
     shifts = at_probe.shifts_px if abs(axis - probe) < abs(axis) else found.shifts_px
