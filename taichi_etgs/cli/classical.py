@@ -23,10 +23,11 @@ _DOSE = ": the views are exposure-filtered (Grant & Grigorieff's critical exposu
 _REFINE = click.option(
     "--refine-alignment", is_flag=True,
     help="Refine each view's residual shift first (a pixel or two left by IMOD or AreTomo) "
-         "by matching each view to the other views, then to a short Gaussian fit (views "
-         "found aligned within the noise are left alone), and write the correction "
-         "as OUTPUT stem .xf (IMOD convention, to apply after the alignment the stack was "
-         "given with) and .tlt. Whole views only (not with slabs); about 40 s more on "
+         "by matching each view to the other views, then to short Gaussian fits, which "
+         "also find the tilt-axis angle where the specimen's ice ends in view (views found "
+         "aligned within the noise are left alone), and write the correction as OUTPUT "
+         "stem .xf (IMOD convention, to apply after the alignment the stack was given "
+         "with) and .tlt. Whole views only (not with slabs); about 35-40 s more on "
          "misaligned views at 64 x 128 x 128 on 2 cores, a few seconds on aligned ones.")
 
 def slab_rows_option(note: str = " The same tomogram, bit for bit."):

@@ -107,8 +107,10 @@ def write_alignment(session: Session, alignment, tilts_deg, output: Path | None,
               "rms_shift_px": float(np.sqrt(np.mean(shifts ** 2)))}
     always = mode == "on"
     if moved or always:
+        turned = (f"; tilt axis turned by {alignment.axis_deg:+.2f} deg"
+                  if alignment.axis_deg else "")
         session.tell(f"alignment refined: residual shifts {record['rms_shift_px']:.2f} px "
-                     f"rms (largest {np.abs(shifts).max():.2f} px)")
+                     f"rms (largest {np.abs(shifts).max():.2f} px){turned}")
     else:
         session.tell("alignment checked: the views are aligned within the noise and are "
                      "used as given")

@@ -195,13 +195,13 @@ def _reconstruct(source: StackSource, target: VolumeTarget, method: str, options
 
 def _aligned_views(views: np.ndarray, series, shape, source: StackSource,
                    target: VolumeTarget, session: Session) -> tuple[np.ndarray, dict]:
-    """The views with their residual shifts corrected by projection matching against a
-    short Gaussian fit (:func:`taichi_etgs.gaussian.fit.prealign_views`), and the record
+    """The views with their residual shifts (and axis) corrected by projection matching
+    against short Gaussian fits (:func:`taichi_etgs.gaussian.fit.prealign_views`), and the record
     of the correction, written next to the output as ``.xf`` and ``.tlt``."""
     from ..gaussian.fit import prealign_views
 
-    session.tell("refining the views' alignment (projection matching against a short "
-                 "Gaussian fit)")
+    session.tell("refining the views' alignment (projection matching against short "
+                 "Gaussian fits)")
     alignment = prealign_views(views, series.tilts_deg, shape[0], width=shape[2])
     n_raw = _raw_view_count(source, series)
     record = write_alignment(session, alignment, series.tilts_deg, target.path, source,
@@ -263,7 +263,7 @@ def run_wbp(source: StackSource, target: VolumeTarget, *,
         ``taichi_etgs.batch.slab_tasks.SlabTasks``); None: one after the other in this
         process. The same tomogram either way.
     refine_alignment: refine each view's residual shift first, by projection matching
-        against a short Gaussian fit, and write the correction as ``<output stem>.xf``
+        against short Gaussian fits, and write the correction as ``<output stem>.xf``
         and ``.tlt`` (:mod:`taichi_etgs.pipeline.alignment`); whole views only, not in
         slabs.
 
