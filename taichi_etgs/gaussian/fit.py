@@ -435,8 +435,8 @@ def prealign_views(views: np.ndarray, tilts_deg: np.ndarray, thickness: int,
     library's; two of ``_AXIS_FIT_ITERATIONS`` for the axis), seeded from the views so
     corrected, matches the views as given to its predictions every ``_PREALIGN_EVERY``
     steps (:func:`taichi_etgs.alignment.match_views`, shifts), fitting the re-aligned
-    views in between: the model, slab and missing wedge
-    included, predicts the views better than any reconstruction from the views alone.
+    views in between: the model, slab and missing wedge included, predicts the views
+    better than any reconstruction from the views alone.
     Where the ice slab ends in view (an isolated specimen, a SHREC-style box), the fits
     also find the tilt-axis angle: the first fits the views as given, the second the
     views turned by a probe angle past the axis the first one's predictions point to; a
@@ -490,9 +490,7 @@ def prealign_views(views: np.ndarray, tilts_deg: np.ndarray, thickness: int,
     if abs(first) < _AXIS_KEPT * _AXIS_LEFT_DEG:
         return found  # an axis error too small to correct: no second fit
     # Probe past the truth: each model keeps about half of the error left at its axis.
-    probe = float(np.clip(first / _AXIS_KEPT, -_AXIS_PROBE_DEG[1], _AXIS_PROBE_DEG[1]))
-    if abs(probe) < _AXIS_PROBE_DEG[0]:
-        probe = _AXIS_PROBE_DEG[0] if probe >= 0 else -_AXIS_PROBE_DEG[0]
+    probe = float(np.copysign(np.clip(abs(first) / _AXIS_KEPT, *_AXIS_PROBE_DEG), first))
     at_probe, second = _short_fit(views, tilts_deg, thickness, config, width,
                                   ViewAlignment(found.shifts_px, probe), True)
     axis = _axis_from_two_fits(first, second, probe)
