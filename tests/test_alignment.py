@@ -347,6 +347,32 @@ def test_a_resumed_run_keeps_its_alignment(tmp_path, misaligned_series):
     assert np.array_equal(again.measured, run.measured)  # the same views are fitted on
 
 
+def test_a_model_seed_is_refined_only_when_asked(tmp_path, misaligned_series, capsys):
+    from taichi_etgs.cli import main
+    from taichi_etgs.io import read_xf
+    from taichi_etgs.simulation.simulate import write_simulation
+
+    _, bad = misaligned_series
+    stack = write_simulation(bad, tmp_path / "sim")["tilts.mrc"]
+    seed = tmp_path / "seed.mrc"
+    assert main(_reconstruct(stack, seed, "--no-refine-alignment")) == 0, \
+        capsys.readouterr().err
+    state = seed.with_suffix(".state.h5")
+    assert state.exists()
+    # Auto leaves a model seed as fitted: it was fitted to the views as given.
+    auto = tmp_path / "auto.mrc"
+    assert main(_reconstruct(stack, auto, "--init", str(state))) == 0, capsys.readouterr().err
+    record = _alignment_record(auto)
+    assert record["mode"] == "auto" and not record["refined"] and "model seed" in record["why"]
+    # Asked for, the views are aligned first, as for a seed from the views (1.5 px rms).
+    asked = tmp_path / "asked.mrc"
+    assert main(_reconstruct(stack, asked, "--init", str(state), "--refine-alignment")) == 0, \
+        capsys.readouterr().err
+    assert _alignment_record(asked)["refined"]
+    assert np.abs(read_xf(asked.with_suffix(".xf"), n_expected=len(bad.tilts_deg))[:, :, 2]
+                  ).max() > 0.5
+
+
 @pytest.mark.parametrize("method", ["wbp", "sirt"])
 def test_wbp_and_sirt_refine_the_alignment_first(tmp_path, misaligned_series, capsys, method):
     from taichi_etgs.cli import main

@@ -76,7 +76,8 @@ _REQUIRED_NOTE = " Required unless --resume (the state knows it)."
                    "view moved, never over the input's files nor, without --force, other "
                    "existing ones (the shifts are in OUTPUT.json either way); off with "
                    "slabs or an --init model (--resume keeps the run's own). "
-                   "--refine-alignment: always, the files always written, not with slabs.")
+                   "--refine-alignment: always (an --init model too), the files always "
+                   "written, not with slabs.")
 @click.option("--heldout-every", type=click.IntRange(min=0), default=10, show_default=True,
               metavar="N",
               help="Hold one view in N (in tilt order) out of the fit to validate it: the "

@@ -348,7 +348,7 @@ def run_reconstruct(source: StackSource, target: VolumeTarget,
     KeyboardInterrupt: Ctrl-C, or :class:`~taichi_etgs.pipeline.checkpoint.Terminated`
         for SIGTERM, after the state was saved.
     """
-    from ..gaussian.fit import GaussianReconstruction, ReconstructConfig
+    from ..gaussian.fit import GaussianReconstruction, ReconstructConfig, prealign_views
     from ..gaussian.state import input_checksum, load_state
 
     session = session or Session()
@@ -468,11 +468,19 @@ def run_reconstruct(source: StackSource, target: VolumeTarget,
         initial_volume, params, params_view_scale = _seed(settings, source, shape, session)
         seed_from = config.init if initial_volume is None and params is None else settings.init
         session.start_compute()
+        alignment = None
+        if params is not None and config.refine_alignment:
+            # Asked for explicitly (auto mode leaves a model seed alone): a seed starts
+            # with every view unshifted and would never be matched, so the views'
+            # alignment is found first, as for a run seeded from the views.
+            session.tell("refining the views' alignment before fitting the model seed")
+            alignment = prealign_views(views, series.tilts_deg, shape[0], config,
+                                       width=shape[2])
         session.tell(f"seeding the model ({seed_from})")
         start = time.perf_counter()
         run = GaussianReconstruction(views, series.tilts_deg, shape[0], config, width=shape[2],
                                      initial_volume=initial_volume, params=params,
-                                     params_view_scale=params_view_scale)
+                                     params_view_scale=params_view_scale, alignment=alignment)
         log.info("seeded %d Gaussians in %.1f s", run.params.n, time.perf_counter() - start)
         session.tell(f"{run.params.n} Gaussians to start with")
         if run.slab.density > 0:
