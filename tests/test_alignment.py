@@ -90,6 +90,41 @@ def test_two_short_fits_give_the_axis_from_the_share_each_keeps():
     assert _axis_from_two_fits(first, first - probe, probe) is None
 
 
+@pytest.mark.parametrize("second, expected", [
+    (-0.27, "second"),  # -0.16 degree found: left, the second fit's shifts kept
+    (-0.95, "second"),  # -1.0 found, nearer the probe: applied with the second's shifts
+    (-0.347, "first"),  # -0.22 found, nearer the views as given: the first fit's shifts
+])
+def test_the_short_fit_whose_shifts_are_kept(monkeypatch, second, expected):
+    from types import SimpleNamespace
+
+    from taichi_etgs.alignment import other_views
+    from taichi_etgs.gaussian import background, fit
+
+    n = 5
+    tilts = np.linspace(-60, 60, n)
+    shifts = {"first": np.full((n, 2), 0.3), "second": np.full((n, 2), -0.2)}
+    slab = SimpleNamespace(density=0.0, ends_within=lambda width: True)
+    monkeypatch.setattr(background, "fit_slab", lambda *a, **k: (slab, 0.0))
+    monkeypatch.setattr(other_views, "match_to_other_views",
+                        lambda *a, **k: ViewAlignment(np.ones((n, 2))))
+    probes = []
+
+    def short_fit(views, tilts_deg, thickness, config, width, start, find_axis):
+        probes.append(start.axis_deg)
+        if len(probes) == 1:
+            return ViewAlignment(shifts["first"]), -0.12
+        return ViewAlignment(shifts["second"], start.axis_deg), second
+
+    monkeypatch.setattr(fit, "_short_fit", short_fit)
+    found = fit.prealign_views(np.zeros((n, 8, 8), np.float32), tilts, 4)
+    assert probes == [0.0, -0.5]  # the smallest probe, past the first estimate
+    np.testing.assert_array_equal(found.shifts_px, shifts[expected])
+    kept = 1 - (second - -0.12) / -0.5
+    axis = -0.12 / kept
+    assert found.axis_deg == (pytest.approx(axis) if abs(axis) >= 0.2 else 0.0)
+
+
 def _views_off_axis(shape, isolated: bool, axis_deg: float):
     result = simulate_tilt_series(SimulationConfig(
         shape_zyx=shape, tilt_min_deg=-60, tilt_max_deg=60, tilt_step_deg=3, n_particles=6,
