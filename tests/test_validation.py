@@ -140,6 +140,30 @@ def test_view_spectrum_follows_the_signal_to_noise_ratio(rng):
     assert view_spectrum(rng.normal(size=(8, 64, 64))).signal_share.mean() < 0.15
 
 
+def test_noisy_views_seed_no_more_gaussians_than_they_can_determine(isolated_views):
+    volume, views = isolated_views
+    config = dataclasses.replace(CONFIG, iterations=1)
+    # Nearly clean views (noise 5 % of their spread) hold far more signal than 400
+    # Gaussians need: the budget is half of max_gaussians.
+    clean = GaussianReconstruction(views, TILTS, SHAPE[0], config)
+    assert clean.seed_budget() == CONFIG.max_gaussians // 2
+    # White noise of the views' spread: fewer signal-bearing coefficients per view (rings
+    # counted by their share of signal), a third as many Gaussians.
+    noise = np.random.default_rng(1).normal(0, views.std(), views.shape)
+    noisy = GaussianReconstruction((views + noise).astype(np.float32), TILTS, SHAPE[0], config)
+    spectrum = noisy.spectrum
+    signal = spectrum.signal_share[spectrum.rings].sum() * noisy.train.size
+    assert CONFIG.max_gaussians // 4 < noisy.seed_budget() == int(signal / 3.0) \
+        < CONFIG.max_gaussians // 2
+    assert noisy.params.n <= noisy.seed_budget()
+    # Pure noise would give next to none: a quarter of max_gaussians is the floor.
+    noise_only = GaussianReconstruction((3 * noise).astype(np.float32), TILTS, SHAPE[0], config)
+    assert noise_only.seed_budget() == CONFIG.max_gaussians // 4
+    unbounded = dataclasses.replace(config, signal_per_gaussian=0.0)
+    assert GaussianReconstruction((views + noise).astype(np.float32), TILTS, SHAPE[0],
+                                  unbounded).seed_budget() == CONFIG.max_gaussians // 2
+
+
 def _run_with_noisy_heldout_views(rng) -> tuple[GaussianReconstruction, np.ndarray]:
     """A run on noise-free views whose held-out ones then get white noise of sd 1 (and the
     run is told so: every ring signal, the noise power known); and the clean held-out

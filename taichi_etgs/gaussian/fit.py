@@ -69,7 +69,12 @@ class ReconstructConfig:
     views_per_step: views rendered and compared per step.
     max_gaussians: the model never holds more.
     init_gaussians: Gaussians seeded by the octree (None: half of ``max_gaussians``, leaving
-        room for densification).
+        room for densification; fewer, down to a quarter, where the views hold less than
+        ``signal_per_gaussian`` signal-bearing Fourier coefficients per Gaussian,
+        :meth:`GaussianReconstruction.seed_budget`).
+    signal_per_gaussian: signal-bearing coefficients of the views per seeded Gaussian
+        (each Gaussian has ten parameters; noisy views determine fewer of them than clean
+        ones, docs/method.md "Seeding"). 0: always half of ``max_gaussians``.
     init: "sirt", "wbp" (classical reconstruction of the same data).
     init_sirt_iterations: SIRT iterations when ``init == "sirt"``.
     tilt_weight: "cos", "uniform" or "etgs" (see :func:`taichi_etgs.gaussian.loss.tilt_weights`).
@@ -128,6 +133,7 @@ class ReconstructConfig:
     views_per_step: int = 8
     max_gaussians: int = 60_000
     init_gaussians: int | None = None
+    signal_per_gaussian: float = 3.0
     init: str = "sirt"
     init_sirt_iterations: int = 20
     tilt_weight: str = "cos"
@@ -171,6 +177,7 @@ class ReconstructConfig:
             (self.iterations >= 1, "iterations must be >= 1"),
             (self.views_per_step >= 1, "views per step must be >= 1"),
             (self.max_gaussians >= 1, "max Gaussians must be >= 1"),
+            (self.signal_per_gaussian >= 0, "signal per Gaussian must be >= 0"),
             (self.init_gaussians is None or 1 <= self.init_gaussians <= self.max_gaussians,
              "init Gaussians must be between 1 and max Gaussians"),
             (self.init in ("sirt", "wbp"), f"unknown init {self.init!r}; expected sirt or wbp"),
@@ -701,8 +708,21 @@ class GaussianReconstruction:
             # Outside the given box, seed from the level the box sits on.
             initial_volume = np.pad(initial_volume, ((0, 0), (0, 0), (self.pad_x,) * 2),
                                     constant_values=float(np.median(initial_volume)))
-        n_init = self.config.init_gaussians or max(1, self.config.max_gaussians // 2)
+        n_init = self.config.init_gaussians or self.seed_budget()
         return init_from_volume(initial_volume, n_init, seed=self.config.seed).astype(np.float32)
+
+    def seed_budget(self) -> int:
+        """How many Gaussians the octree seeds when ``init_gaussians`` is not set: half of
+        ``max_gaussians``, or fewer, down to a quarter, for views too noisy to determine
+        that many: one per ``signal_per_gaussian`` signal-bearing Fourier coefficients of
+        the fitted views (each coefficient counted by its ring's share of signal,
+        :func:`view_spectrum`). docs/method.md, "Seeding"."""
+        budget = max(1, self.config.max_gaussians // 2)
+        if self.config.signal_per_gaussian > 0:
+            spectrum = self.spectrum
+            signal = float(spectrum.signal_share[spectrum.rings].sum()) * self.train.size
+            budget = max(budget // 2, min(budget, int(signal / self.config.signal_per_gaussian)))
+        return max(1, budget)
 
     def classical_reconstruction(self, specimen_views: np.ndarray | None = None) -> np.ndarray:
         """The initial volume: SIRT or WBP of the fitted views, slab removed, on the model's
