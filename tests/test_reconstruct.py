@@ -271,6 +271,8 @@ def test_a_state_from_before_a_setting_resumes_as_it_began():
     config = saved_config(old, "old.state.h5", ReconstructConfig, session)
     assert config.data_term == "l1" and config.iterations == 30
     assert ReconstructConfig().data_term == "rmse"
+    # Seeded before the seed budget followed the views' signal: half of max_gaussians.
+    assert config.signal_per_gaussian == 0.0 and ReconstructConfig().signal_per_gaussian == 3.0
     assert len(warnings) == 1 and "retired" in warnings[0]
     new = SimpleNamespace(config={"iterations": 30, "data_term": "rmse"})
     assert saved_config(new, "new.state.h5", ReconstructConfig, session).data_term == "rmse"

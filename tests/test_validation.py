@@ -164,6 +164,20 @@ def test_noisy_views_seed_no_more_gaussians_than_they_can_determine(isolated_vie
                                   unbounded).seed_budget() == CONFIG.max_gaussians // 2
 
 
+def test_cli_says_when_noisy_views_seed_fewer_gaussians(isolated_views, tmp_path, capsys):
+    _, views = isolated_views
+    noise = np.random.default_rng(1).normal(0, views.std(), views.shape)
+    stack = tmp_path / "ts.mrc"
+    write_stack(stack, (20.0 - views - noise).astype(np.float32), 10.0)
+    np.savetxt(tmp_path / "ts.tlt", TILTS)
+    code = main(["reconstruct", str(stack), "--angles", str(tmp_path / "ts.tlt"),
+                 "--thickness", str(SHAPE[0]), "-o", str(tmp_path / "rec.mrc"),
+                 "--iterations", "2", "--max-gaussians", "800"])
+    _, err = capsys.readouterr()
+    assert code == 0, err
+    assert "the views' signal determines about" in err and "fewer than half of" in err
+
+
 def _run_with_noisy_heldout_views(rng) -> tuple[GaussianReconstruction, np.ndarray]:
     """A run on noise-free views whose held-out ones then get white noise of sd 1 (and the
     run is told so: every ring signal, the noise power known); and the clean held-out

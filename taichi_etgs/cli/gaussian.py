@@ -33,7 +33,9 @@ _REQUIRED_NOTE = " Required unless --resume (the state knows it)."
               help="Optimisation steps [default: 600; with --resume: the saved run's].")
 @click.option("--max-gaussians", type=click.IntRange(min=1), default=60_000, show_default=True,
               metavar="N",
-              help="Upper bound on the model's size (memory and time grow with it).")
+              help="Upper bound on the model's size (memory and time grow with it). Half "
+                   "of it is seeded; noisy views seed fewer, down to a quarter, as many "
+                   "as their signal determines (docs/method.md, Seeding).")
 @click.option("--views-per-step", type=click.IntRange(min=1), default=8, show_default=True,
               metavar="N",
               help="Tilt views rendered and compared per step.")

@@ -168,7 +168,7 @@ class ReconstructConfig:
 
     #: What a state file saved before a setting existed was made with, where that differs
     #: from today's default (a resumed run goes on as it began).
-    SAVED_BEFORE: ClassVar[dict] = {"data_term": "l1"}
+    SAVED_BEFORE: ClassVar[dict] = {"data_term": "l1", "signal_per_gaussian": 0.0}
 
     def __post_init__(self) -> None:
         from .loss import DATA_TERMS

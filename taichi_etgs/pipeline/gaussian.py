@@ -482,7 +482,12 @@ def run_reconstruct(source: StackSource, target: VolumeTarget,
                                      initial_volume=initial_volume, params=params,
                                      params_view_scale=params_view_scale, alignment=alignment)
         log.info("seeded %d Gaussians in %.1f s", run.params.n, time.perf_counter() - start)
-        session.tell(f"{run.params.n} Gaussians to start with")
+        budget, half = run.seed_budget(), config.max_gaussians // 2
+        seeded_from_views = params is None and config.init_gaussians is None
+        session.tell(f"{run.params.n} Gaussians to start with" + (
+            f" (the views' signal determines about {budget}, fewer than half of "
+            f"--max-gaussians, {half}: docs/method.md, Seeding)"
+            if seeded_from_views and budget < half else ""))
         if run.slab.density > 0:
             session.tell(f"ice slab: faces at z {run.slab.z_lo:.1f} and {run.slab.z_hi:.1f}, "
                          f"ends at x {run.slab.x_lo:.1f} and {run.slab.x_hi:.1f} (voxels from "
