@@ -474,7 +474,12 @@ def main() -> None:
                           for scheme, runs in kept["runs"].items()}
         if "gaussians" not in methods:  # the Gaussian runs kept are the earlier run's
             report["gaussian_iterations"] = kept.get("gaussian_iterations")
-        report["rerun"] = {"methods": list(methods), "kept_from": kept.get("started")}
+        kept_from = kept.get("started")
+        earlier = kept.get("rerun")
+        if earlier and not set(earlier["methods"]) - set(methods):
+            # What the kept report reran is run again now: the rest is older than it.
+            kept_from = earlier["kept_from"]
+        report["rerun"] = {"methods": list(methods), "kept_from": kept_from}
     print(f"CTF and dose benchmark: {len(runs_plan)} run(s) x {len(METHODS)} methods, shape "
           f"{args.shape} at {args.pixel_size:g} A, {args.geometry}, {specimen}; writing "
           f"{args.out}", flush=True)
