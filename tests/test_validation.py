@@ -296,6 +296,27 @@ def test_halves_use_the_odd_and_the_even_tilts(isolated_views):
             CONFIG.views_per_step * half.tilts_deg.size / TILTS.size)
 
 
+def test_halves_seed_as_many_gaussians_as_the_tomogram_they_validate(isolated_views):
+    # Noisy views: each half's own signal, half the data, would seed fewer than the full
+    # run; smoother halves would agree more than the tomogram deserves.
+    _, views = isolated_views
+    noise = np.random.default_rng(1).normal(0, views.std(), views.shape)
+    noisy = (views + noise).astype(np.float32)
+    config = dataclasses.replace(CONFIG, iterations=1)
+    full = GaussianReconstruction(noisy, TILTS, SHAPE[0], config).seed_budget()
+    own = reconstruct_halves(noisy, TILTS, SHAPE[0], config)
+    assert all(half.seed_budget() < full for half in own)
+    given = reconstruct_halves(noisy, TILTS, SHAPE[0], config, seed_gaussians=full)
+    for half in given:
+        assert half.config.init_gaussians == full
+        assert own[0].params.n < half.params.n <= full
+    # A seed count the user set is the full run's too, and wins.
+    fixed = reconstruct_halves(noisy, TILTS, SHAPE[0],
+                               dataclasses.replace(config, init_gaussians=50),
+                               seed_gaussians=full)
+    assert all(half.config.init_gaussians == 50 for half in fixed)
+
+
 def test_halves_fsc_compares_specimens_not_the_shared_slab(isolated_views, rng):
     # Two halves of views with noise as strong as the specimen: their slabs agree whatever
     # the noise, so an FSC with the slab included reads high; the specimen's is lower, and

@@ -221,6 +221,7 @@ def _write_halves(session, run, views, series, paths, factor, out_shape, pixel, 
 
         first, second = reconstruct_halves(views, series.tilts_deg, run.shape_zyx[0],
                                            run.config, width=run.shape_zyx[2],
+                                           seed_gaussians=run.seed_budget(),
                                            progress=progress)
     volumes = [relative_to_mean(r.tomogram(voxel_size=factor, shape_zyx=out_shape))
                for r in (first, second)]
