@@ -374,6 +374,7 @@ def test_cli_halves_and_validation_in_the_sidecar(isolated_views, tmp_path, caps
     _, err = capsys.readouterr()
     assert code == 0, err
     assert "held-out views" in err and "half-map FSC" in err
+    assert "each seeding 400 Gaussians as the full run" in err  # half of --max-gaussians
     # The halves' progress, as lines when there is no terminal.
     assert "halves: 50 % (20/40 it)" in err
     for name in ("rec_half1.mrc", "rec_half2.mrc"):

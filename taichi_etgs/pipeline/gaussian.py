@@ -212,7 +212,9 @@ def _write_halves(session, run, views, series, paths, factor, out_shape, pixel, 
     from ..evaluation.metrics import half_map_fsc
     from ..gaussian.fit import halves_fsc, reconstruct_halves
 
-    session.tell("reconstructing the odd and the even tilts independently (--halves)")
+    seeded = run.config.init_gaussians or run.seed_budget()
+    session.tell(f"reconstructing the odd and the even tilts independently (--halves), each "
+                 f"seeding {seeded} Gaussians as the full run")
     total = run.config.iterations
     with session.progress(2 * total, "halves") as bar:
         def progress(half: int, info) -> None:
@@ -221,7 +223,7 @@ def _write_halves(session, run, views, series, paths, factor, out_shape, pixel, 
 
         first, second = reconstruct_halves(views, series.tilts_deg, run.shape_zyx[0],
                                            run.config, width=run.shape_zyx[2],
-                                           seed_gaussians=run.seed_budget(),
+                                           seed_gaussians=seeded,
                                            progress=progress)
     volumes = [relative_to_mean(r.tomogram(voxel_size=factor, shape_zyx=out_shape))
                for r in (first, second)]
