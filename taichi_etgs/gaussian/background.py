@@ -319,12 +319,13 @@ def _refine(slab: SlabBackground, m: np.ndarray, tilts_deg: np.ndarray,
                 damping *= 10.0
                 continue
             cand = SlabBackground.from_vector(trial, edge)
-            p2, jac2 = model(cand, True)
+            # The Jacobian costs most of an evaluation: only for a step taken.
+            p2, _ = model(cand, False)
             r2 = m - p2
             cost2 = float(np.sum(r2 * r2))
             if cost2 < cost:
                 converged = cost - cost2 < 1e-9 * cost
-                vec, jac, r, cost = trial, jac2, r2, cost2
+                vec, jac, r, cost = trial, model(cand, True)[1], r2, cost2
                 damping = max(damping * 0.3, 1e-7)
                 if converged:
                     break
