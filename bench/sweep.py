@@ -306,7 +306,7 @@ def run_point(point: str, data: dict, args) -> dict:
     if args.halves:
         start = time.perf_counter()
         h1, h2 = reconstruct_halves(
-            views, tilts, nz, config, seed_gaussians=run.seed_budget(),
+            views, tilts, nz, config, seed_gaussians=run.seed_count(),
             progress=lambda k, info: _progress(f"half {k} ", start)(info))
         t1 = h1.tomogram()
         seconds = time.perf_counter() - start

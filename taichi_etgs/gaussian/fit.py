@@ -708,8 +708,13 @@ class GaussianReconstruction:
             # Outside the given box, seed from the level the box sits on.
             initial_volume = np.pad(initial_volume, ((0, 0), (0, 0), (self.pad_x,) * 2),
                                     constant_values=float(np.median(initial_volume)))
-        n_init = self.config.init_gaussians or self.seed_budget()
-        return init_from_volume(initial_volume, n_init, seed=self.config.seed).astype(np.float32)
+        return init_from_volume(initial_volume, self.seed_count(),
+                                seed=self.config.seed).astype(np.float32)
+
+    def seed_count(self) -> int:
+        """How many Gaussians the octree seeds: ``init_gaussians`` where set, else
+        :meth:`seed_budget`."""
+        return self.config.init_gaussians or self.seed_budget()
 
     def seed_budget(self) -> int:
         """How many Gaussians the octree seeds when ``init_gaussians`` is not set: half of
@@ -1312,8 +1317,8 @@ def reconstruct_halves(views: np.ndarray, tilts_deg: np.ndarray, thickness: int,
     config: the settings of each half (its seed is offset by 1 and 2).
     width: tomogram width (default: the views').
     seed_gaussians: Gaussians each half seeds when ``config.init_gaussians`` is not set:
-        the full run's :meth:`GaussianReconstruction.seed_budget` (default: each half's
-        own, from its views).
+        the full run's :meth:`GaussianReconstruction.seed_count` (default: each half's
+        own budget, from its views).
     progress: called with (half 1 or 2, progress) after each iteration.
 
     Returns

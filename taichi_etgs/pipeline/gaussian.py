@@ -212,7 +212,7 @@ def _write_halves(session, run, views, series, paths, factor, out_shape, pixel, 
     from ..evaluation.metrics import half_map_fsc
     from ..gaussian.fit import halves_fsc, reconstruct_halves
 
-    seeded = run.config.init_gaussians or run.seed_budget()
+    seeded = run.seed_count()
     session.tell(f"reconstructing the odd and the even tilts independently (--halves), each "
                  f"seeding {seeded} Gaussians as the full run")
     total = run.config.iterations
