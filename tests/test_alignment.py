@@ -108,17 +108,19 @@ def test_the_short_fit_whose_shifts_are_kept(monkeypatch, second, expected):
     monkeypatch.setattr(background, "fit_slab", lambda *a, **k: (slab, 0.0))
     monkeypatch.setattr(other_views, "match_to_other_views",
                         lambda *a, **k: ViewAlignment(np.ones((n, 2))))
-    probes = []
+    probes, slabs = [], []
 
-    def short_fit(views, tilts_deg, thickness, config, width, start, find_axis):
+    def short_fit(views, tilts_deg, thickness, config, width, start, find_axis, ice):
         probes.append(start.axis_deg)
+        slabs.append(ice)
         if len(probes) == 1:
-            return ViewAlignment(shifts["first"]), -0.12
-        return ViewAlignment(shifts["second"], start.axis_deg), second
+            return ViewAlignment(shifts["first"]), -0.12, (slab, 0.5)
+        return ViewAlignment(shifts["second"], start.axis_deg), second, (slab, 0.5)
 
     monkeypatch.setattr(fit, "_short_fit", short_fit)
     found = fit.prealign_views(np.zeros((n, 8, 8), np.float32), tilts, 4)
     assert probes == [0.0, -0.5]  # the smallest probe, past the first estimate
+    assert slabs == [None, (slab, 0.5)]  # the first fit finds the ice slab, the second takes it
     np.testing.assert_array_equal(found.shifts_px, shifts[expected])
     kept = 1 - (second - -0.12) / -0.5
     axis = -0.12 / kept
@@ -151,6 +153,29 @@ def test_the_axis_is_left_alone_where_the_specimen_runs_past_the_field_of_view()
     views, tilts = _views_off_axis((24, 64, 64), False, 1.0)
     found = prealign_views(views, tilts, 24, ReconstructConfig(max_gaussians=2000))
     assert found.axis_deg == 0.0 and np.any(found.shifts_px)
+
+
+def test_a_refined_run_fits_the_ice_slab_once_for_itself_and_its_short_fits(monkeypatch):
+    from taichi_etgs.gaussian import background, fit
+
+    # The slab is fitted to the views as given, which no alignment changes: one fit for
+    # the run and every short fit (about 2 s each at 64 x 128 x 128), besides the first
+    # stage's own (all views, before any CTF).
+    fits, short_fits = [], []
+    real_fit, real_short = background.fit_slab, fit._short_fit
+    monkeypatch.setattr(background, "fit_slab",
+                        lambda *a, **k: fits.append(1) or real_fit(*a, **k))
+    monkeypatch.setattr(fit, "_short_fit",
+                        lambda *a: short_fits.append(a[-1]) or real_short(*a))
+    monkeypatch.setattr(fit, "_AXIS_FIT_ITERATIONS", 4)
+    monkeypatch.setattr(fit, "_PREALIGN_EVERY", 2)
+    views, tilts = _views_off_axis((32, 96, 96), True, 1.0)
+    run = fit.GaussianReconstruction(views, tilts, 32, ReconstructConfig(
+        max_gaussians=2000, iterations=2, refine_alignment=True))
+    assert short_fits and run.slab.density > 0
+    assert len(fits) == 2
+    # The run's own copy is in its units; the fit it shared stays in the views'.
+    assert run.slab_fit[0].density == pytest.approx(run.slab.density * run.scale)
 
 
 def test_matching_aligned_views_moves_nothing(projections):

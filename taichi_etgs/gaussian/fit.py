@@ -38,6 +38,7 @@ from .params import GaussianParams, density_raw_from_densities
 
 if TYPE_CHECKING:  # annotations only: collaborators are imported where they are used
     from ..alignment import ViewAlignment
+    from .background import SlabBackground
 
 __all__ = ["ReconstructConfig", "Progress", "GaussianReconstruction", "heldout_views",
            "halves_fsc", "prealign_views", "reconstruct_halves", "robust_range",
@@ -399,19 +400,21 @@ class _SlabAdam:
 
 def _short_fit(views: np.ndarray, tilts_deg: np.ndarray, thickness: int,
                config: ReconstructConfig, width: int | None, start: ViewAlignment,
-               find_axis: bool) -> tuple[ViewAlignment, float | None]:
+               find_axis: bool, slab: tuple[SlabBackground, float] | None
+               ) -> tuple[ViewAlignment, float | None, tuple[SlabBackground, float]]:
     """A fit of ``config.iterations`` steps with the views turned by ``start``'s axis,
     matching their shifts to its predictions every ``_PREALIGN_EVERY`` steps. Returns the
-    shifts so found (at that axis) and, with ``find_axis``, the axis angle its predictions
-    point to."""
+    shifts so found (at that axis), with ``find_axis`` the axis angle its predictions
+    point to, and the views' ice slab (``slab``, or fitted by this run when None:
+    :attr:`GaussianReconstruction.slab_fit`)."""
     run = GaussianReconstruction(views, tilts_deg, thickness, config, width=width,
-                                 alignment=start)
+                                 alignment=start, slab=slab)
     while run.iteration < config.iterations:
         run.step()
         if run.iteration % _PREALIGN_EVERY == 0:
             run._refine_alignment()
     axis = run._match_views(fit_axis=True, steps=3).axis_deg if find_axis else None
-    return run.alignment, axis
+    return run.alignment, axis, run.slab_fit
 
 
 def _axis_from_two_fits(first: float, second: float, probe_deg: float) -> float | None:
@@ -427,7 +430,8 @@ def _axis_from_two_fits(first: float, second: float, probe_deg: float) -> float 
 
 
 def prealign_views(views: np.ndarray, tilts_deg: np.ndarray, thickness: int,
-                   config: ReconstructConfig | None = None, width: int | None = None):
+                   config: ReconstructConfig | None = None, width: int | None = None,
+                   slab: tuple[SlabBackground, float] | None = None):
     """Residual shifts (and tilt-axis angle) of the views: matching to the other views,
     then to short Gaussian fits.
 
@@ -461,6 +465,9 @@ def prealign_views(views: np.ndarray, tilts_deg: np.ndarray, thickness: int,
     tilts_deg: their tilts. [n]
     thickness, width: the tomogram's NZ and NX (width None: nu).
     config: the fit's settings (its iterations and ``refine_alignment`` are ignored).
+    slab: the ice slab a fit of these views with ``config`` finds
+        (:attr:`GaussianReconstruction.slab_fit`), shared by the short fits; None: the
+        first short fit finds it for all.
 
     Returns
     -------
@@ -478,10 +485,10 @@ def prealign_views(views: np.ndarray, tilts_deg: np.ndarray, thickness: int,
     specimen = views
     ends_in_view = False
     if config.background == "slab":
-        slab = fit_slab(views.mean(axis=1), tilts_deg, thickness, width or nu)[0]
-        ends_in_view = slab.ends_within(width or nu)
-        if slab.density != 0.0:
-            specimen = views - slab.project(tilts_deg, nu)[0][:, None, :].astype(np.float32)
+        ice = fit_slab(views.mean(axis=1), tilts_deg, thickness, width or nu)[0]
+        ends_in_view = ice.ends_within(width or nu)
+        if ice.density != 0.0:
+            specimen = views - ice.project(tilts_deg, nu)[0][:, None, :].astype(np.float32)
     coarse = match_to_other_views(specimen, tilts_deg, thickness, width=width)
     del specimen
     if not np.any(coarse.shifts_px):
@@ -491,15 +498,16 @@ def prealign_views(views: np.ndarray, tilts_deg: np.ndarray, thickness: int,
     if not ends_in_view:
         # A specimen running past the field of view: the axis estimate is biased there
         # (0.3-1.7 degree found for an axis without error), so only the shifts.
-        return _short_fit(views, tilts_deg, thickness, config, width, coarse, False)[0]
+        return _short_fit(views, tilts_deg, thickness, config, width, coarse, False, slab)[0]
     config = dataclasses.replace(config, iterations=_AXIS_FIT_ITERATIONS)
-    found, first = _short_fit(views, tilts_deg, thickness, config, width, coarse, True)
+    found, first, slab = _short_fit(views, tilts_deg, thickness, config, width, coarse, True,
+                                    slab)
     if abs(first) < _AXIS_KEPT * _AXIS_LEFT_DEG:
         return found  # an axis error too small to correct: no second fit
     # Probe past the truth: each model keeps about half of the error left at its axis.
     probe = float(np.copysign(np.clip(abs(first) / _AXIS_KEPT, *_AXIS_PROBE_DEG), first))
-    at_probe, second = _short_fit(views, tilts_deg, thickness, config, width,
-                                  ViewAlignment(found.shifts_px, probe), True)
+    at_probe, second, _ = _short_fit(views, tilts_deg, thickness, config, width,
+                                     ViewAlignment(found.shifts_px, probe), True, slab)
     axis = _axis_from_two_fits(first, second, probe)
     if axis is None or not _AXIS_LEFT_DEG <= abs(axis) <= _AXIS_PROBE_DEG[1]:
         if abs(probe) <= _AXIS_PROBE_DEG[0]:
@@ -541,6 +549,10 @@ class GaussianReconstruction:
         (:class:`~taichi_etgs.alignment.ViewAlignment`), applied to them; refined further
         only with ``config.refine_alignment``, which otherwise finds it with
         :func:`prealign_views`.
+    slab: the ice slab already fitted to these views, in their units, and the share of
+        their row averages' variance it explains (:attr:`slab_fit` of a run of the same
+        views and settings; the short fits of :func:`prealign_views` take their run's);
+        None: fitted here.
     """
 
     def __init__(self, views: np.ndarray, tilts_deg: np.ndarray, thickness: int,
@@ -548,8 +560,8 @@ class GaussianReconstruction:
                  initial_volume: np.ndarray | None = None,
                  params: GaussianParams | None = None,
                  params_view_scale: float | None = None,
-                 alignment: ViewAlignment | None = None) -> None:
-        from .background import SlabBackground, fit_slab
+                 alignment: ViewAlignment | None = None,
+                 slab: tuple[SlabBackground, float] | None = None) -> None:
         from .loss import tilt_weights
 
         self.config = config or ReconstructConfig()
@@ -577,6 +589,14 @@ class GaussianReconstruction:
                 raise InputError(f"the defocus or exposure is given for {microscope.n_views} "
                                  f"views but there are {n_tilts}")
             self.ctf = ViewFilter(microscope, (ny, nu))
+        # The slab is found in the row averages before anything else, so that the units,
+        # the SSIM range and the seed volume are those of the specimen, not of slab edges.
+        # It does not depend on the alignment (the views as given are fitted), so a fit
+        # this run's alignment makes on the same views takes it as it is.
+        if slab is None:
+            slab = self._fit_slab(views)
+        self.slab_fit = (dataclasses.replace(slab[0]), slab[1])
+        self.slab, self.slab_explained = dataclasses.replace(slab[0]), slab[1]
         self.alignment = None
         if self.config.refine_alignment or alignment is not None:
             if alignment is None:
@@ -585,17 +605,6 @@ class GaussianReconstruction:
                 # A model to continue from (a resume) comes with its alignment (restore).
                 alignment = (ViewAlignment.identity(n_tilts) if params is not None
                              else self._prealign(views, width))
-        # The slab is found in the row averages before anything else, so that the units,
-        # the SSIM range and the seed volume are those of the specimen, not of slab edges.
-        row_means = np.stack([np.asarray(v, dtype=np.float64).mean(axis=0) for v in views])
-        if self.config.background == "slab":
-            self.slab, self.slab_explained = fit_slab(
-                row_means[self.train], self.tilts_deg[self.train], self.shape_zyx[0],
-                self.shape_zyx[2],
-                transfer=None if self.ctf is None else partial(self.ctf.apply_rows,
-                                                               index=self.train))
-        else:
-            self.slab, self.slab_explained = SlabBackground(0.0, 0.0, 0.0, 0.0, 0.0), 0.0
         slab_views = self._slab_profiles(np.arange(n_tilts))
         if self.ctf is not None:
             slab_views = self.ctf.apply_rows(slab_views)
@@ -645,11 +654,26 @@ class GaussianReconstruction:
         return self.slab.project(self.tilts_deg[index], self.nu,
                                  u_shift=None if shifts is None else shifts[:, 0])[0]
 
+    def _fit_slab(self, views: np.ndarray) -> tuple[SlabBackground, float]:
+        """The ice slab in the fitted views' row averages, through their CTF and exposure
+        filter (:func:`~taichi_etgs.gaussian.background.fit_slab`); an empty one without
+        ``background == "slab"``."""
+        from .background import SlabBackground, fit_slab
+
+        if self.config.background != "slab":
+            return SlabBackground(0.0, 0.0, 0.0, 0.0, 0.0), 0.0
+        row_means = np.stack([np.asarray(v, dtype=np.float64).mean(axis=0) for v in views])
+        return fit_slab(row_means[self.train], self.tilts_deg[self.train], self.shape_zyx[0],
+                        self.shape_zyx[2],
+                        transfer=None if self.ctf is None else partial(self.ctf.apply_rows,
+                                                                       index=self.train))
+
     def _prealign(self, views: np.ndarray, width: int | None):
         """The views' alignment from a short fit of its own (:func:`prealign_views`): the
         model written is then seeded from aligned views instead of having learned the
         misalignment in its first steps."""
-        return prealign_views(views, self.tilts_deg, self.shape_zyx[0], self.config, width)
+        return prealign_views(views, self.tilts_deg, self.shape_zyx[0], self.config, width,
+                              slab=self.slab_fit)
 
     def _set_alignment(self, alignment: ViewAlignment) -> None:
         """Take ``alignment`` as the correction of the views as given.
@@ -661,7 +685,10 @@ class GaussianReconstruction:
         (once, from the views as given)."""
         from ..alignment import ViewAlignment
 
+        turned = self.alignment is None or alignment.axis_deg != self.alignment.axis_deg
         self.alignment = alignment
+        if not turned:
+            return  # the shifts alone changed: the views fitted stay as they are
         self.measured = self.given
         if alignment.axis_deg != 0.0:
             turn = ViewAlignment(np.zeros_like(alignment.shifts_px), alignment.axis_deg)
