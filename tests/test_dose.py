@@ -419,38 +419,6 @@ def test_each_views_prediction_carries_its_own_exposure(taichi_cpu):
     assert not np.allclose(per_view.predict(last), plain.predict(last), atol=1e-4)
 
 
-def test_the_loss_compares_views_filtered_by_their_exposure_as_their_predictions(taichi_cpu):
-    from taichi_etgs.classical.projector import forward_project
-    from taichi_etgs.gaussian.fit import GaussianReconstruction, ReconstructConfig
-    from taichi_etgs.gaussian.transfer import Microscope, ViewFilter
-
-    from .phantoms import gaussian_blobs
-
-    tilts = np.arange(-48.0, 49.0, 12.0)
-    exposure = np.linspace(0.0, 110.0, tilts.size)
-    volume = gaussian_blobs((8, 12, 24), 6, 1.2, (2.0, 4.0, 8.0))
-    views = forward_project(volume, tilts) + np.random.default_rng(3).normal(
-        0.0, 0.05, (tilts.size, 12, 24))
-    config = ReconstructConfig(iterations=1, max_gaussians=60, init="wbp", background="offset",
-                               heldout_every=0, pixel_size_A=8.0, defocus_um=3.0,
-                               exposure_per_view_e_per_A2=exposure.tolist())
-    run = GaussianReconstruction(views, tilts, 8, config)
-    every = np.arange(tilts.size)
-    compared = run._loss_views(every)
-    q = ViewFilter(Microscope(0.0, 8.0, exposure_e_per_A2=tuple(exposure), ctf=False), (12, 24))
-    m = run.measured.astype(np.float64)
-    # the exposure filter alone (no CTF: the views already carry theirs), the mean kept
-    np.testing.assert_allclose(compared, q.apply(m) + m.mean(axis=(1, 2), keepdims=True),
-                               atol=1e-5)  # float32 views
-    # an unexposed view is compared as measured; the most exposed one loses fine detail
-    np.testing.assert_allclose(compared[0], run.measured[0], atol=1e-5)
-    fine = [np.abs(np.fft.rfft2(v - v.mean()))[:, 8:].sum() for v in (compared[-1],
-                                                                        run.measured[-1])]
-    assert fine[0] < 0.8 * fine[1]
-    # held-out scoring and everything set from the views keep them as measured
-    assert run._weighted[0] is run.measured
-
-
 def test_reconstruct_with_a_dose_keeps_it_in_the_state_and_the_api_takes_it(taichi_cpu, tmp_path,
                                                                              capsys):
     from taichi_etgs.cli import main

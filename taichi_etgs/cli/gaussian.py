@@ -92,8 +92,7 @@ _REQUIRED_NOTE = " Required unless --resume (the state knows it)."
 @ctf_options(note=": the CTF goes into the model, so that it fits the specimen's "
                   "potential, not a CTF-filtered image of it")
 @dose_options(note=": each view's exposure filter goes into the model, which predicts the "
-                   "damage later views carry, and weighs the misfit of their damaged "
-                   "frequencies down")
+                   "damage later views carry")
 @runtime_options
 def reconstruct(source, target, iterations, max_gaussians, views_per_step, init, tilt_weight,
                 seed, state_path, save_every, resume_path, voxel_size, halves, refine_alignment,

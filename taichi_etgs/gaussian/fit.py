@@ -118,8 +118,7 @@ class ReconstructConfig:
     exposure_per_view_e_per_A2: the exposure each view carries (prior dose + half its own,
         e/A^2, a list in the order of the views, :mod:`taichi_etgs.io.dose`): each
         rendered view is filtered with its exposure filter too (Grant & Grigorieff's
-        critical exposure), and so is the view the loss compares it with (a weight on
-        each frequency's misfit, docs/method.md "Dose"); None: none.
+        critical exposure, docs/method.md "Dose"); None: none.
     refine_alignment: refine each view's residual shift (:mod:`taichi_etgs.alignment`):
         before the model is seeded by :func:`prealign_views` (matching to the other
         views, then to a short fit), then against the model's predictions at each
@@ -582,10 +581,6 @@ class GaussianReconstruction:
         self.train = np.setdiff1d(np.arange(n_tilts), self.heldout)
         self.nu = nu
         self.ctf = None
-        # With an exposure, the views the loss compares are filtered by their exposure
-        # filter as well (a weight q^2 on each frequency's misfit; docs/method.md, "Dose").
-        self.exposure_weight = None
-        self._weighted: tuple[np.ndarray, np.ndarray] | None = None
         if self.config.has_view_filter:
             from .transfer import ViewFilter
 
@@ -594,9 +589,6 @@ class GaussianReconstruction:
                 raise InputError(f"the defocus or exposure is given for {microscope.n_views} "
                                  f"views but there are {n_tilts}")
             self.ctf = ViewFilter(microscope, (ny, nu))
-            if microscope.exposure_e_per_A2 is not None:
-                self.exposure_weight = ViewFilter(dataclasses.replace(microscope, ctf=False),
-                                                  (ny, nu))
         # The slab is found in the row averages before anything else, so that the units,
         # the SSIM range and the seed volume are those of the specimen, not of slab edges.
         # It does not depend on the alignment (the views as given are fitted), so a fit
@@ -852,7 +844,7 @@ class GaussianReconstruction:
 
         params = self.params if params is None else params
         tilts = self.tilts_deg[selected]
-        measured = self._loss_views(selected)
+        measured = self.measured[selected]
         # The slab's projections and their derivatives in one pass (most of a step's
         # host time on wide views).
         shifts = self._view_shifts(selected)
@@ -880,21 +872,6 @@ class GaussianReconstruction:
         if self.config.fit_gain:
             self._update_gains(selected, model, measured)
         return float(loss), project_gaussians_backward(params, tilts, grad, shifts), slab_grad
-
-    def _loss_views(self, index: np.ndarray) -> np.ndarray:
-        """The measured views ``index`` as the loss compares them: with an exposure, each
-        filtered by its exposure filter ``q`` (its mean kept), as its prediction is. The
-        squared misfit at each frequency is then weighted by ``q^2``: a damaged view's
-        high frequencies, whose signal the filter in the forward model already lowers,
-        count less than an undamaged view's, where the filter alone would ask the model
-        to restore them from their noise (docs/method.md, "Dose"). [len(index), ny, nx]"""
-        if self.exposure_weight is None:
-            return self.measured[index]
-        if self._weighted is None or self._weighted[0] is not self.measured:
-            m = np.asarray(self.measured, dtype=np.float64)
-            weighted = self.exposure_weight.apply(m) + m.mean(axis=(1, 2), keepdims=True)
-            self._weighted = (self.measured, weighted.astype(np.float32))
-        return self._weighted[1][index]
 
     def _update_gains(self, selected: np.ndarray, model: np.ndarray,
                       measured: np.ndarray) -> None:

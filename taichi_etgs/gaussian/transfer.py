@@ -20,9 +20,7 @@ CTF times its exposure filter (Grant & Grigorieff's critical exposure,
 :func:`~taichi_etgs.simulation.imaging.exposure_filter`): later views are predicted with
 the high-resolution signal they have lost, and the filter stays real and even, so the
 adjoint stays exact (docs/method.md, "Dose"). Without a CTF (``ctf=False``) the filter is
-the exposure filter alone: the reconstruction filters the measured views with it before
-the loss compares them, which weighs each frequency's misfit by the square of the signal
-it keeps.
+the exposure filter alone.
 """
 
 from __future__ import annotations

@@ -61,8 +61,7 @@ class GaussianSettings:
     dose, dose_per_tilt, tilt_order, tilt_start, tilt_group: the views' exposure
         (:class:`~taichi_etgs.pipeline.dose.DoseSettings`: an .mdoc or DOSE PRIOR_DOSE file,
         or e/A^2 per view with the acquisition order): each rendered view is filtered with
-        its exposure filter in the forward model, and so is the view it is compared with
-        (docs/method.md, "Dose").
+        its exposure filter in the forward model.
     voxel_size: voxel size of the written tomogram in A (None: the stack's pixel size).
     halves: also reconstruct the odd and the even tilts and write both with their FSC.
     refine_alignment: refine each view's residual shift with the model
