@@ -595,8 +595,10 @@ class GaussianReconstruction:
         # this run's alignment makes on the same views takes it as it is.
         if slab is None:
             slab = self._fit_slab(views)
+        # The fit as found (the views' units) is kept for the runs that share it; the
+        # run's own slab is scaled to its units and then fitted further.
         self.slab_fit = (dataclasses.replace(slab[0]), slab[1])
-        self.slab, self.slab_explained = dataclasses.replace(slab[0]), slab[1]
+        self.slab = dataclasses.replace(slab[0])
         self.alignment = None
         if self.config.refine_alignment or alignment is not None:
             if alignment is None:
@@ -1206,7 +1208,7 @@ class GaussianReconstruction:
                 "averaged_iterations": self.averaged_iterations,
                 "stopped_early": bool(self.stopped_early),
                 "slab": self.slab.to_dict() | {"density": self.slab.density * self.scale},
-                "slab_explained_row_variance": float(self.slab_explained),
+                "slab_explained_row_variance": float(self.slab_fit[1]),
                 "gain_range": [float(self.gains.min()), float(self.gains.max())]}
 
     # -- state ----------------------------------------------------------------------------
