@@ -104,24 +104,30 @@ KEPT_METRICS = ("band_fsc", "wedge_band_fsc", "specimen_band_fsc", "specimen_wed
 # -- data ------------------------------------------------------------------------------
 
 
-def structures(use: bool) -> tuple[str, ...]:
+def structures(use: bool, ids: tuple[str, ...] = STRUCTURE_IDS) -> tuple[str, ...]:
+    """The atomic models ``ids`` (PDB ids) found in the shared structures folder."""
     if not use:
         return ()
     return tuple(str(p) for p in sorted(STRUCTURES.glob("*.cif.gz"))
-                 if p.name.startswith(STRUCTURE_IDS))
+                 if p.name.startswith(ids))
 
 
 def simulation_config(point: str, shape_zyx: tuple[int, int, int], pixel_size_A: float,
-                      models: tuple[str, ...]):
+                      models: tuple[str, ...], *, noise: dict | None = None,
+                      tilts_deg: tuple[float, float, float] = (-60.0, 60.0, 3.0)):
+    """The simulation of ``point`` (``<noise>-<geometry>``); ``noise``: the noise settings
+    when the point's noise is not one of :data:`NOISE_POINTS`; ``tilts_deg``: first, last
+    and step."""
     from taichi_etgs.simulation.simulate import SimulationConfig
 
-    noise, geom = point.rsplit("-", 1)
+    name, geom = point.rsplit("-", 1)
     isolated = GEOMETRIES[geom]
     ice = ISOLATED_ICE_FRACTION * shape_zyx[0] * pixel_size_A if isolated else None
     return SimulationConfig(shape_zyx=shape_zyx, pixel_size_A=pixel_size_A,
-                            tilt_min_deg=-60.0, tilt_max_deg=60.0, tilt_step_deg=3.0,
-                            isolated=isolated, ice_thickness_A=ice, structures=models,
-                            seed=1, **NOISE_POINTS[noise])
+                            tilt_min_deg=tilts_deg[0], tilt_max_deg=tilts_deg[1],
+                            tilt_step_deg=tilts_deg[2], isolated=isolated,
+                            ice_thickness_A=ice, structures=models, seed=1,
+                            **(noise if noise is not None else NOISE_POINTS[name]))
 
 
 def _cache_key(config) -> dict:
