@@ -179,6 +179,26 @@ def test_shifted_views_are_the_views_moved(taichi_cpu, projector_path, rng):
     np.testing.assert_array_equal(views[[1, 4]], project_gaussians(p, TILTS, ny, nu)[[1, 4]])
 
 
+def test_views_moved_by_many_rows_bring_gaussians_from_off_the_detector(taichi_cpu,
+                                                                        projector_path, rng):
+    """Moves along v of up to 5 px, whole and half rows of both signs included, each view's
+    different: the CPU pass reads another row list per view (whole rows) and lists only
+    the fractions' spread, so Gaussians just above and below the detector, which only some
+    views' moves bring onto it, must still be drawn. Reference: the model moved by
+    ``du (cos, 0, sin) + dv (0, 1, 0)``, projected without moves."""
+    ny, nu = 16, 24
+    p = random_params(rng, 30, (8.0, 11.0, 4.0))  # y up to +-11: beyond the detector's +-8
+    shifts = np.array([[0.3, 4.6], [0.0, -5.0], [-1.0, 0.5], [0.7, -0.5], [0.0, 2.0]])
+    views = project_gaussians(p, TILTS, ny, nu, shifts)
+    for t in range(TILTS.size):
+        c, s = np.cos(np.deg2rad(TILTS[t])), np.sin(np.deg2rad(TILTS[t]))
+        moved = p.copy()
+        moved.means_xyz = moved.means_xyz + [shifts[t, 0] * c, shifts[t, 1], shifts[t, 0] * s]
+        ref = project_gaussians_reference(moved, TILTS[t:t + 1], ny, nu)[0]
+        # float32 kernel vs float64 reference, as in test_forward_matches_reference.
+        np.testing.assert_allclose(views[t], ref, rtol=1e-4, atol=1e-5 * ref.max())
+
+
 @pytest.mark.parametrize("group", GROUPS)
 def test_shifted_projector_gradients_match_finite_differences(taichi_f64, projector_problem,
                                                               group, projector_path):

@@ -175,22 +175,30 @@ def project_gaussians(params: GaussianParams, tilts_deg: np.ndarray, ny: int,
     rows = np.empty((params.n, 2), dtype=np.int32)
     if not _cpu_path():
         unused = np.zeros(1, dtype=np.int32)
-        prepare_kernel(*raw, CUTOFF_SIGMA, ny, 0.0, 0.0, gauss, rows, unused, unused, 0)
+        prepare_kernel(*raw, CUTOFF_SIGMA, ny, 0, ny, 0.0, 0.0, gauss, rows, unused, unused,
+                       0)
         forward_scatter_kernel(gauss, cos_t, sin_t, shift_u, shift_v, views, CUTOFF_SIGMA)
         return views
 
     # CPU: per-row lists of the Gaussians (sorted by first row), then one thread per
-    # (view, row) renders the row from a table of the Gaussians' projections.
-    first_row_count = np.zeros(ny + 1, dtype=np.int32)
-    row_count_diff = np.zeros(ny + 1, dtype=np.int32)
-    # Each Gaussian is listed in every row it covers in some view.
-    prepare_kernel(*raw, CUTOFF_SIGMA, ny, min(float(shift_v.min()), 0.0),
-                   max(float(shift_v.max()), 0.0), gauss, rows, first_row_count,
+    # (view, row) renders the row from a table of the Gaussians' projections. Each view's
+    # move along v is split into whole rows, which choose the list a row reads, and a
+    # fraction, which the lists cover: each Gaussian is listed in every row it covers at
+    # some fraction, rows off the detector included where whole-row moves bring them on.
+    whole = np.rint(shift_v.astype(np.float64)).astype(np.int64)
+    fraction = shift_v.astype(np.float64) - whole
+    row0 = -int(whole.max())
+    n_rows = ny + int(whole.max() - whole.min())
+    list_row = np.ascontiguousarray(-whole - row0, dtype=np.int32)
+    first_row_count = np.zeros(n_rows + 1, dtype=np.int32)
+    row_count_diff = np.zeros(n_rows + 1, dtype=np.int32)
+    prepare_kernel(*raw, CUTOFF_SIGMA, ny, row0, n_rows, min(float(fraction.min()), 0.0),
+                   max(float(fraction.max()), 0.0), gauss, rows, first_row_count,
                    row_count_diff, 1)
-    first_start = np.zeros(ny + 1, dtype=np.int64)
-    np.cumsum(first_row_count[:ny], out=first_start[1:])
-    offsets = np.zeros(ny + 1, dtype=np.int64)
-    np.cumsum(np.cumsum(row_count_diff[:ny]), out=offsets[1:])
+    first_start = np.zeros(n_rows + 1, dtype=np.int64)
+    np.cumsum(first_row_count[:n_rows], out=first_start[1:])
+    offsets = np.zeros(n_rows + 1, dtype=np.int64)
+    np.cumsum(np.cumsum(row_count_diff[:n_rows]), out=offsets[1:])
     n_on = int(first_start[-1])  # Gaussians that cover at least one detector row
     if n_on == 0:
         return views
@@ -213,14 +221,15 @@ def project_gaussians(params: GaussianParams, tilts_deg: np.ndarray, ny: int,
         m = min(chunk, n_views - t0)
         pair_table_kernel(gauss, cos_t, sin_t, shift_u, t0, m, pairs, row_info)
         chunk_v = np.ascontiguousarray(shift_v[t0:t0 + m])
+        chunk_rows = np.ascontiguousarray(list_row[t0:t0 + m])
         n_parts = _row_list_parts(m * ny)
         if n_parts == 1:
-            forward_rows_kernel(pairs, row_info, chunk_v, offsets, entries, m, 1, flat_views,
-                                 n_views, t0, ny, nu, CUTOFF_SIGMA)
+            forward_rows_kernel(pairs, row_info, chunk_v, chunk_rows, offsets, entries, m, 1,
+                                 flat_views, n_views, t0, ny, nu, CUTOFF_SIGMA)
         else:
             parts = np.zeros((n_parts, m, ny, nu), dtype=dtype)
-            forward_rows_kernel(pairs, row_info, chunk_v, offsets, entries, m, n_parts,
-                                 parts.reshape(-1), m, 0, ny, nu, CUTOFF_SIGMA)
+            forward_rows_kernel(pairs, row_info, chunk_v, chunk_rows, offsets, entries, m,
+                                 n_parts, parts.reshape(-1), m, 0, ny, nu, CUTOFF_SIGMA)
             np.sum(parts, axis=0, out=views[t0:t0 + m])
     return views
 

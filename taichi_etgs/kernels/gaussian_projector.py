@@ -305,14 +305,18 @@ def _row_start(du0, dv, cuu, cuv, cvv):
 
 @ti.kernel
 def prepare_kernel(means: _nd2, log_scales: _nd2, quats: _nd2, density_raw: _nd1,
-                    cutoff: float, ny: ti.i32, v_lo: float, v_hi: float, gauss: _nd2,
-                    rows: _nd2i, first_row_count: _nd1i, row_count_diff: _nd1i, count: ti.i32):
-    """Per Gaussian: the table ``gauss`` [N, N_G] and the detector rows [i0, i1] it covers
-    in some view (views moved along v by ``v_lo <= 0`` to ``v_hi >= 0`` pixels).
+                    cutoff: float, ny: ti.i32, row0: ti.i32, n_rows: ti.i32, v_lo: float,
+                    v_hi: float, gauss: _nd2, rows: _nd2i, first_row_count: _nd1i,
+                    row_count_diff: _nd1i, count: ti.i32):
+    """Per Gaussian: the table ``gauss`` [N, N_G] and the rows [i0, i1] of the row lists it
+    covers in some view (views moved along v by ``v_lo <= 0`` to ``v_hi >= 0`` pixels).
 
-    With ``count`` != 0 also counts, for the CPU forward pass, the Gaussians whose first
-    row is i (``first_row_count[i]``) and, as a difference array, the Gaussians covering
-    row i (``row_count_diff``, cumulative sum = count per row). Both [ny + 1], zeroed.
+    List row ``j`` (0 <= j < ``n_rows``) is detector row ``row0 + j`` of an unmoved view
+    (``row0`` <= 0 and ``n_rows`` >= ny reach rows off the detector that whole-row moves
+    bring onto it: :func:`forward_rows_kernel`). With ``count`` != 0 also counts, for the
+    CPU forward pass, the Gaussians whose first list row is j (``first_row_count[j]``)
+    and, as a difference array, the Gaussians covering list row j (``row_count_diff``,
+    cumulative sum = count per row). Both [n_rows + 1], zeroed.
     """
     for g in range(means.shape[0]):
         mu, sig, sprod, rho = _gaussian(means, log_scales, quats, density_raw, g)
@@ -329,7 +333,8 @@ def prepare_kernel(means: _nd2, log_scales: _nd2, quats: _nd2, density_raw: _nd1
         gauss[g, _G_SP] = sprod
         gauss[g, _G_RHO] = rho
         hv = cutoff * ti.sqrt(d)
-        i0, i1 = _index_range(mu[1] - hv + v_lo, mu[1] + hv + v_hi, 0.5 - ny * 0.5, 1.0, ny)
+        i0, i1 = _index_range(mu[1] - hv + v_lo, mu[1] + hv + v_hi, 0.5 - ny * 0.5 + row0,
+                              1.0, n_rows)
         rows[g, 0] = i0
         rows[g, 1] = i1
         if count != 0 and i0 <= i1:
@@ -398,9 +403,9 @@ def pair_table_kernel(gauss: _nd2, cos_t: _nd1, sin_t: _nd1, shift_u: _nd1, t0: 
 
 
 @ti.kernel
-def forward_rows_kernel(pairs: _f64_1d, row_info: _f64_1d, shift_v: _nd1, offsets: _nd1i,
-                         entries: _nd1i, n_views: ti.i32, n_parts: ti.i32, out: _nd1,
-                         out_views: ti.i32, out_t0: ti.i32, ny: ti.i32, nu: ti.i32,
+def forward_rows_kernel(pairs: _f64_1d, row_info: _f64_1d, shift_v: _nd1, list_row: _nd1i,
+                         offsets: _nd1i, entries: _nd1i, n_views: ti.i32, n_parts: ti.i32,
+                         out: _nd1, out_views: ti.i32, out_t0: ti.i32, ny: ti.i32, nu: ti.i32,
                          cutoff: float):
     """CPU forward pass: one thread per (part, view, detector row) sums its Gaussians.
 
@@ -412,7 +417,11 @@ def forward_rows_kernel(pairs: _f64_1d, row_info: _f64_1d, shift_v: _nd1, offset
     each pixel adds its Gaussians in a fixed order. The arrays are flat (1D) so that a
     pixel's address is one addition: with multi-dimensional arrays, every store in the
     pixel loop made the compiler reload the array's shape and redo the index products.
-    ``shift_v`` [n_views]: each view's move along v (the row lists cover every view's).
+    ``shift_v`` [n_views]: each view's move along v; ``list_row`` [n_views]: detector row i
+    of view tt reads row list ``i + list_row[tt]``. A view moved by ``k`` whole rows (and
+    a fraction) reads the list of the row ``k`` above, so the lists need only cover the
+    fractions' spread (:func:`prepare_kernel`), not the views' whole spread of moves,
+    which lengthened every list by as many rows and the forward pass by a fifth.
     """
     n_on = row_info.shape[0] // 2
     cv = ti.cast(0.5 - ny * 0.5, ti.f64)
@@ -420,8 +429,9 @@ def forward_rows_kernel(pairs: _f64_1d, row_info: _f64_1d, shift_v: _nd1, offset
     k2 = ti.cast(cutoff, ti.f64) * ti.cast(cutoff, ti.f64)
     for part, tt, i in ti.ndrange(n_parts, n_views, ny):
         row = ((part * out_views + out_t0 + tt) * ny + i) * nu
-        k_lo = offsets[i]
-        n_k = offsets[i + 1] - k_lo
+        listed = i + list_row[tt]
+        k_lo = offsets[listed]
+        n_k = offsets[listed + 1] - k_lo
         for k in range(k_lo + n_k * part // n_parts, k_lo + n_k * (part + 1) // n_parts):
             p = entries[k]
             base = (tt * n_on + p) * N_P
