@@ -199,7 +199,7 @@ def project_gaussians(params: GaussianParams, tilts_deg: np.ndarray, ny: int,
     np.cumsum(first_row_count[:n_rows], out=first_start[1:])
     offsets = np.zeros(n_rows + 1, dtype=np.int64)
     np.cumsum(np.cumsum(row_count_diff[:n_rows]), out=offsets[1:])
-    n_on = int(first_start[-1])  # Gaussians that cover at least one detector row
+    n_on = int(first_start[-1])  # Gaussians that some view shows on its detector
     if n_on == 0:
         return views
     if offsets[-1] > np.iinfo(np.int32).max:
