@@ -185,8 +185,9 @@ def project_gaussians(params: GaussianParams, tilts_deg: np.ndarray, ny: int,
     # move along v is split into whole rows, which choose the list a row reads, and a
     # fraction, which the lists cover: each Gaussian is listed in every row it covers at
     # some fraction, rows off the detector included where whole-row moves bring them on.
-    whole = np.rint(shift_v.astype(np.float64)).astype(np.int64)
-    fraction = shift_v.astype(np.float64) - whole
+    moves = shift_v.astype(np.float64)
+    whole = np.rint(moves).astype(np.int64)
+    fraction = moves - whole
     row0 = -int(whole.max())
     n_rows = ny + int(whole.max() - whole.min())
     list_row = np.ascontiguousarray(-whole - row0, dtype=np.int32)
