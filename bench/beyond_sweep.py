@@ -11,6 +11,10 @@ settings (64 x 128 x 128 at 8 A, seed 1, the same methods and scores, ``run_poin
                                   a 70S ribosome (4v5d) alone instead of the three models
     tilt50by2-snr0.3-iso, tilt50by2-dose120-ext
                                   -50..50 by 2 deg (51 views, a wider missing wedge)
+    pretilt-dose120-ext           -48..66 by 3 deg (39 views): a lamella's pre-tilt
+    defocus5-dose120-ext          5 um underfocus (first CTF zero near 1/31 per A)
+    px5-dose120-iso               5 A voxels (the specimen's models fill more of the box)
+    rect-snr0.3-iso               Y 0.75 and X 1.25 times the box's (96 x 160 views)
 
 Output (``--out``, default bench/results): ``beyond_sweep.json`` (each condition's entry
 as bench/sweep.py writes a point's) and ``beyond_sweep.md`` (best classical against the
@@ -26,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -42,15 +47,42 @@ from sweep import (  # noqa: E402
 )
 
 DOSE30 = dict(noise="physical", total_dose_e_per_A2=30.0)
-# name: (sweep point, noise settings or None for the sweep's, PDB ids or None for the
-# sweep's, tilts first/last/step)
-CONDITIONS: dict[str, tuple[str, dict | None, tuple[str, ...] | None, tuple[float, ...]]] = {
-    "dose30-iso": ("dose30-iso", DOSE30, None, (-60.0, 60.0, 3.0)),
-    "dose30-ext": ("dose30-ext", DOSE30, None, (-60.0, 60.0, 3.0)),
-    "4v5d-snr0.3-iso": ("snr0.3-iso", None, ("4v5d",), (-60.0, 60.0, 3.0)),
-    "4v5d-dose120-ext": ("dose120-ext", None, ("4v5d",), (-60.0, 60.0, 3.0)),
-    "tilt50by2-snr0.3-iso": ("snr0.3-iso", None, None, (-50.0, 50.0, 2.0)),
-    "tilt50by2-dose120-ext": ("dose120-ext", None, None, (-50.0, 50.0, 2.0)),
+DOSE120_DEFOCUS5 = dict(noise="physical", total_dose_e_per_A2=120.0, defocus_um=5.0)
+SWEEP_TILTS = (-60.0, 60.0, 3.0)
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One change to the sweep point ``point``: noise settings (None: the point's), PDB ids
+    (None: the sweep's), tilts (first, last, step), voxel size (None: the run's
+    ``--pixel-size``), and factors on the Y and X sizes of the run's ``--shape``."""
+
+    point: str
+    noise: dict | None = None
+    ids: tuple[str, ...] | None = None
+    tilts: tuple[float, float, float] = SWEEP_TILTS
+    pixel_size_A: float | None = None
+    yx_factors: tuple[float, float] = (1.0, 1.0)
+
+    def shape(self, shape_zyx: tuple[int, int, int]) -> tuple[int, int, int]:
+        nz, ny, nx = shape_zyx
+        return nz, round(ny * self.yx_factors[0]), round(nx * self.yx_factors[1])
+
+
+CONDITIONS: dict[str, Condition] = {
+    "dose30-iso": Condition("dose30-iso", DOSE30),
+    "dose30-ext": Condition("dose30-ext", DOSE30),
+    "4v5d-snr0.3-iso": Condition("snr0.3-iso", ids=("4v5d",)),
+    "4v5d-dose120-ext": Condition("dose120-ext", ids=("4v5d",)),
+    "tilt50by2-snr0.3-iso": Condition("snr0.3-iso", tilts=(-50.0, 50.0, 2.0)),
+    "tilt50by2-dose120-ext": Condition("dose120-ext", tilts=(-50.0, 50.0, 2.0)),
+    # A lamella milled at a 12 degree pre-tilt: the range is asymmetric about zero.
+    "pretilt-dose120-ext": Condition("dose120-ext", tilts=(-48.0, 66.0, 3.0)),
+    # The CTF's first zero at 5 um moves to ~1/31 per A, inside the scored band.
+    "defocus5-dose120-ext": Condition("dose120-ext", DOSE120_DEFOCUS5),
+    "px5-dose120-iso": Condition("dose120-iso", pixel_size_A=5.0),
+    # Not square: X and Y differ, so a mix-up of the two cannot hide.
+    "rect-snr0.3-iso": Condition("snr0.3-iso", yx_factors=(0.75, 1.25)),
 }
 
 
@@ -68,9 +100,14 @@ def markdown(report: dict) -> str:
     for name in [c for c in CONDITIONS if c in report["conditions"]]:
         e = report["conditions"][name]
         d, b, w = e["data"], e["summary"]["band_fsc"], e["summary"]["wedge_band_fsc"]
-        what = (f"{d['n_tilts']} views to {d['max_tilt_deg']:g} deg, "
+        c = CONDITIONS[name]
+        nz, ny, nx = d["shape_zyx"]
+        what = (f"{d['n_tilts']} views, {c.tilts[0]:g}..{c.tilts[1]:g} deg, "
+                f"{nz} x {ny} x {nx} at {d['voxel_size_A']:g} A, "
                 + ("isolated" if d["isolated"] else "past the field of view") + ", "
-                + (f"{d['total_dose_e_per_A2']:g} e/A^2" if d["noise"] == "physical"
+                + (f"{d['total_dose_e_per_A2']:g} e/A^2, "
+                   f"{d.get('defocus_um', 3.0):g} um underfocus"
+                   if d["noise"] == "physical"
                    else f"SNR {d['snr']:g}" if d["noise"] == "gaussian" else "noise-free")
                 + ", " + ", ".join(s.split(".")[0] for s in d["structures"]))
         lines.append(
@@ -81,7 +118,10 @@ def markdown(report: dict) -> str:
             f"{_fmt(w['ratio'], '.2f')} | {_fmt(b['gaussians_init'], '.3f')} | "
             f"{_fmt(e['methods']['gaussians']['seconds'], '.0f')} |")
     lines += ["", "Band FSC: mean FSC over the shells of 1/400-1/32 per A; wedge band FSC: "
-              "the same over the missing wedge only (bench/results/sweep.md). Ratio: "
+              "the same over the missing wedge only (bench/results/sweep.md), taken as "
+              "|kz| > |kx| tan(largest |tilt|): for the pre-tilted range (-48..66) that is "
+              "the part of its missing wedge on both sides of kz, the 48..66 degrees that only "
+              "one side lacks left out. Ratio: "
               "Gaussians / best classical. Time: the Gaussian run, its initialisation "
               "included."]
     return "\n".join(lines) + "\n"
@@ -111,11 +151,12 @@ def main() -> None:
     report = json.loads(path.read_text()) if path.exists() else {"conditions": {}}
     report["machine"] = machine()
     for name in wanted:
-        point, noise, ids, tilts = CONDITIONS[name]
+        c = CONDITIONS[name]
         print(f"[{name}]", flush=True)
-        models = structures(True, ids) if ids else structures(True)
-        config = simulation_config(point, args.shape, args.pixel_size, models, noise=noise,
-                                   tilts_deg=tilts)
+        models = structures(True, c.ids) if c.ids else structures(True)
+        config = simulation_config(c.point, c.shape(args.shape),
+                                   c.pixel_size_A or args.pixel_size, models, noise=c.noise,
+                                   tilts_deg=c.tilts)
         data = load_or_simulate(name, config, False)
         entry = run_point(name, data, SimpleNamespace(iterations=args.iterations,
                                                       halves=False))

@@ -268,6 +268,7 @@ def run_point(point: str, data: dict, args) -> dict:
                  "n_tilts": int(len(tilts)), "max_tilt_deg": max_tilt,
                  "noise": sim.get("noise"), "snr": sim.get("snr"),
                  "total_dose_e_per_A2": sim.get("total_dose_e_per_A2"),
+                 "defocus_um": sim.get("defocus_um"),
                  "isolated": sim.get("isolated"), "ice_thickness_A": sim.get("ice_thickness_A"),
                  "structures": [Path(s).name for s in sim.get("structures", [])],
                  "placed_in_box": data["simulation"].get("derived", {}).get("placed_in_box"),
