@@ -315,12 +315,6 @@ def _write_params(group: Any, params: GaussianParams) -> None:
         group.create_dataset(f.name, data=np.ascontiguousarray(getattr(params, f.name)))
 
 
-def _write_json(group: Any, name: str, obj: Any) -> None:
-    import h5py
-
-    group.create_dataset(name, data=_dumps(obj), dtype=h5py.string_dtype("utf-8"))
-
-
 def save_state(path: str | PathLike, params: GaussianParams, adam_state: AdamState | None,
                iteration: int, rng_state: dict, config: dict,
                geometry: ModelGeometry | Mapping, input_checksum: str, *,
