@@ -199,14 +199,18 @@ class SlabBackground:
 
     def volume(self, shape_zyx: tuple[int, int, int], voxel_size: float = 1.0) -> np.ndarray:
         """The slab sampled at the voxel centres of a centred grid of spacing ``voxel_size``
-        (model voxels). [nz, ny, nx]"""
+        (model voxels), each voxel standing for its mean over its width: the edges soften
+        to at least ``voxel_size / (2 pi)``, the logistic with a box of that width's
+        variance (as the Gaussians are blurred by it), so that a face sharper than a
+        coarse voxel neither vanishes between two centres nor shows at full height.
+        [nz, ny, nx]"""
         nz, ny, nx = (int(n) for n in shape_zyx)
         z = ((np.arange(nz) + 0.5 - nz / 2.0) * voxel_size)[:, None]
         x = ((np.arange(nx) + 0.5 - nx / 2.0) * voxel_size)[None, :]
         ca, sa = np.cos(self.angle_rad), np.sin(self.angle_rad)
         xi = x * ca + z * sa
         zeta = -x * sa + z * ca
-        e = float(self.edge)
+        e = max(float(self.edge), float(voxel_size) / (2.0 * np.pi))
         plane = (self.density * _sigmoid((zeta - self.z_lo) / e) * _sigmoid((self.z_hi - zeta) / e)
                  * _sigmoid((xi - self.x_lo) / e) * _sigmoid((self.x_hi - xi) / e))
         return np.broadcast_to(plane[:, None, :], (nz, ny, nx)).astype(np.float32)
