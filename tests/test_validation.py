@@ -40,7 +40,7 @@ def _specimen(seed: int = 3) -> np.ndarray:
 @pytest.fixture
 def isolated_views(taichi_cpu):
     """A specimen in an ice slab that ends at the box's sides (a SHREC-style box)."""
-    slab = SlabBackground(0.5, -4.0, 4.0, -SHAPE[2] / 2, SHAPE[2] / 2, edge=0.5)
+    slab = SlabBackground(0.5, -4.0, 4.0, -SHAPE[2] / 2, SHAPE[2] / 2)  # ice ends sharply
     volume = _specimen() + slab.volume(SHAPE)
     views = forward_project(volume, TILTS)
     noise = np.random.default_rng(0).normal(0, 0.05 * views.std(), views.shape)
@@ -76,9 +76,12 @@ def test_heldout_views_are_never_fitted(isolated_views):
 def test_slab_carries_the_ice_of_an_isolated_box(isolated_views):
     volume, views = isolated_views
     run = GaussianReconstruction(views, TILTS, SHAPE[0], CONFIG)
-    # The slab's faces (+-4) and ends (+-16) are found to within a voxel from the views.
-    assert run.slab.z_lo == pytest.approx(-4.0, abs=1.0)
-    assert run.slab.z_hi == pytest.approx(4.0, abs=1.0)
+    # The slab's ends (+-16) are found to within a voxel from the views, its faces (+-4)
+    # within 1.5: the six blobs, twice the ice's density and reaching past its faces, are
+    # as much of these 10 rows' averages as the ice and widen the slab found by 1.3 voxels
+    # (the slab alone: 0.2; test_background.py holds the fit itself to 0.05 voxel).
+    assert run.slab.z_lo == pytest.approx(-4.0, abs=1.5)
+    assert run.slab.z_hi == pytest.approx(4.0, abs=1.5)
     assert run.slab.x_lo == pytest.approx(-16.0, abs=1.0)
     assert run.slab.x_hi == pytest.approx(16.0, abs=1.0)
     run.run()
@@ -88,9 +91,14 @@ def test_slab_carries_the_ice_of_an_isolated_box(isolated_views):
     plain.run()
     without = np.corrcoef(plain.tomogram().ravel(), volume.ravel())[0, 1]
     # Positive Gaussians alone must build the slab and its edges; with the slab modelled
-    # they carry the specimen. A clear margin, measured 0.95 vs 0.8 on this phantom.
+    # they carry the specimen. A clear margin, measured 0.84 vs 0.59 on this phantom
+    # (0.94-0.96 with the one-voxel edges of before, whose inward bias on this projector
+    # offset the blobs' outward one: the faces ended at +-4.5 against +-5.0 now)...
     assert with_slab > without + 0.05
-    assert with_slab > 0.85
+    assert with_slab > 0.8
+    # ... and the Gaussians alone are the specimen (measured 0.93; 0.925 before).
+    specimen = np.corrcoef(run.tomogram(include_slab=False).ravel(), _specimen().ravel())
+    assert specimen[0, 1] > 0.9
 
 
 def test_the_kept_model_is_the_last_within_noise_of_the_best(isolated_views):
@@ -102,9 +110,13 @@ def test_the_kept_model_is_the_last_within_noise_of_the_best(isolated_views):
     kept = run.validation["iteration"].index(run.best_iteration)
     # What is kept predicts the held-out views exactly as it was scored ...
     assert run.heldout_loss() == pytest.approx(scores[kept], rel=1e-5)
-    # ... no later score was a tie, and on this clean phantom the fit helps clearly.
+    # ... on this clean phantom the fit helps clearly, and what is kept is within the
+    # held-out views' noise of the best: later scores that close are ties, and a tie goes
+    # to the later model (measured: 0.206 kept at step 40, the best 0.195 at step 10;
+    # the seed 0.295). 10 % bounds that noise here.
     assert run.heldout_loss() < 0.9 * scores[0]
-    assert run.heldout_loss() == pytest.approx(min(scores), rel=0.01)
+    assert run.heldout_loss() == pytest.approx(min(scores), rel=0.10)
+    assert run.best_iteration >= run.validation["iteration"][scores.index(min(scores))]
 
 
 def _fake_heldout(run, monkeypatch, predictions):
