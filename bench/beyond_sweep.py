@@ -15,6 +15,8 @@ settings (64 x 128 x 128 at 8 A, seed 1, the same methods and scores, ``run_poin
     defocus5-dose120-ext          5 um underfocus (first CTF zero near 1/31 per A)
     px5-dose120-iso               5 A voxels (the specimen's models fill more of the box)
     rect-snr0.3-iso               Y 0.75 and X 1.25 times the box's (96 x 160 views)
+    thick-dose120-iso, thick-snr0.3-ext
+                                  twice as thick (128 voxels, 1,024 A)
 
 Output (``--out``, default bench/results): ``beyond_sweep.json`` (each condition's entry
 as bench/sweep.py writes a point's) and ``beyond_sweep.md`` (best classical against the
@@ -55,18 +57,17 @@ SWEEP_TILTS = (-60.0, 60.0, 3.0)
 class Condition:
     """One change to the sweep point ``point``: noise settings (None: the point's), PDB ids
     (None: the sweep's), tilts (first, last, step), voxel size (None: the run's
-    ``--pixel-size``), and factors on the Y and X sizes of the run's ``--shape``."""
+    ``--pixel-size``), and factors on the sizes of the run's ``--shape`` (z, y, x)."""
 
     point: str
     noise: dict | None = None
     ids: tuple[str, ...] | None = None
     tilts: tuple[float, float, float] = SWEEP_TILTS
     pixel_size_A: float | None = None
-    yx_factors: tuple[float, float] = (1.0, 1.0)
+    size_factors: tuple[float, float, float] = (1.0, 1.0, 1.0)
 
     def shape(self, shape_zyx: tuple[int, int, int]) -> tuple[int, int, int]:
-        nz, ny, nx = shape_zyx
-        return nz, round(ny * self.yx_factors[0]), round(nx * self.yx_factors[1])
+        return tuple(round(n * f) for n, f in zip(shape_zyx, self.size_factors))
 
 
 CONDITIONS: dict[str, Condition] = {
@@ -82,7 +83,11 @@ CONDITIONS: dict[str, Condition] = {
     "defocus5-dose120-ext": Condition("dose120-ext", DOSE120_DEFOCUS5),
     "px5-dose120-iso": Condition("dose120-iso", pixel_size_A=5.0),
     # Not square: X and Y differ, so a mix-up of the two cannot hide.
-    "rect-snr0.3-iso": Condition("snr0.3-iso", yx_factors=(0.75, 1.25)),
+    "rect-snr0.3-iso": Condition("snr0.3-iso", size_factors=(1.0, 0.75, 1.25)),
+    # Twice as thick (1,024 A at 8 A; an isolated box's ice 820 A): real lamellae are
+    # thicker than the sweep's box, and tilted rays cross more of them.
+    "thick-dose120-iso": Condition("dose120-iso", size_factors=(2.0, 1.0, 1.0)),
+    "thick-snr0.3-ext": Condition("snr0.3-ext", size_factors=(2.0, 1.0, 1.0)),
 }
 
 
