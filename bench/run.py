@@ -51,6 +51,9 @@ def load_or_simulate(preset: str, force: bool, structures_dir: Path = STRUCTURES
     if force or not (folder / "simulation.json").exists():
         structures = tuple(str(p) for p in sorted(structures_dir.glob("*.cif.gz"))
                            if p.name.startswith(("4v1w", "6qt9", "3jb9")))
+        if len(structures) < 3:  # procedural particles would be another specimen
+            raise SystemExit(f"the atomic models 4v1w, 6qt9 and 3jb9 are not all in "
+                             f"{structures_dir} (--structures)")
         config = SimulationConfig(structures=structures, seed=1, **PRESETS[preset])
         start = time.perf_counter()
         result = simulate_tilt_series(config, progress=lambda m: print(f"  {m}", flush=True))

@@ -105,11 +105,18 @@ KEPT_METRICS = ("band_fsc", "wedge_band_fsc", "specimen_band_fsc", "specimen_wed
 
 
 def structures(use: bool, ids: tuple[str, ...] = STRUCTURE_IDS) -> tuple[str, ...]:
-    """The atomic models ``ids`` (PDB ids) found in the shared structures folder."""
+    """The atomic models ``ids`` (PDB ids) found in the shared structures folder; exits
+    when one is missing (the simulator would fill the box with procedural particles, a
+    different specimen from every stored result's)."""
     if not use:
         return ()
-    return tuple(str(p) for p in sorted(STRUCTURES.glob("*.cif.gz"))
-                 if p.name.startswith(ids))
+    found = tuple(str(p) for p in sorted(STRUCTURES.glob("*.cif.gz"))
+                  if p.name.startswith(ids))
+    missing = [i for i in ids if not any(Path(f).name.startswith(i) for f in found)]
+    if missing:
+        raise SystemExit(f"no atomic model {', '.join(missing)} in {STRUCTURES} (the "
+                         f"benchmarks expect the checkout beside shared/)")
+    return found
 
 
 def simulation_config(point: str, shape_zyx: tuple[int, int, int], pixel_size_A: float,
