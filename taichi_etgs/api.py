@@ -36,13 +36,15 @@ def _source(stack, angles, pixel_size, contrast, read: dict):
     if isinstance(stack, (str, PathLike)):
         return StackSource(stack, angles=angles, pixel_size=pixel_size, contrast=contrast,
                            **read)
+    erase = bool(read.get("erase_outliers", True))
     if isinstance(stack, TiltSeries):
-        return StackSource(stack, contrast=contrast)
+        return StackSource(stack, contrast=contrast, erase_outliers=erase)
     if angles is None:
         from .errors import InputError
 
         raise InputError("images given as an array need their tilt angles (degrees)")
-    return StackSource.from_arrays(stack, angles, pixel_size or 0.0, contrast)
+    return StackSource.from_arrays(stack, angles, pixel_size or 0.0, contrast,
+                                   erase_outliers=erase)
 
 
 def _session(command: str, parameters: dict, arch, threads):
@@ -112,7 +114,7 @@ def wbp(stack, angles=None, *, thickness: int, output=None, width: int | None = 
     refine_alignment: refine the views' residual shifts first and write them as
         ``<output stem>.xf`` / ``.tlt`` (``--refine-alignment``; not with slabs).
     read: more reading options (``xf``, ``aln``, ``apply_aln``, ``aligned``, ``mdoc``,
-        ``exclude_views``).
+        ``exclude_views``; ``erase_outliers=False`` as ``--keep-outliers``, arrays too).
 
     Returns a :class:`~taichi_etgs.pipeline.tomograms.TomogramResult` (``.volume``).
     """
@@ -169,7 +171,7 @@ def reconstruct(stack, angles=None, *, thickness: int, output=None,
     stack, angles, thickness, output, width, binning, contrast, output_contrast,
     pixel_size, force, arch, threads, workers, scheduler: as :func:`wbp`.
     read: more reading options (``xf``, ``aln``, ``apply_aln``, ``aligned``, ``mdoc``,
-        ``exclude_views``).
+        ``exclude_views``; ``erase_outliers=False`` as ``--keep-outliers``, arrays too).
     refine_alignment: refine the views' residual shifts and write them as
         ``<output stem>.xf`` / ``.tlt``. None (auto, as the command): in a whole-volume
         run, with views found aligned within the noise used exactly as given, and the

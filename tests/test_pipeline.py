@@ -119,15 +119,20 @@ def test_sidecars_spell_infinite_resolutions_out(tmp_path):
 # -- views at unit scale --
 
 
-def _series(data, tilts=(-30.0, 0.0, 30.0)):
-    return StackSource.from_arrays(data, tilts, 5.0).stack
+def _source(data, contrast="dark", tilts=(-30.0, 0.0, 30.0)):
+    return StackSource.from_arrays(data, tilts, 5.0, contrast)
+
+
+def _unit_views(data, contrast):
+    source = _source(data, contrast)
+    return unit_views(source.stack, source)
 
 
 def test_unit_views_and_rescaled_work_at_any_magnitude():
     rng = np.random.default_rng(0)
     base = rng.normal(size=(3, 4, 5))
     for factor in (1e-30, 1.0, 1e30):
-        views, scale = unit_views(_series((base * factor).astype(np.float32)), "bright")
+        views, scale = _unit_views((base * factor).astype(np.float32), "bright")
         assert np.isfinite(views).all()
         assert np.sqrt(np.mean(views.astype(np.float64) ** 2)) == pytest.approx(1.0, rel=1e-5)
         assert scale == pytest.approx(factor * np.sqrt(np.mean(
@@ -138,11 +143,11 @@ def test_unit_views_and_rescaled_work_at_any_magnitude():
 
 def test_views_without_signal_or_beyond_float32_are_refused():
     with pytest.raises(InputError, match="no signal"):
-        unit_views(_series(np.full((3, 4, 5), 2.0, np.float32)), "dark")
+        _unit_views(np.full((3, 4, 5), 2.0, np.float32), "dark")
     data = np.full((3, 4, 5), 3.3e38, np.float32)
     data[:, 0, 0] = -3.3e38
     with pytest.raises(InputError, match="overflow"):
-        unit_views(_series(data), "dark")
+        _unit_views(data, "dark")
     with pytest.raises(InputError, match="NaN or Inf"):
         rescaled(np.ones((2, 2, 2), np.float32), 1e39, "x")
 

@@ -66,7 +66,8 @@ class BatchSettings:
     method: "wbp", "sirt" or "reconstruct".
     thickness: NZ in binned voxels of the series whose table gives none.
     width, output_contrast: the tomograms' NX and polarity (as the single commands).
-    binning, contrast, pixel_size, apply_aln, aligned, exclude_views: how stacks are read.
+    binning, contrast, pixel_size, apply_aln, aligned, exclude_views, erase_outliers: how
+        stacks are read (:class:`~taichi_etgs.pipeline.inputs.StackSource`).
     options: the method's options (:data:`METHOD_OPTIONS`; ``defocus`` as a number only:
         per-series defocus files go in a table's ``defocus`` column).
     force: replace outputs made from other inputs or settings; accept angles that look
@@ -84,6 +85,7 @@ class BatchSettings:
     apply_aln: bool = False
     aligned: bool = False
     exclude_views: str | None = None
+    erase_outliers: bool = True
     options: dict = field(default_factory=dict)
     force: bool = False
     arch: str = "auto"
@@ -112,7 +114,8 @@ class BatchSettings:
     def read_options(self) -> dict:
         return {"binning": self.binning, "contrast": self.contrast,
                 "pixel_size": self.pixel_size, "apply_aln": self.apply_aln,
-                "aligned": self.aligned, "exclude_views": self.exclude_views}
+                "aligned": self.aligned, "exclude_views": self.exclude_views,
+                "erase_outliers": self.erase_outliers}
 
 
 def _path(p: Path | None) -> str | None:

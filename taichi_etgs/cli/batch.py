@@ -9,7 +9,7 @@ import click
 
 from ..errors import RunFailure
 from .app import cli, command, echo, session
-from .options import TILT_ORDERS, given_options, parse_radial
+from .options import KEEP_OUTLIERS_HELP, TILT_ORDERS, given_options, parse_radial
 
 # The method's own options, without click defaults: passed on only when given (the
 # defaults live in one place, taichi_etgs.batch.tasks.METHOD_OPTIONS: the single commands').
@@ -42,6 +42,8 @@ _METHOD_OPTIONS = ("radial", "fake_sirt", "iterations", "relaxation", "positivit
               show_default=True, help="How density looks in the images.")
 @click.option("--pixel-size", type=click.FloatRange(min=0, min_open=True), default=None,
               metavar="A", help="Pixel size in A before binning [default: the files'].")
+@click.option("--keep-outliers", "erase_outliers", flag_value=False, default=True,
+              help=KEEP_OUTLIERS_HELP)
 @click.option("--apply-aln", is_flag=True, help="Apply each .aln's rotation and shifts.")
 @click.option("--aligned", is_flag=True,
               help="The stacks are aligned although their .mdoc says otherwise.")
@@ -111,8 +113,8 @@ _METHOD_OPTIONS = ("radial", "fake_sirt", "iterations", "relaxation", "positivit
 @click.option("--arch", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
               show_default=True, help="Workers' compute device: auto uses the GPUs if any.")
 def batch(inputs, method, outdir, thickness, width, output_contrast, binning, contrast,
-          pixel_size, apply_aln, aligned, exclude_views, force, workers, threads, scheduler,
-          retries, arch, **method_options):
+          pixel_size, erase_outliers, apply_aln, aligned, exclude_views, force, workers,
+          threads, scheduler, retries, arch, **method_options):
     """Reconstruct many tilt series, one Dask task each, into OUTDIR.
 
     INPUT is a folder, a glob ('data/*.st'), a stack, or a table (.csv, .star) with a
@@ -143,7 +145,8 @@ def batch(inputs, method, outdir, thickness, width, output_contrast, binning, co
     settings = BatchSettings(method=method, thickness=thickness, width=width,
                              output_contrast=output_contrast, binning=binning,
                              contrast=contrast, pixel_size=pixel_size, apply_aln=apply_aln,
-                             aligned=aligned, exclude_views=exclude_views, options=given,
+                             aligned=aligned, exclude_views=exclude_views,
+                             erase_outliers=erase_outliers, options=given,
                              force=force, arch=arch)
     series = find_series(inputs)
     with _ProgressLine() as progress:

@@ -24,7 +24,10 @@ __all__ = ["ctf_options", "dose_options", "given_options", "parse_angles", "pars
            "stack_options", "volume_options"]
 
 STACK_NAMES = ("stack", "angles", "xf", "aln", "apply_aln", "aligned", "mdoc",
-               "exclude_views", "binning", "pixel_size", "contrast")
+               "exclude_views", "binning", "pixel_size", "contrast", "erase_outliers")
+KEEP_OUTLIERS_HELP = ("Keep X-ray hits and hot pixels (patches of up to 4 pixels at least 10 "
+                      "noise standard deviations brighter than their neighbours), which "
+                      "are otherwise replaced by their neighbours' median.")
 VOLUME_NAMES = ("output", "thickness", "width", "output_contrast", "force")
 
 
@@ -78,6 +81,8 @@ def stack_options(func=None, *, required: bool = True):
         click.option("--contrast", type=click.Choice(["dark", "bright"]), default="dark",
                      show_default=True,
                      help="How density looks in the images: dark (raw cryo-EM) or bright."),
+        click.option("--keep-outliers", "erase_outliers", flag_value=False, default=True,
+                     help=KEEP_OUTLIERS_HELP),
     ]
     for decorator in reversed(decorators):
         wrapper = decorator(wrapper)

@@ -116,7 +116,7 @@ def _flipped_views(source: StackSource, series, ctf, session: Session, dose=None
     exposure-filtered with ``dose`` (:class:`~taichi_etgs.pipeline.dose.DoseSettings`) when
     it gives the views' exposure; their scale and what the sidecar records of both.
     out: where the views go, every step in place there (default: new arrays)."""
-    views, scale = inputs.unit_views(series, source.contrast, out)
+    views, scale = inputs.unit_views(series, source, session, out)
     ctf_active = ctf is not None and ctf.active
     dose_active = dose is not None and dose.active
     if not (ctf_active or dose_active):

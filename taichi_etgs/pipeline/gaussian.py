@@ -437,7 +437,7 @@ def run_reconstruct(source: StackSource, target: VolumeTarget,
     sizes.check_resources(run_size(series.n_tilts, max_tilt, pixel), folders, final=True)
     needs_checksum = state is not None or state_path is not None or output is not None
     checksum = input_checksum(series.data) if needs_checksum else ""
-    views = inputs.views(series, source.contrast)
+    views = inputs.views(series, source, session)
 
     if state is not None:
         check_resume(state, resume_path, source, shape, checksum, force)

@@ -220,7 +220,7 @@ def run_slabbed(source: StackSource, target: VolumeTarget, settings, rows: int,
         sizes.check_resources(_size(settings, series.n_tilts, *series.data.shape[1:], shape,
                                     source.binning, max_tilt_deg=max_tilt, slab_rows=rows,
                                     in_memory=in_memory), folders, final=True)
-        views = inputs.views(series, source.contrast,
+        views = inputs.views(series, source, session,
                              series.data if not source.in_memory
                              else allocate(series.data.shape))
         config = new_config(settings, series, header.n_raw, pixel, session)

@@ -54,6 +54,9 @@ class StackSource:
     binning: average-bin the images on load.
     pixel_size: pixel size in A before binning, instead of the files'.
     contrast: how density looks in the images: "dark" (raw cryo-EM) or "bright".
+    erase_outliers: replace X-ray hits and hot pixels (a few pixels far brighter than
+        their neighbours) by their neighbours' median before reconstructing
+        (:func:`~taichi_etgs.preprocess.erase_outliers`).
     """
 
     stack: Any
@@ -67,10 +70,12 @@ class StackSource:
     binning: int = 1
     pixel_size: float | None = None
     contrast: str = "dark"
+    erase_outliers: bool = True
 
     @classmethod
     def from_arrays(cls, images: np.ndarray, tilts_deg, pixel_size_A: float = 0.0,
-                    contrast: str = "dark", name: str = "<array>") -> StackSource:
+                    contrast: str = "dark", name: str = "<array>",
+                    erase_outliers: bool = True) -> StackSource:
         """A tilt series held in memory: images [n_tilts, ny, nx] and their tilts."""
         from ..io import TiltSeries
 
@@ -84,7 +89,7 @@ class StackSource:
                             tilts_deg=tilts, pixel_size_A=float(pixel_size_A or 0.0),
                             source=name, kept_views=np.arange(images.shape[0]),
                             angles_source="", pixel_size_source="")
-        return cls(series, contrast=contrast)
+        return cls(series, contrast=contrast, erase_outliers=erase_outliers)
 
     @property
     def path(self) -> Path | None:
@@ -329,9 +334,12 @@ def pixel_size(series) -> float:
     return series.pixel_size_A if series.pixel_size_A > 0 else 1.0
 
 
-def views(series, contrast: str, out=None) -> np.ndarray:
-    """Positive-density views (:func:`~taichi_etgs.preprocess.density_views`), refused
-    when values overflow float32 once each view's mean is removed, or hold no signal.
+def views(series, source: StackSource, session=None, out=None) -> np.ndarray:
+    """Positive-density views (:func:`~taichi_etgs.preprocess.density_views`) in
+    ``source``'s contrast, refused when values overflow float32 once each view's mean is
+    removed, or hold no signal; with ``source.erase_outliers`` their X-ray hits and hot
+    pixels replaced (:func:`~taichi_etgs.preprocess.erase_outliers`; ``session`` says
+    how many).
 
     out: where they go (``series.data`` itself: in place; default a new array). Every
     step reads one view at a time, so ``out`` may be a file
@@ -345,7 +353,7 @@ def views(series, contrast: str, out=None) -> np.ndarray:
     # In place, the images are gone once the views are made: their largest value first.
     largest_value = largest() if out is series.data else None
     with np.errstate(over="ignore", invalid="ignore"):  # checked right below
-        out = density_views(series.data, contrast, out)
+        out = density_views(series.data, source.contrast, out)
     if not all(np.isfinite(v).all() for v in out):
         if largest_value is None:
             largest_value = largest()
@@ -354,7 +362,32 @@ def views(series, contrast: str, out=None) -> np.ndarray:
                          "(e.g. IMOD's newstack -scale)", series.source)
     if not any(v.any() for v in out):
         _refuse_no_signal(series)
+    if source.erase_outliers:
+        _erase_outliers(out, series, session)
     return out
+
+
+def _erase_outliers(views, series, session) -> None:
+    """:func:`~taichi_etgs.preprocess.erase_outliers` on each view (in place, its mean
+    removed again), and a note of what was replaced (``session``'s, or the log's)."""
+    from ..preprocess import erase_outliers
+
+    counts = []
+    for t in range(len(views)):
+        view = np.asarray(views[t], dtype=np.float32)
+        counts.append(erase_outliers(view))
+        if counts[-1]:
+            view -= view.mean(dtype=np.float64)
+            views[t] = view
+    total = sum(counts)
+    if total:
+        worst = int(np.argmax(counts))
+        section = int(np.asarray(series.kept_views)[worst])
+        tell = session.tell if session is not None else log.info
+        tell(f"{series.source}: replaced {total} outlier pixels (X-ray hits, hot pixels) by "
+             f"their neighbours' median in {np.count_nonzero(counts)} of {len(counts)} "
+             f"views (at most {counts[worst]}, in section {section}); --keep-outliers "
+             f"keeps them")
 
 
 def _refuse_no_signal(series) -> None:
@@ -368,7 +401,7 @@ def _refuse_no_signal(series) -> None:
     raise InputError("contains no signal: every view is constant", series.source)
 
 
-def unit_views(series, contrast: str, out=None) -> tuple[np.ndarray, float]:
+def unit_views(series, source: StackSource, session=None, out=None) -> tuple[np.ndarray, float]:
     """Positive-density views divided by their root mean square, and that factor.
 
     Working at unit scale keeps float32 arithmetic away from overflow (values near 1e30)
@@ -376,7 +409,7 @@ def unit_views(series, contrast: str, out=None) -> tuple[np.ndarray, float]:
     linear reconstructions are scaled back afterwards (:func:`rescaled`). ``out``: as
     :func:`views`.
     """
-    out = views(series, contrast, out)
+    out = views(series, source, session, out)
     sum_sq = sum(float(np.square(v, dtype=np.float64).sum()) for v in out)
     scale = float(np.sqrt(sum_sq / max(int(np.prod(out.shape)), 1)))
     if not (np.isfinite(scale) and scale > 0):
