@@ -90,12 +90,12 @@ def test_two_short_fits_give_the_axis_from_the_share_each_keeps():
     assert _axis_from_two_fits(first, first - probe, probe) is None
 
 
-@pytest.mark.parametrize("second, expected", [
-    (-0.27, "second"),  # -0.16 degree found: left, the second fit's shifts kept
-    (-0.95, "second"),  # -1.0 found, nearer the probe: applied with the second's shifts
-    (-0.347, "first"),  # -0.22 found, nearer the views as given: the first fit's shifts
+@pytest.mark.parametrize("first, second, probe, expected", [
+    (-0.2, -0.3, -0.5, "second"),  # -0.25 degree found: left, the second fit's shifts kept
+    (-0.2, -0.6, -0.5, "second"),  # -1.0 found, nearer the probe: applied with its shifts
+    (-0.4, -0.286, -0.8, "first"),  # -0.35 found, nearer the views as given: the first's
 ])
-def test_the_short_fit_whose_shifts_are_kept(monkeypatch, second, expected):
+def test_the_short_fit_whose_shifts_are_kept(monkeypatch, first, second, probe, expected):
     from types import SimpleNamespace
 
     from taichi_etgs.alignment import other_views
@@ -114,17 +114,41 @@ def test_the_short_fit_whose_shifts_are_kept(monkeypatch, second, expected):
         probes.append(start.axis_deg)
         slabs.append(ice)
         if len(probes) == 1:
-            return ViewAlignment(shifts["first"]), -0.12, (slab, 0.5)
+            return ViewAlignment(shifts["first"]), first, (slab, 0.5)
         return ViewAlignment(shifts["second"], start.axis_deg), second, (slab, 0.5)
 
     monkeypatch.setattr(fit, "_short_fit", short_fit)
     found = fit.prealign_views(np.zeros((n, 8, 8), np.float32), tilts, 4)
-    assert probes == [0.0, -0.5]  # the smallest probe, past the first estimate
+    assert probes == [0.0, probe]  # past the first estimate, at least 0.5 degree
     assert slabs == [None, (slab, 0.5)]  # the first fit finds the ice slab, the second takes it
     np.testing.assert_array_equal(found.shifts_px, shifts[expected])
-    kept = 1 - (second - -0.12) / -0.5
-    axis = -0.12 / kept
-    assert found.axis_deg == (pytest.approx(axis) if abs(axis) >= 0.2 else 0.0)
+    kept = 1 - (second - first) / probe
+    axis = first / kept
+    assert found.axis_deg == (pytest.approx(axis) if abs(axis) >= 0.3 else 0.0)
+
+
+def test_no_second_fit_for_a_first_estimate_within_the_search_bias(monkeypatch):
+    from types import SimpleNamespace
+
+    from taichi_etgs.alignment import other_views
+    from taichi_etgs.gaussian import background, fit
+
+    n = 5
+    slab = SimpleNamespace(density=0.0, ends_within=lambda width: True)
+    monkeypatch.setattr(background, "fit_slab", lambda *a, **k: (slab, 0.0))
+    monkeypatch.setattr(other_views, "match_to_other_views",
+                        lambda *a, **k: ViewAlignment(np.ones((n, 2))))
+    calls = []
+
+    def short_fit(*args):
+        calls.append(args[5].axis_deg)
+        return ViewAlignment(np.full((n, 2), 0.3)), -0.123, (slab, 0.5)
+
+    monkeypatch.setattr(fit, "_short_fit", short_fit)
+    # -0.123: the first estimate on the sweep's isolated views at SNR 1 without axis
+    # error, which two fits took to -0.23 degree.
+    found = fit.prealign_views(np.zeros((n, 8, 8), np.float32), np.linspace(-60, 60, n), 4)
+    assert calls == [0.0] and found.axis_deg == 0.0
 
 
 def _views_off_axis(shape, isolated: bool, axis_deg: float):
