@@ -107,3 +107,25 @@ def test_wbp_replaces_hits_and_says_so_keep_outliers_keeps_them(tmp_path, capsys
     # kept: each hit streaks through its whole slice (measured 0.35).
     assert corr("erased") > 0.999
     assert corr("kept") < 0.8
+
+
+def test_the_pipeline_reports_what_it_replaced_and_progress_on_large_views(monkeypatch):
+    from taichi_etgs.pipeline import inputs
+    from taichi_etgs.pipeline.inputs import StackSource
+    from taichi_etgs.pipeline.session import Session
+
+    data = np.random.default_rng(4).normal(50.0, 1.0, (3, 64, 64)).astype(np.float32)
+    data[1, 5, 5] += 100.0
+    source = StackSource.from_arrays(data, [-10.0, 0.0, 10.0], 5.0)
+    for large, lines in ((64 * 64 + 1, 1), (64 * 64, 4)):  # the report, then 3 progress lines
+        monkeypatch.setattr(inputs, "_LARGE_VIEW_PIXELS", large)
+        said = []
+        views = inputs.views(source.stack, source, Session(note=said.append))
+        assert len(said) == lines, said
+        assert said[-1].startswith("<array>: replaced 1 outlier pixel (X-ray hits")
+        assert "in 1 of 3 views (at most 1, in section 1)" in said[-1]
+        # Replaced, and the view's mean removed again.
+        assert abs(views[1, 5, 5]) < 5.0 and abs(float(views[1].mean())) < 1e-5
+    kept = inputs.views(source.stack, StackSource.from_arrays(data, [-10.0, 0.0, 10.0], 5.0,
+                                                              erase_outliers=False))
+    assert kept[1, 5, 5] < -90.0  # dark contrast: the bright hit is negative density
