@@ -127,7 +127,7 @@ def test_the_short_fit_whose_shifts_are_kept(monkeypatch, first, second, probe, 
     assert found.axis_deg == (pytest.approx(axis) if abs(axis) >= 0.3 else 0.0)
 
 
-def test_no_second_fit_for_a_first_estimate_within_the_search_bias(monkeypatch):
+def test_no_turn_for_a_first_estimate_within_the_search_bias(monkeypatch):
     from types import SimpleNamespace
 
     from taichi_etgs.alignment import other_views
@@ -140,15 +140,18 @@ def test_no_second_fit_for_a_first_estimate_within_the_search_bias(monkeypatch):
                         lambda *a, **k: ViewAlignment(np.ones((n, 2))))
     calls = []
 
-    def short_fit(*args):
-        calls.append(args[5].axis_deg)
-        return ViewAlignment(np.full((n, 2), 0.3)), -0.123, (slab, 0.5)
+    def short_fit(views, tilts_deg, thickness, config, width, start, find_axis, ice):
+        calls.append((start.axis_deg, float(start.shifts_px[0, 0]), find_axis, ice))
+        shifts = np.full((n, 2), 0.3 * len(calls))
+        return ViewAlignment(shifts), -0.123 if find_axis else None, (slab, 0.5)
 
     monkeypatch.setattr(fit, "_short_fit", short_fit)
     # -0.123: the first estimate on the sweep's isolated views at SNR 1 without axis
-    # error, which two fits took to -0.23 degree.
+    # error, which two fits took to -0.23 degree. The second fit starts from the first
+    # one's shifts, without a turn, and finds no axis.
     found = fit.prealign_views(np.zeros((n, 8, 8), np.float32), np.linspace(-60, 60, n), 4)
-    assert calls == [0.0] and found.axis_deg == 0.0
+    assert calls == [(0.0, 1.0, True, None), (0.0, 0.3, False, (slab, 0.5))]
+    assert found.axis_deg == 0.0 and np.all(found.shifts_px == 0.6)
 
 
 def _views_off_axis(shape, isolated: bool, axis_deg: float):

@@ -454,11 +454,11 @@ def prealign_views(views: np.ndarray, tilts_deg: np.ndarray, thickness: int,
     views turned by a probe angle past the axis the first one's predictions point to; a
     fitted model takes up part of an axis error as a deformation of the specimen, the same
     part at any angle, so the two estimates give the axis (:func:`_axis_from_two_fits`).
-    An axis error under ``_AXIS_LEFT_DEG`` is left (the second fit is skipped where the
-    first estimate shows none that large): the search's own bias on views without
-    error is about as large, and turning resamples every view. Where the specimen runs
-    past the field of view the estimate is biased by tenths of a degree to degrees, and
-    one fit finds the shifts alone.
+    An axis error under ``_AXIS_LEFT_DEG`` is left (where the first estimate shows none
+    that large, the second fit refines the shifts without a turn): the search's own bias
+    on views without error is about as large, and turning resamples every view. Where
+    the specimen runs past the field of view the estimate is biased by tenths of a degree
+    to degrees, and one fit finds the shifts alone.
 
     Parameters
     ----------
@@ -504,7 +504,10 @@ def prealign_views(views: np.ndarray, tilts_deg: np.ndarray, thickness: int,
     found, first, slab = _short_fit(views, tilts_deg, thickness, config, width, coarse, True,
                                     slab)
     if abs(first) < _AXIS_KEPT * _AXIS_LEFT_DEG:
-        return found  # an axis error too small to correct: no second fit
+        # No axis error worth a turn: a second fit for the shifts alone, from the first
+        # one's, matches them twice more (0.43 -> 0.17 px rms at SNR 1 without axis error,
+        # 0.30 either way at 120 e/A^2), as the probe's fit would.
+        return _short_fit(views, tilts_deg, thickness, config, width, found, False, slab)[0]
     # Probe past the truth: each model keeps about half of the error left at its axis.
     probe = float(np.copysign(np.clip(abs(first) / _AXIS_KEPT, *_AXIS_PROBE_DEG), first))
     at_probe, second, _ = _short_fit(views, tilts_deg, thickness, config, width,
