@@ -129,3 +129,13 @@ def test_the_pipeline_reports_what_it_replaced_and_progress_on_large_views(monke
     kept = inputs.views(source.stack, StackSource.from_arrays(data, [-10.0, 0.0, 10.0], 5.0,
                                                               erase_outliers=False))
     assert kept[1, 5, 5] < -90.0  # dark contrast: the bright hit is negative density
+
+
+@pytest.mark.parametrize("command, offered", [("wbp", True), ("sirt", True),
+                                              ("reconstruct", True), ("batch", True),
+                                              ("info", False)])
+def test_keep_outliers_is_offered_where_views_are_reconstructed(capsys, command, offered):
+    from taichi_etgs.cli import main
+
+    assert main([command, "--help"]) == 0
+    assert ("--keep-outliers" in capsys.readouterr().out) == offered

@@ -15,7 +15,7 @@ from .options import runtime_options, stack_options
 
 @cli.command()
 @command
-@stack_options
+@stack_options(outliers=False)
 def info(source):
     """What a tilt series holds: sizes, pixel size, angles, missing wedge, statistics.
 

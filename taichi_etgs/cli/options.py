@@ -31,15 +31,16 @@ KEEP_OUTLIERS_HELP = ("Keep X-ray hits and hot pixels (patches of up to 4 pixels
 VOLUME_NAMES = ("output", "thickness", "width", "output_contrast", "force")
 
 
-def stack_options(func=None, *, required: bool = True):
+def stack_options(func=None, *, required: bool = True, outliers: bool = True):
     """Options that say how to read a tilt series (every command that takes a STACK);
-    the command receives them as ``source`` (None when STACK is not given)."""
+    the command receives them as ``source`` (None when STACK is not given).
+    ``outliers``: offer --keep-outliers (commands that reconstruct)."""
     if func is None:
-        return functools.partial(stack_options, required=required)
+        return functools.partial(stack_options, required=required, outliers=outliers)
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
-        values = {name: kwargs.pop(name) for name in STACK_NAMES}
+        values = {name: kwargs.pop(name) for name in STACK_NAMES if name in kwargs}
         from ..pipeline.inputs import StackSource
 
         source = None if values["stack"] is None else StackSource(**values)
@@ -81,9 +82,10 @@ def stack_options(func=None, *, required: bool = True):
         click.option("--contrast", type=click.Choice(["dark", "bright"]), default="dark",
                      show_default=True,
                      help="How density looks in the images: dark (raw cryo-EM) or bright."),
-        click.option("--keep-outliers", "erase_outliers", flag_value=False, default=True,
-                     help=KEEP_OUTLIERS_HELP),
     ]
+    if outliers:
+        decorators.append(click.option("--keep-outliers", "erase_outliers", flag_value=False,
+                                       default=True, help=KEEP_OUTLIERS_HELP))
     for decorator in reversed(decorators):
         wrapper = decorator(wrapper)
     return wrapper
