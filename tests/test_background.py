@@ -346,15 +346,21 @@ def test_fit_slab_keeps_quadrature_bounded(bounded_quadrature):
 @pytest.mark.parametrize("slab", [
     SlabBackground(0.8, -11.3, 12.6, -31.4, 32.3, angle_rad=0.03),  # ends in view
     SlabBackground(1.3, -7.3, 9.1, -900.0, 900.0, angle_rad=-0.02, edge=2.0),  # open
+    # Thick and sharp: most nodes lie inside, away from faces and ends, and are counted by
+    # the kernel instead of summed.
+    SlabBackground(0.8, -30.2, 29.7, -40.4, 41.3, angle_rad=0.05),
+    SlabBackground(0.8, -30.2, 29.7, -900.0, 900.0),
 ])
 def test_project_kernel_matches_the_numpy_reference(taichi_cpu, slab):
-    # The fit's per-step evaluation (the Taichi kernel) against profiles() (numpy), both
-    # float64 over the same nodes: only the summation order differs (1e-12 of the largest
-    # value allowed; round-off of a few hundred terms).
+    # The fit's evaluations (the Taichi kernel) against profiles() (numpy), both float64
+    # over the same nodes: the summation order differs (the kernel counts the saturated
+    # nodes) and the logistic is written with exp instead of tanh; 1e-12 of the largest
+    # value allowed, round-off of a few hundred terms.
     tilts = np.array([-60.0, -33.0, 0.0, 12.5, 58.0])
-    for with_jacobian in (False, True):
-        want, want_jac = slab.profiles(tilts, 70, with_jacobian=with_jacobian)
-        got, got_jac = slab.project(tilts, 70, with_jacobian=with_jacobian)
+    columns = np.random.default_rng(3).uniform(-40.0, 40.0, 70)  # fit_slab's averaged columns
+    for with_jacobian, u in ((False, None), (True, None), (True, columns)):
+        want, want_jac = slab.profiles(tilts, 70, with_jacobian=with_jacobian, u=u)
+        got, got_jac = slab.project(tilts, 70, with_jacobian=with_jacobian, u=u)
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-12 * np.abs(want).max())
         if with_jacobian:
             np.testing.assert_allclose(got_jac, want_jac, rtol=0,

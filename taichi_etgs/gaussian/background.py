@@ -117,6 +117,18 @@ class SlabBackground:
         n = max(1, int(np.ceil((hi - lo) / (_DZETA * self.edge))))
         return lo + (np.arange(n) + 0.5) * ((hi - lo) / n), (hi - lo) / n
 
+    def _faces(self, zeta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The logistics of the lower and upper face at the nodes ``zeta``. [K], [K]"""
+        e = float(self.edge)
+        return _sigmoid((zeta - self.z_lo) / e), _sigmoid((self.z_hi - zeta) / e)
+
+    @staticmethod
+    def _detector(nu: int, u: np.ndarray | None) -> np.ndarray:
+        """``u``, or the centres of ``nu`` detector pixels. [nu]"""
+        if u is None:
+            return np.arange(nu, dtype=np.float64) + 0.5 - nu / 2.0
+        return np.ascontiguousarray(np.asarray(u, dtype=np.float64).reshape(nu))
+
     def profiles(self, tilts_deg: np.ndarray, nu: int, with_jacobian: bool = False,
                  u: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
         """The slab's projection onto each view's detector columns, and its Jacobian.
@@ -136,13 +148,10 @@ class SlabBackground:
             [n_views, nu, 6]
         """
         tilts = np.deg2rad(np.asarray(tilts_deg, dtype=np.float64).reshape(-1))
-        if u is None:
-            u = np.arange(nu, dtype=np.float64) + 0.5 - nu / 2.0
-        u = np.asarray(u, dtype=np.float64).reshape(nu)
+        u = self._detector(nu, u)
         zeta, dz = self._zeta_grid()
         e = float(self.edge)
-        s_lo = _sigmoid((zeta - self.z_lo) / e)
-        s_hi = _sigmoid((self.z_hi - zeta) / e)
+        s_lo, s_hi = self._faces(zeta)
         s_z = s_lo * s_hi  # [K]
         out = np.empty((tilts.size, nu))
         jac = np.empty((tilts.size, nu, 6)) if with_jacobian else None
@@ -172,10 +181,11 @@ class SlabBackground:
         return out, jac
 
     def project(self, tilts_deg: np.ndarray, nu: int, with_jacobian: bool = False,
-                u_shift: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-        """:meth:`profiles` (on the detector's pixel centres) by the Taichi kernel
+                u_shift: np.ndarray | None = None, u: np.ndarray | None = None
+                ) -> tuple[np.ndarray, np.ndarray | None]:
+        """:meth:`profiles` by the Taichi kernel
         :func:`taichi_etgs.kernels.slab.slab_profiles_kernel`: what a fit calls at every
-        step; :meth:`profiles` is its numpy reference.
+        step; :meth:`profiles` is its numpy reference (the same parameters).
 
         u_shift: each view's projection moved by this many pixels towards +u (sampled at
             ``u - u_shift``): a view whose misalignment the model carries. [n_views]
@@ -185,16 +195,19 @@ class SlabBackground:
 
         runtime.ensure_initialized()  # often the first kernel a fit launches
         tilts = np.deg2rad(np.asarray(tilts_deg, dtype=np.float64).reshape(-1))
-        u = np.arange(nu, dtype=np.float64) + 0.5 - nu / 2.0
+        u = self._detector(nu, u)
         zeta, dz = self._zeta_grid()
-        zeta = np.ascontiguousarray(zeta, dtype=np.float64)
+        faces = np.ascontiguousarray(np.stack(self._faces(zeta), axis=1))
+        inside = np.flatnonzero(np.all(faces == 1.0, axis=1))
+        interior = np.array([inside[0], inside[-1]] if inside.size else [0, -1], np.int32)
         slab = np.array([*self.vector(), self.edge, dz], dtype=np.float64)
         out = np.empty((tilts.size, nu))
         jac = np.empty((tilts.size, nu, 6) if with_jacobian else (1, 1, 6))
         shifts = np.zeros(tilts.size) if u_shift is None else np.ascontiguousarray(
             np.broadcast_to(np.asarray(u_shift, dtype=np.float64), tilts.shape))
         if tilts.size and nu:
-            slab_profiles_kernel(tilts, u, shifts, zeta, slab, out, jac, int(with_jacobian))
+            slab_profiles_kernel(tilts, u, shifts, zeta, faces, interior, slab, out, jac,
+                                 int(with_jacobian))
         return out, (jac if with_jacobian else None)
 
     def volume(self, shape_zyx: tuple[int, int, int], voxel_size: float = 1.0) -> np.ndarray:
@@ -294,7 +307,7 @@ def _refine(slab: SlabBackground, m: np.ndarray, tilts_deg: np.ndarray,
             transfer: Callable[[np.ndarray], np.ndarray] | None,
             bounds: tuple[float, float]) -> tuple[SlabBackground, float]:
     def model(s: SlabBackground, jacobian: bool):
-        p, jac = s.profiles(tilts_deg, m.shape[1], with_jacobian=jacobian, u=u)
+        p, jac = s.project(tilts_deg, m.shape[1], with_jacobian=jacobian, u=u)
         if transfer is not None:
             p = transfer(p)
             if jac is not None:
