@@ -6,11 +6,12 @@ One sweep data set (bench/sweep.py's specimen and geometry; default point ``snr1
 alignment-<point>.*, with the CTF passed as a user would for physical-noise points) is
 simulated twice: aligned, and with residual shifts of ``--shift-sd`` px per view and
 ``--axis-error`` degrees of tilt-axis error (0 by default; another value writes
-alignment[-<point>]-axis<error>.*). The Gaussian reconstruction (library defaults) runs
-on both, with and without the refinement, and once more on the misaligned views with the
-simulator's own correction carried by the model (the same exposures perfectly aligned:
-what a refinement could reach at best). Scores against the truth: band FSC and wedge band
-FSC (:func:`taichi_etgs.evaluation.metrics.evaluate`), the refined shifts against the true
+alignment[-<point>]-axis<error>.*; a shift sd other than 1.5 adds -sd<sd> before it).
+The Gaussian reconstruction (library defaults) runs on both, with and without the
+refinement, and once more on the misaligned views with the simulator's own correction
+carried by the model (the same exposures perfectly aligned: what a refinement could
+reach at best). Scores against the truth: band FSC and wedge band FSC
+(:func:`taichi_etgs.evaluation.metrics.evaluate`), the refined shifts against the true
 correction less the three motions of a specimen translation, which no refinement can know
 (docs/method.md, "Alignment refinement"), and the axis angle found against the true one.
 
@@ -240,6 +241,8 @@ def main() -> None:
     base = simulation_config(args.point, shape, args.pixel_size, structures(True))
     bad = dataclasses.replace(base, shift_sd_px=args.shift_sd, axis_error_deg=args.axis_error)
     axis_tag = f"-axis{args.axis_error:g}" if args.axis_error else ""
+    if args.shift_sd != 1.5:
+        axis_tag = f"-sd{args.shift_sd:g}{axis_tag}"
     data = {"aligned": load_or_simulate(f"{args.point}-aligned", base, False),
             "misaligned": load_or_simulate(f"{args.point}-misaligned{axis_tag}", bad, False)}
     report = {"point": args.point, "shape_zyx": list(shape), "pixel_size_A": args.pixel_size,
