@@ -55,6 +55,12 @@ def test_the_axis_is_recovered_from_a_perfect_prediction(projections):
     misaligned = ViewAlignment(np.zeros((len(TILTS), 2)), 1.0).apply(projections)
     found = match_views(misaligned, projections, TILTS, steps=4)
     assert found.axis_deg == pytest.approx(-1.0, abs=0.05)
+    # Why a start's axis was left stays with it while the shifts alone are matched, and
+    # goes once the axis is estimated.
+    start = ViewAlignment(np.zeros((len(TILTS), 2)), 0.0, "not searched")
+    shifts_only = match_views(misaligned, projections, TILTS, start, steps=1, fit_axis=False)
+    assert (shifts_only.axis_deg, shifts_only.axis_left) == (0.0, "not searched")
+    assert match_views(misaligned, projections, TILTS, start, steps=1).axis_left == ""
 
 
 def test_the_axis_is_found_against_a_model_that_took_up_part_of_it(projections):
@@ -125,6 +131,31 @@ def test_the_short_fit_whose_shifts_are_kept(monkeypatch, first, second, probe, 
     kept = 1 - (second - first) / probe
     axis = first / kept
     assert found.axis_deg == (pytest.approx(axis) if abs(axis) >= 0.3 else 0.0)
+    assert found.axis_left == ""  # an angle under 0.3 degree is found, not left unknown
+
+
+@pytest.mark.parametrize("kept, probe, why", [
+    (0.0, -0.5, "did not agree"),  # the second estimate moved with the probe: no angle
+    (0.3, -3.0, "beyond the 3 degree"),  # -5 degree found, beyond the search
+])
+def test_the_user_is_told_why_the_axis_is_left(monkeypatch, kept, probe, why):
+    from types import SimpleNamespace
+
+    from taichi_etgs.alignment import other_views
+    from taichi_etgs.gaussian import background, fit
+
+    n = 5
+    first = probe * 0.5  # the probe is twice the first estimate
+    second = first + (1 - kept) * probe  # each estimate a + kept (axis - a)
+    slab = SimpleNamespace(density=0.0, ends_within=lambda width: True)
+    monkeypatch.setattr(background, "fit_slab", lambda *a, **k: (slab, 0.0))
+    monkeypatch.setattr(other_views, "match_to_other_views",
+                        lambda *a, **k: ViewAlignment(np.ones((n, 2))))
+    estimates = iter([first, second])
+    monkeypatch.setattr(fit, "_short_fit", lambda *a, **k: (
+        ViewAlignment(np.full((n, 2), 0.3)), next(estimates), (slab, 0.5)))
+    found = fit.prealign_views(np.zeros((n, 8, 8), np.float32), np.linspace(-60, 60, n), 4)
+    assert found.axis_deg == 0.0 and why in found.axis_left
 
 
 def test_no_turn_for_a_first_estimate_within_the_search_bias(monkeypatch):
@@ -170,6 +201,7 @@ def test_the_short_fits_find_the_axis_of_an_isolated_specimen():
     views, tilts = _views_off_axis((32, 96, 96), True, 1.0)
     found = prealign_views(views, tilts, 32, ReconstructConfig(max_gaussians=4000))
     assert found.axis_deg == pytest.approx(-1.0, abs=0.2)
+    assert found.axis_left == ""
 
 
 def test_the_axis_is_left_alone_where_the_specimen_runs_past_the_field_of_view():
@@ -180,6 +212,8 @@ def test_the_axis_is_left_alone_where_the_specimen_runs_past_the_field_of_view()
     views, tilts = _views_off_axis((24, 64, 64), False, 1.0)
     found = prealign_views(views, tilts, 24, ReconstructConfig(max_gaussians=2000))
     assert found.axis_deg == 0.0 and np.any(found.shifts_px)
+    # ... and the user is told why (pipeline/alignment.py's report).
+    assert "runs past the field of view" in found.axis_left
 
 
 def test_a_refined_run_fits_the_ice_slab_once_for_itself_and_its_short_fits(monkeypatch):
@@ -369,6 +403,9 @@ def test_by_default_misaligned_views_are_refined_and_written(tmp_path, misaligne
     record = _alignment_record(out)
     assert record["mode"] == "auto" and record["moved"]
     assert record["xf"] == str(tmp_path / "rec.xf") and "not_written" not in record
+    # The specimen runs past the field of view: the axis is the user's, and they are told.
+    assert "runs past the field of view" in record["axis_left"]
+    assert "tilt-axis angle left as given" in " ".join(capsys.readouterr())
 
 
 def test_by_default_the_input_angle_file_is_never_written_over(tmp_path, misaligned_series,
@@ -431,6 +468,7 @@ def test_a_resumed_run_keeps_its_alignment(tmp_path, misaligned_series):
     again = GaussianReconstruction(views, bad.tilts_deg, 24, config, params=state.params)
     again.restore(state)
     assert again.alignment.shifts_px == pytest.approx(run.alignment.shifts_px, abs=1e-6)
+    assert again.alignment.axis_left == run.alignment.axis_left != ""  # past the FOV
     assert np.array_equal(again.measured, run.measured)  # the same views are fitted on
 
 
@@ -479,6 +517,7 @@ def test_wbp_and_sirt_refine_the_alignment_first(tmp_path, misaligned_series, ca
     assert _rms(xf[:, :, 2], target) < 0.3 < _rms(0 * target, target)
     sidecar = json.loads((tmp_path / f"{method}.mrc.json").read_text())
     assert sidecar["result"]["alignment"]["xf"] == str(tmp_path / f"{method}.xf")
+    assert "past the field of view" in sidecar["result"]["alignment"]["axis_left"]
     # Whole views only: slabs are refused with one line, before any work.
     capsys.readouterr()
     code = main([*args[:-4], "-o", str(tmp_path / "slabbed.mrc"), "--slab-rows", "16",

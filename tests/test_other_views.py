@@ -124,10 +124,11 @@ def test_matching_to_the_other_views_leaves_aligned_or_featureless_views_alone(p
 
 
 def test_a_single_row_or_a_handful_of_views_is_returned_as_it_came():
-    start = ViewAlignment(np.full((len(TILTS), 2), 0.0), 0.5)
+    start = ViewAlignment(np.full((len(TILTS), 2), 0.0), 0.5, "not searched")
     rows = np.ones((len(TILTS), 1, 32), np.float32)
-    assert np.array_equal(match_to_other_views(rows, TILTS, 8, start=start).shifts_px,
-                          start.shifts_px)
+    found = match_to_other_views(rows, TILTS, 8, start=start)
+    assert np.array_equal(found.shifts_px, start.shifts_px)
+    assert (found.axis_deg, found.axis_left) == (0.5, "not searched")  # the start's axis
     few = np.ones((3, 16, 16), np.float32)
     assert match_to_other_views(few, TILTS[:3], 8).shifts_px.shape == (3, 2)
 

@@ -36,10 +36,13 @@ class ViewAlignment:
         row), as an ``.xf`` DX / DY does. [n, 2]
     axis_deg: in-plane rotation of every view about its centre, degrees, as an ``.xf``
         matrix ``[[cos, -sin], [sin, cos]]`` of that angle does.
+    axis_left: why the tilt-axis angle was left as it started instead of being estimated
+        from the views, for the user; "" where it was estimated or nothing is known.
     """
 
     shifts_px: np.ndarray
     axis_deg: float = 0.0
+    axis_left: str = ""
 
     @classmethod
     def identity(cls, n_views: int) -> ViewAlignment:
@@ -61,7 +64,8 @@ class ViewAlignment:
 
     def to_dict(self) -> dict:
         return {"axis_deg": float(self.axis_deg),
-                "shifts_px": np.asarray(self.shifts_px, dtype=float).round(4).tolist()}
+                "shifts_px": np.asarray(self.shifts_px, dtype=float).round(4).tolist(),
+                **({"axis_left": self.axis_left} if self.axis_left else {})}
 
 
 def _gauge(tilts_deg: np.ndarray) -> np.ndarray:
@@ -113,8 +117,8 @@ def match_views(views: np.ndarray, predicted: np.ndarray, tilts_deg: np.ndarray,
 
     Returns
     -------
-    The refined :class:`ViewAlignment`; its shifts hold none of the motions of a
-    specimen translation.
+    The refined :class:`ViewAlignment` (``start``'s ``axis_left`` kept unless
+    ``fit_axis``); its shifts hold none of the motions of a specimen translation.
     """
     views = np.asarray(views, dtype=np.float32)
     n, ny, nx = views.shape
@@ -146,8 +150,10 @@ def match_views(views: np.ndarray, predicted: np.ndarray, tilts_deg: np.ndarray,
                           ) if fit_axis else 0.0
         shift_step = np.clip(delta[len(common):].reshape(n, 2), -max_shift_step_px,
                              max_shift_step_px)
-        current = ViewAlignment(current.shifts_px + shift_step, current.axis_deg + axis_step)
-    return ViewAlignment(without_gauge(current.shifts_px, tilts_deg), current.axis_deg)
+        current = ViewAlignment(current.shifts_px + shift_step, current.axis_deg + axis_step,
+                                current.axis_left)
+    return ViewAlignment(without_gauge(current.shifts_px, tilts_deg), current.axis_deg,
+                         "" if fit_axis else current.axis_left)
 
 
 def _model_deformations(grad_x: np.ndarray, grad_y: np.ndarray, tilts_deg: np.ndarray,

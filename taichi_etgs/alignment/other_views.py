@@ -21,6 +21,8 @@ or views that hold too little signal to align).
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from ..classical.projector import VoxelProjector
@@ -118,8 +120,9 @@ def match_to_other_views(views: np.ndarray, tilts_deg: np.ndarray, thickness: in
 
     Returns
     -------
-    The :class:`ViewAlignment`; its shifts hold none of the motions of a specimen
-    translation. The start's when the first matching finds no shifts beyond its noise.
+    The :class:`ViewAlignment` (``start``'s axis kept); its shifts hold none of the motions
+    of a specimen translation. The start's when the first matching finds no shifts beyond
+    its noise.
     """
     views = np.asarray(views, dtype=np.float32)
     n, ny, n_u = views.shape
@@ -131,7 +134,7 @@ def match_to_other_views(views: np.ndarray, tilts_deg: np.ndarray, thickness: in
     shifts = without_gauge(start.shifts_px, tilts_deg)
     if n <= 3 or ny < 2:
         # Too few views to leave the gauge any freedom, or too few rows for two halves.
-        return ViewAlignment(shifts, start.axis_deg)
+        return dataclasses.replace(start, shifts_px=shifts)
     free = None
     for _ in range(rounds):
         corrected = ViewAlignment(shifts, start.axis_deg).apply(views)
@@ -148,7 +151,7 @@ def match_to_other_views(views: np.ndarray, tilts_deg: np.ndarray, thickness: in
         shifts = without_gauge((shifts + step) / (1.0 + _DAMPING * free), tilts_deg)
         if np.abs(step).max() < tolerance_px:
             break
-    return ViewAlignment(shifts, start.axis_deg)
+    return dataclasses.replace(start, shifts_px=shifts)
 
 
 def misaligned_axes(first: np.ndarray, second: np.ndarray) -> np.ndarray:

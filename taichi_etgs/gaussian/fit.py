@@ -499,7 +499,12 @@ def prealign_views(views: np.ndarray, tilts_deg: np.ndarray, thickness: int,
     if not ends_in_view:
         # A specimen running past the field of view: the axis estimate is biased there
         # (0.3-1.7 degree found for an axis without error), so only the shifts.
-        return _short_fit(views, tilts_deg, thickness, config, width, coarse, False, slab)[0]
+        left = ("the specimen runs past the field of view, where its estimate is biased"
+                if config.background == "slab" else
+                "without the ice slab's fit it is not known whether the specimen ends in "
+                "view, and where it does not the estimate is biased")
+        return _short_fit(views, tilts_deg, thickness, config, width,
+                          dataclasses.replace(coarse, axis_left=left), False, slab)[0]
     config = dataclasses.replace(config, iterations=_AXIS_FIT_ITERATIONS)
     found, first, slab = _short_fit(views, tilts_deg, thickness, config, width, coarse, True,
                                     slab)
@@ -514,12 +519,16 @@ def prealign_views(views: np.ndarray, tilts_deg: np.ndarray, thickness: int,
                                      ViewAlignment(found.shifts_px, probe), True, slab)
     axis = _axis_from_two_fits(first, second, probe)
     if axis is None or not _AXIS_LEFT_DEG <= abs(axis) <= _AXIS_PROBE_DEG[1]:
+        left = ("" if axis is not None and abs(axis) < _AXIS_LEFT_DEG else
+                "two short fits did not agree on an angle" if axis is None else
+                f"the angle found, {axis:+.1f} degree, is beyond the "
+                f"{_AXIS_PROBE_DEG[1]:g} degree searched")
         if abs(probe) <= _AXIS_PROBE_DEG[0]:
             # The second fit started from the first one's shifts and matched twice more
             # (0.32 -> 0.14 px rms at SNR 1 without axis error); its views were turned by
             # the smallest probe about their centres, which moves no view as a whole.
-            return ViewAlignment(at_probe.shifts_px, 0.0)
-        return found
+            return ViewAlignment(at_probe.shifts_px, 0.0, left)
+        return dataclasses.replace(found, axis_left=left)
     # The shifts found at the axis nearer the one found.
     shifts = at_probe.shifts_px if abs(axis - probe) < abs(axis) else found.shifts_px
     return ViewAlignment(shifts, axis)
@@ -1247,7 +1256,8 @@ class GaussianReconstruction:
                       _stopped_early=self.stopped_early)
         if self.alignment is not None:
             config.update(_alignment_shifts=self.alignment.shifts_px,
-                          _alignment_axis=[self.alignment.axis_deg])
+                          _alignment_axis=[self.alignment.axis_deg],
+                          _alignment_axis_left=self.alignment.axis_left)
         if self._best is not None:
             value, params, slab, gains, iteration = self._best
             config.update(_best=[value, slab, gains, iteration],
@@ -1315,7 +1325,8 @@ class GaussianReconstruction:
 
             self._set_alignment(ViewAlignment(np.asarray(config["_alignment_shifts"],
                                                          dtype=float),
-                                              float(config["_alignment_axis"][0])))
+                                              float(config["_alignment_axis"][0]),
+                                              str(config.get("_alignment_axis_left", ""))))
         if "_heldout_reference" in config:
             re_im = np.asarray(config["_heldout_reference_spectra"], dtype=np.float64)
             self._heldout_reference = (float(config["_heldout_reference"][0]),

@@ -105,12 +105,19 @@ def write_alignment(session: Session, alignment, tilts_deg, output: Path | None,
     record = {"mode": mode, "refined": True, "moved": moved, "views": kept.tolist(),
               "shifts_px": shifts.round(4).tolist(), "axis_deg": float(alignment.axis_deg),
               "rms_shift_px": float(np.sqrt(np.mean(shifts ** 2)))}
+    if alignment.axis_left:
+        record["axis_left"] = alignment.axis_left
     always = mode == "on"
     if moved or always:
         turned = (f"; tilt axis turned by {alignment.axis_deg:+.2f} deg"
                   if alignment.axis_deg else "")
         session.tell(f"alignment refined: residual shifts {record['rms_shift_px']:.2f} px "
                      f"rms (largest {np.abs(shifts).max():.2f} px){turned}")
+        if alignment.axis_left:
+            # Most tilt series run past the field of view: say that their axis is the
+            # user's, so that an error in it is looked for where it can be found.
+            session.tell(f"tilt-axis angle left as given: {alignment.axis_left}; give the "
+                         f"one your alignment program found")
     else:
         session.tell("alignment checked: the views are aligned within the noise and are "
                      "used as given")
