@@ -11,7 +11,8 @@ import contextlib
 import io
 from dataclasses import dataclass
 
-__all__ = ["init", "ensure_initialized", "current", "RuntimeConfig", "ARCH_CHOICES"]
+__all__ = ["init", "ensure_initialized", "current", "fft_workers", "RuntimeConfig",
+           "ARCH_CHOICES"]
 
 ARCH_CHOICES = ("auto", "cpu", "cuda")
 
@@ -99,3 +100,12 @@ def starts() -> int:
 def current() -> RuntimeConfig | None:
     """The running configuration, or None before initialisation."""
     return _current
+
+
+def fft_workers() -> int:
+    """Threads for ``scipy.fft`` on the host: the CPU threads ``--threads`` gave Taichi,
+    else every core (-1). Per-step host FFTs (the CTF in the forward model) run beside
+    the kernels, on a GPU run too, where a single thread would leave them the step's
+    largest part."""
+    config = _current
+    return int(config.threads) if config is not None and config.threads else -1

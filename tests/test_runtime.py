@@ -32,3 +32,12 @@ def test_cuda_request_without_a_gpu_is_a_clear_error(taichi_cpu):
     with pytest.raises(InputError, match="no usable CUDA"):
         runtime.init("cuda")
     assert runtime.current().arch == "cpu"  # the running configuration is untouched
+
+
+def test_host_ffts_use_the_threads_given_else_every_core(monkeypatch):
+    monkeypatch.setattr(runtime, "_current", None)
+    assert runtime.fft_workers() == -1  # scipy.fft: every core
+    monkeypatch.setattr(runtime, "_current", runtime.RuntimeConfig("cpu", 3, "f32"))
+    assert runtime.fft_workers() == 3  # --threads 3
+    monkeypatch.setattr(runtime, "_current", runtime.RuntimeConfig("cuda", None, "f32"))
+    assert runtime.fft_workers() == -1

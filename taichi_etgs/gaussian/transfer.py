@@ -28,6 +28,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.fft
+
+from ..runtime import fft_workers
 
 __all__ = ["Microscope", "ViewFilter"]
 
@@ -144,30 +147,38 @@ class ViewFilter:
 
     def _filter(self, views: np.ndarray, h: np.ndarray, transpose: bool = False
                 ) -> np.ndarray:
-        """Mirror-pad, filter, crop; or, transposed, embed, filter, fold the border back."""
+        """Mirror-pad, filter, crop; or, transposed, embed, filter, fold the border back.
+        In the precision of ``views`` (float32 or float64)."""
         p = self.pad
         ny, nx = views.shape[1:]
         if transpose:
-            padded = np.zeros((views.shape[0], *self.shape))
+            padded = np.zeros((views.shape[0], *self.shape), dtype=views.dtype)
             padded[:, p:p + ny, p:p + nx] = views
         else:
             padded = np.pad(views, ((0, 0), (p, p), (p, p)), mode="reflect")
-        out = np.fft.irfftn(np.fft.rfftn(padded, axes=(1, 2)) * h, s=self.shape, axes=(1, 2))
+        # Every step filters its views and their gradient on the host, beside the kernels
+        # (a GPU run too): all cores, and float32 FFTs for float32 views (bench/results/
+        # host_filters.md).
+        workers = fft_workers()
+        spectrum = scipy.fft.rfftn(padded, axes=(1, 2), workers=workers)
+        spectrum *= np.asarray(h, dtype=views.dtype)
+        out = scipy.fft.irfftn(spectrum, s=self.shape, axes=(1, 2), workers=workers)
         if not transpose:
             return out[:, p:p + ny, p:p + nx]
         return _fold_mirror(_fold_mirror(out, p, axis=1), p, axis=2)
 
     def apply(self, views: np.ndarray, index=None) -> np.ndarray:
-        """Filtered views (each view's mean removed first). [n, ny, nx]"""
-        v = np.asarray(views, dtype=np.float64)
+        """Filtered views (each view's mean removed first), computed in float32 for float32
+        views (a run's working precision), else float64. [n, ny, nx]"""
+        v = _working(views)
         h = self._filters(v.shape[0], index)
-        return self._filter(v - v.mean(axis=(1, 2), keepdims=True), h).astype(views.dtype)
+        return self._filter(_mean_free(v), h).astype(views.dtype, copy=False)
 
     def adjoint(self, grad: np.ndarray, index=None) -> np.ndarray:
         """The transpose of :meth:`apply`, for gradients. [n, ny, nx]"""
         h = self._filters(grad.shape[0], index)
-        g = self._filter(np.asarray(grad, dtype=np.float64), h, transpose=True)
-        return (g - g.mean(axis=(1, 2), keepdims=True)).astype(grad.dtype)
+        g = self._filter(_working(grad), h, transpose=True)
+        return _mean_free(g).astype(grad.dtype, copy=False)
 
     def phase_flip(self, views: np.ndarray, index=None) -> np.ndarray:
         """Views with the CTF's sign undone (IMOD's ctfphaseflip without strips): what a
@@ -196,6 +207,19 @@ class ViewFilter:
             h = rows.reshape((a.shape[0],) + (1,) * (a.ndim - 2) + (rows.shape[-1],))
         out = np.fft.irfft(np.fft.rfft(padded, axis=-1) * h, n=self.shape[1], axis=-1)
         return out[..., p:p + nu]
+
+
+def _working(images: np.ndarray) -> np.ndarray:
+    """``images`` in the filter's precision: float32 stays float32 (its FFTs are 2-4x
+    faster, and the result is rounded to float32 anyway), anything else float64."""
+    images = np.asarray(images)
+    return images if images.dtype == np.float32 else images.astype(np.float64)
+
+
+def _mean_free(images: np.ndarray) -> np.ndarray:
+    """Each image less its mean (summed in float64). [n, ny, nx]"""
+    mean = images.mean(axis=(1, 2), keepdims=True, dtype=np.float64)
+    return images - mean.astype(images.dtype)
 
 
 def _fold_mirror(padded: np.ndarray, pad: int, axis: int) -> np.ndarray:
