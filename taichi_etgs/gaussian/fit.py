@@ -522,7 +522,7 @@ def prealign_views(views: np.ndarray, tilts_deg: np.ndarray, thickness: int,
         left = ("" if axis is not None and abs(axis) < _AXIS_LEFT_DEG else
                 "two short fits did not agree on an angle" if axis is None else
                 f"the angle found, {axis:+.1f} degree, is beyond the "
-                f"{_AXIS_PROBE_DEG[1]:g} degree searched")
+                f"{_AXIS_PROBE_DEG[1]:g} degrees searched")
         if abs(probe) <= _AXIS_PROBE_DEG[0]:
             # The second fit started from the first one's shifts and matched twice more
             # (0.32 -> 0.14 px rms at SNR 1 without axis error); its views were turned by
